@@ -1,0 +1,453 @@
+"""
+model.py: the tokenizer, a small GPT with a value head, KV-cache batched sampling, per-token
+log-probs and checkpoint save/load for nanoPA.
+
+- Tokenizer: a tiktoken `Encoding` built offline by a tiny byte-level BPE trained on the
+  environment's own text. All 256 single bytes are tokens, so any string round-trips. Two special
+  tokens: END ends every action, PAD fills ragged batches (masks, never ids, say what is padding).
+- GPT: nanoGPT's shape (pre-LayerNorm blocks, causal attention, tied embeddings) plus a scalar value
+  head on the last hidden state: forward(idx) -> (logits, values).
+- generate(): batched sampling over prompts of different lengths with a preallocated KV cache.
+- evaluate(): per-token log-probs / values / entropies of given tokens, aligned to the tokens.
+
+Check it with: python -m pytest -q test_model.py    Benchmark it with: python bench.py
+"""
+
+import contextlib
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+END = "<|end|>"  # ends every action: generation stops when the model emits it
+PAD = "<|pad|>"  # fills ragged batches; code never looks for it, masks say what is padding
+MAX_VOCAB = 1024  # 256 bytes + merges + the 2 special tokens
+
+# Pre-tokenisation: BPE merges never cross these pieces. A word keeps its leading space, a word may
+# carry its opening bracket ("click[", " search["), letters+digits stay together (" p07"), every
+# other character is its own piece ("]", "|", "$", ":"). Written with ASCII classes only so that
+# Python's `re` (used by the trainer) and tiktoken's regex engine split every string identically.
+# Every character is matched by some branch, which is what makes the encoding lossless.
+PAT_STR = (r" ?[A-Za-z]+\[| ?[A-Za-z][A-Za-z0-9]*| ?[0-9]+| ?[^ \t\n\rA-Za-z0-9]"
+           r"|[ \t\n\r]+(?![^ \t\n\r])|[ \t\n\r]+")
+
+
+def train_bpe(texts, n_merges):
+    """Byte-level BPE: returns the merged tokens (bytes) in the order they were learned.
+    Deterministic: ties between equally frequent pairs go to the pair of smaller ids."""
+    pieces = Counter(p for text in texts for p in re.findall(PAT_STR, text))
+    words = [list(p.encode("utf-8")) for p in pieces]  # token ids, starting from the 256 bytes
+    freqs = list(pieces.values())
+    vocab = [bytes([i]) for i in range(256)]
+    ids = {b: i for i, b in enumerate(vocab)}
+    counts, where = Counter(), {}  # pair -> weighted count, pair -> words that (may) hold it
+    for wi, w in enumerate(words):
+        for pair in zip(w, w[1:]):
+            counts[pair] += freqs[wi]
+            where.setdefault(pair, set()).add(wi)
+    merged = []
+    while len(merged) < n_merges and counts:
+        pair, n = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if n < 2:
+            break  # a pair seen once is not worth a token
+        new = vocab[pair[0]] + vocab[pair[1]]
+        if new not in ids:  # (two different pairs can spell the same bytes: keep one token)
+            ids[new] = len(vocab)
+            vocab.append(new)
+            merged.append(new)
+        c = ids[new]
+        # only the words holding the pair change: take their pairs out, merge, put them back
+        for wi in sorted(where.pop(pair)):
+            w, f = words[wi], freqs[wi]
+            for p in zip(w, w[1:]):
+                counts[p] -= f
+                if counts[p] == 0:
+                    del counts[p]
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == pair:
+                    out.append(c)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            words[wi] = out
+            for p in zip(out, out[1:]):
+                counts[p] += f
+                where.setdefault(p, set()).add(wi)
+    return merged
+
+
+def tokenizer_spec(enc):
+    """The tokenizer's full definition as a JSON-able dict (stored in every checkpoint)."""
+    ranks = sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+    return {"name": enc.name, "pat_str": enc._pat_str,
+            "tokens": [b.hex() for b, _ in ranks],  # token with rank i is tokens[i]
+            "special_tokens": dict(enc._special_tokens)}
+
+
+def tokenizer_from_spec(spec):
+    ranks = {bytes.fromhex(h): i for i, h in enumerate(spec["tokens"])}
+    special = dict(spec["special_tokens"])
+    return tiktoken.Encoding(spec["name"], pat_str=spec["pat_str"], mergeable_ranks=ranks,
+                             special_tokens=special, explicit_n_vocab=len(ranks) + len(special))
+
+
+_TOKENIZERS = {}  # (name, vocab_size) -> Encoding, so that building it costs once per process
+
+
+def build_tokenizer(name="shop", texts=None, vocab_size=MAX_VOCAB):
+    """A tiktoken Encoding trained on environment `name`'s text (envs.vocabulary + envs.sample_texts),
+    or on `texts` when given. Same inputs -> same ids, every run."""
+    if texts is None and (name, vocab_size) in _TOKENIZERS:
+        return _TOKENIZERS[name, vocab_size]
+    if texts is None:
+        import envs  # imported here so that model.py stands alone when texts are given
+        words = envs.vocabulary(name)
+        # every word the env can emit, at the start of a line and (twice: merges need a pair seen at
+        # least twice) after a space, as words mostly appear, so that most words become one token
+        train_texts = list(envs.sample_texts(name, 200)) + words + [" " + w for w in words] * 2
+    else:
+        train_texts = list(texts)
+    merged = train_bpe(train_texts, vocab_size - 256 - 2)
+    tokens = [bytes([i]) for i in range(256)] + merged
+    spec = {"name": f"nanopa-{name}", "pat_str": PAT_STR, "tokens": [b.hex() for b in tokens],
+            "special_tokens": {END: len(tokens), PAD: len(tokens) + 1}}
+    enc = tokenizer_from_spec(spec)
+    if texts is None:
+        _TOKENIZERS[name, vocab_size] = enc
+    return enc
+
+
+def end_id(enc):
+    return enc.encode_single_token(END)
+
+
+def pad_id(enc):
+    return enc.encode_single_token(PAD)
+
+
+def encode_action(enc, text):
+    """Action text -> its tokens, terminated by END (what the policy is trained to produce)."""
+    return enc.encode(text, disallowed_special=()) + [end_id(enc)]
+
+
+def decode_action(enc, tokens):
+    """Sampled action tokens -> text, cut at the first END (a missing END just means max length)."""
+    tokens = list(tokens)
+    if end_id(enc) in tokens:
+        tokens = tokens[:tokens.index(end_id(enc))]
+    return enc.decode(tokens)
+
+# -----------------------------------------------------------------------------
+# model
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256  # longest prompt + action, in tokens
+    vocab_size: int = MAX_VOCAB  # set from the tokenizer: enc.n_vocab
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0  # 0 keeps the PPO ratio exactly 1 on the first minibatch
+    bias: bool = False  # biases in Linear and LayerNorm (GPT-2 had them; slightly faster without)
+
+
+PRESETS = {
+    "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),  # ~0.95M parameters
+    "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024),  # ~26M parameters
+}
+
+
+class KVCache:
+    """Keys and values of every layer for B rows, preallocated to T_max positions. Rows are
+    LEFT-padded, so all rows share one write pointer `pos`."""
+
+    def __init__(self, cfg, B, T_max):
+        self.shape = (cfg.n_layer, B, cfg.n_head, T_max, cfg.n_embd // cfg.n_head)
+        self.k = self.v = None  # allocated at the first write, in the dtype attention computes in
+        self.pos = 0  # positions [0, pos) hold keys/values; advanced by GPT.forward after all layers
+
+    def update(self, layer, k, v):
+        if self.k is None:
+            self.k = torch.empty(self.shape, device=k.device, dtype=k.dtype)
+            self.v = torch.empty(self.shape, device=v.device, dtype=v.dtype)
+        T = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, cfg, layer):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.n_head, self.n_embd, self.dropout, self.layer = cfg.n_head, cfg.n_embd, cfg.dropout, layer
+
+    def forward(self, x, attn_mask=None, cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nh, T_past + T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:  # plain right-padded batch: causality is all we need
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # (B, 1, T, T_past + T) bool, True = may attend
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, cfg, layer):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, attn_mask=None, cache=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
+            ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
+        self.value_head = nn.Linear(cfg.n_embd, 1)  # V(s) read off the same hidden state as the logits
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if pn.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; the position table is left out by default (it does no matmul work)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, pos=None, attn_mask=None, cache=None, last_only=False):
+        """idx (B, T) -> logits (B, T, V), values (B, T) fp32. pos (T,) or (B, T) position ids
+        (default 0..T-1); attn_mask (B, 1, T, T_past + T) bool; cache: a KVCache to read and
+        extend; last_only: compute the heads at the last position only (sampling)."""
+        B, T = idx.size()
+        if pos is None:
+            assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, attn_mask, cache)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        values = self.value_head(x).squeeze(-1).float()  # (B, T)
+        return logits, values
+
+    def evaluate(self, idx, temperature=1.0, topk=0):
+        """Per-token log-probs, values and entropies of a right-padded batch idx (B, T), all (B, T)
+        fp32 and ALIGNED TO TOKENS: column t describes token t given tokens < t:
+            logprobs[:, t] = log p(idx[:, t] | idx[:, :t])  (logits / temperature, fp32 log_softmax)
+            values[:, t]   = value head at position t-1 = V(state before token t)
+            entropy[:, t]  = entropy of the distribution token t was drawn from
+        Column 0 has no predecessor and is 0. Differentiable. Padding on the right cannot affect
+        earlier positions (causal), so no attention mask is needed: callers mask with action_mask.
+        topk > 0 adds a fourth output (B, T, topk): the largest log-probs of each of those distributions
+        (the self-certainty baseline's input)."""
+        logits, values = self(idx)
+        logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)  # (B, T-1, V)
+        out_lp = logp.gather(-1, idx[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        out_ent = -(logp.exp() * logp).sum(-1)  # (B, T-1)
+        zero = torch.zeros_like(values[:, :1])
+        out = (torch.cat([zero, out_lp], 1), torch.cat([zero, values[:, :-1]], 1), torch.cat([zero, out_ent], 1))
+        if topk:
+            top = logp.topk(topk, dim=-1).values  # (B, T-1, topk)
+            out += (torch.cat([torch.zeros_like(top[:, :1]), top], 1),)
+        return out
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, greedy=False, top_k=None,
+                 stop_id=None, use_cache=True, generator=None):
+        """Sample an action after each prompt (list of token lists, any lengths). Each row stops at
+        stop_id (kept as its last token) or after max_new_tokens. Returns, per row, the action tokens,
+        their fp32 log-probs at `temperature` over the FULL distribution (top_k only narrows what is
+        sampled, so these match evaluate()), and the values V(state before each token), as CPU tensors.
+        Prompts are LEFT-padded: one shared write position in the cache; a key-padding mask and
+        position ids counted from the mask (never from token ids) make the padding invisible."""
+        assert temperature > 0, "use greedy=True for argmax decoding; temperature scales the log-probs"
+        assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+        device = self.lm_head.weight.device
+        B, L = len(prompts), max(len(p) for p in prompts)
+        T_max = L + max_new_tokens
+        if T_max > self.config.block_size:
+            raise ValueError(f"prompt of {L} tokens + {max_new_tokens} new tokens > block_size "
+                             f"{self.config.block_size}")
+        idx = torch.zeros(B, T_max, dtype=torch.long)  # the id under padding is irrelevant
+        valid = torch.zeros(B, T_max, dtype=torch.bool)  # True on real tokens
+        for b, p in enumerate(prompts):
+            idx[b, L - len(p):L] = torch.tensor(p, dtype=torch.long)
+            valid[b, L - len(p):L] = True
+        idx, valid = idx.to(device), valid.to(device)
+        lengths = valid.sum(1)  # (B,) prompt lengths = position id of the first new token
+        eye = torch.eye(T_max, dtype=torch.bool, device=device)
+        causal = torch.tril(torch.ones(T_max, T_max, dtype=torch.bool, device=device))
+
+        def mask_for(t0, t1):  # queries t0..t1-1 over keys 0..t1-1: (B, 1, t1-t0, t1) bool
+            m = causal[t0:t1, :t1] & valid[:, None, None, :t1]
+            return m | eye[t0:t1, :t1]  # a padding query sees itself: no all-masked row, no NaN
+
+        cache = KVCache(self.config, B, T_max) if use_cache else None
+        out_tok, out_lp, out_v = [], [], []
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        for i in range(max_new_tokens):
+            t = L + i  # where the next token goes
+            if cache is None or i == 0:  # full forward over everything so far (prefill if cached)
+                pos = (valid[:, :t].cumsum(1) - 1).clamp(min=0)  # (B, t)
+                logits, values = self(idx[:, :t], pos, mask_for(0, t), cache, last_only=True)
+            else:  # feed only the newest token
+                logits, values = self(idx[:, t - 1:t], (lengths + i - 1)[:, None], mask_for(t - 1, t),
+                                      cache)
+            logits = logits[:, -1].float() / temperature  # (B, V)
+            logp = F.log_softmax(logits, dim=-1)
+            if greedy:
+                nxt = logits.argmax(-1)
+            else:
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                # inverse-CDF sampling, one uniform per row (torch.multinomial draws V numbers per row,
+                # the slowest part of a decode step on a CPU). u lies in (0, total], so the first
+                # index with cdf >= u always has positive probability.
+                cdf = F.softmax(logits, dim=-1).cumsum(-1)  # (B, V)
+                u = (1 - torch.rand(B, 1, device=device, generator=generator)) * cdf[:, -1:]
+                nxt = torch.searchsorted(cdf, u).squeeze(1)  # (B,)
+            out_tok.append(nxt)
+            out_lp.append(logp.gather(1, nxt[:, None]).squeeze(1))
+            out_v.append(values[:, -1])
+            idx[:, t], valid[:, t] = nxt, True
+            if stop_id is not None:
+                done |= nxt == stop_id
+            if bool(done.all()):
+                break
+        tok, lp, v = (torch.stack(x, 1).cpu() for x in (out_tok, out_lp, out_v))  # (B, n_new)
+        actions, logprobs, values = [], [], []
+        for b in range(B):
+            row = tok[b].tolist()
+            n = row.index(stop_id) + 1 if stop_id in row else len(row)
+            actions.append(row[:n])
+            logprobs.append(lp[b, :n])
+            values.append(v[b, :n])
+        return actions, logprobs, values
+
+
+def pack(prompts, actions, pad_id):
+    """Right-padded rows prompt + action -> idx (B, T) long, action_mask (B, T) float where
+    1 = an action token (the policy produced it, the stop token included), 0 = prompt or padding."""
+    T = max(len(p) + len(a) for p, a in zip(prompts, actions))
+    idx = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    action_mask = torch.zeros(len(prompts), T)
+    for b, (p, a) in enumerate(zip(prompts, actions)):
+        idx[b, :len(p) + len(a)] = torch.tensor(list(p) + list(a), dtype=torch.long)
+        action_mask[b, len(p):len(p) + len(a)] = 1.0
+    return idx, action_mask
+
+# -----------------------------------------------------------------------------
+# checkpoints and devices
+
+
+def _strip_compile_prefix(obj):
+    """torch.compile wraps modules and prefixes their state_dict keys with '_orig_mod.'."""
+    if isinstance(obj, dict):
+        return {(k.replace("_orig_mod.", "") if isinstance(k, str) else k): _strip_compile_prefix(v)
+                for k, v in obj.items()}
+    return obj
+
+
+def save_checkpoint(path, payload):
+    """Atomic torch.save: a crash mid-write leaves the previous checkpoint intact. By convention
+    payload holds "model" (state_dict), "config" (GPTConfig fields), "tokenizer" (tokenizer_spec)
+    and "env_name"; anything else (optimizer, step, beta, RNG states) is stored as given."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save(_strip_compile_prefix(payload), path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path, env_name=None, tokenizer_spec=None, map_location="cpu"):
+    """Load a checkpoint; refuse (ValueError) one made for another environment or tokenizer."""
+    # weights_only=False: our own checkpoints also hold optimizer and numpy RNG states
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if env_name is not None and ckpt.get("env_name") != env_name:
+        raise ValueError(f"checkpoint {path} was trained on environment {ckpt.get('env_name')!r}, "
+                         f"not {env_name!r}")
+    if tokenizer_spec is not None and ckpt.get("tokenizer") != tokenizer_spec:
+        raise ValueError(f"checkpoint {path} was trained with a different tokenizer "
+                         f"({(ckpt.get('tokenizer') or {}).get('name')!r}); its token ids mean other "
+                         f"things here: retrain or rebuild the tokenizer from the checkpoint")
+    return _strip_compile_prefix(ckpt)
+
+
+def get_device(name="auto"):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast_ctx(device):
+    """bf16 autocast on CUDA that supports it; full fp32 everywhere else (CPU bf16 is slow)."""
+    if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
