@@ -1,0 +1,323 @@
+"""
+search.py: the agent loop, best-of-N, PA-guided step-level beam search.
+
+The agent loop (rollout) is shared by training and evaluation: every environment in a batch is stepped
+in lock-step, one model call per step for all of them, and each step leaves a record with the prompt and
+action tokens, the policy's and the reference's per-token log-probs, the critic's values, the reward and
+(in evaluation) the oracle's Q*(s, a) and V*(s). Everything the step scorers of pa.py need is in there,
+so best-of-N, failure prediction and attribution never run the model again.
+
+Compute is counted as model forward passes per sequence (a prefill or a one-token decode of one row = 1)
+plus environment steps, so that search methods can be compared at matched compute.
+
+    python search.py --ckpt out/ppo.pt            # the evaluation report (report.json, report.md)
+    python search.py --ckpt out/ppo.pt --show 3   # the "progress meter": 3 episodes step by step
+"""
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import envs
+import model as M
+import pa
+
+# -----------------------------------------------------------------------------
+# records
+
+
+@dataclass
+class Step:
+    prompt: list            # prompt token ids (the Markov prompt of this step)
+    action: list            # action token ids, ending with the stop token when one was produced
+    text: str               # the decoded action, as given to env.step
+    logprobs: torch.Tensor  # (k,) log pi(a_i | s, a_<i) of the action tokens, fp32
+    ref_logprobs: torch.Tensor  # (k,) the same under the frozen reference
+    values: torch.Tensor    # (k,) critic V(state before action token i); values[0] = V(s)
+    entropy: torch.Tensor   # (k,) entropy of the policy at each action token
+    topk: torch.Tensor      # (k, TOPK) the policy's largest log-probs at each action token
+    reward: float = 0.0
+    done: bool = False
+    valid: bool = True
+    qstar: float = math.nan  # Q*(s, a) of the action taken (oracle runs only)
+    vstar: float = math.nan  # V*(s)
+    env: object = None       # a clone of the environment before the action (keep_states runs only)
+
+
+@dataclass
+class Episode:
+    task: int
+    seed: int
+    unseen: bool
+    steps: list = field(default_factory=list)
+    reward: float = 0.0
+    done: bool = False
+    truncated: bool = False
+
+    @property
+    def success(self):
+        return self.reward == 1.0
+
+
+TOPK = 5  # top-k log-probs kept per token for the self-certainty baseline
+
+
+class Agent:
+    """The policy, its frozen reference and the tokenizer, plus a counter of forward passes."""
+
+    def __init__(self, policy, ref, enc, beta, temperature=1.0, max_action_tokens=16, batch_size=256):
+        self.policy, self.ref, self.enc, self.beta = policy, ref, enc, beta
+        self.temperature, self.max_action_tokens, self.batch_size = temperature, max_action_tokens, batch_size
+        self.stop = M.end_id(enc)
+        self.pad = M.pad_id(enc)
+        self.device = next(policy.parameters()).device
+        self.forward_passes = 0
+
+    def encode(self, obs):
+        return self.enc.encode_ordinary(obs)
+
+    def decode(self, action):
+        return M.decode_action(self.enc, action)
+
+    @torch.no_grad()
+    def act(self, prompts, greedy=False, generator=None):
+        """Sample (or argmax) one action per prompt. Returns lists of token ids."""
+        with M.autocast_ctx(self.device):
+            actions, _, _ = self.policy.generate([list(p) for p in prompts], self.max_action_tokens,
+                                                 self.temperature, greedy, stop_id=self.stop,
+                                                 generator=generator)
+        # one prefill per row, then one decode per further token
+        self.forward_passes += sum(len(a) for a in actions)
+        return actions
+
+    @torch.no_grad()
+    def score(self, prompts, actions, models=("policy", "ref")):
+        """Teacher-forced per-token records of each (prompt, action) row, from one forward per model:
+        the same evaluate() that PPO trains with, so old and new log-probs agree exactly."""
+        idx, action_mask = M.pack(prompts, actions, self.pad)
+        idx = idx.to(self.device)
+        rows = [dict() for _ in prompts]
+        for name in models:
+            net = self.policy if name == "policy" else self.ref
+            with M.autocast_ctx(self.device):
+                lp, v, ent, topk = net.evaluate(idx, self.temperature, topk=TOPK)
+            self.forward_passes += len(prompts)
+            lp, v, ent, topk = lp.float().cpu(), v.float().cpu(), ent.float().cpu(), topk.float().cpu()
+            for b, (p, a) in enumerate(zip(prompts, actions)):
+                sl = slice(len(p), len(p) + len(a))  # the action tokens of row b
+                if name == "policy":
+                    rows[b].update(logprobs=lp[b, sl], values=v[b, sl], entropy=ent[b, sl], topk=topk[b, sl])
+                else:
+                    rows[b]["ref_logprobs"] = lp[b, sl]
+        return rows
+
+
+def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_states=False, fresh=True,
+            progress=None):
+    """Run every environment to the end, batched. fresh=False continues from each env's current state.
+    Returns one Episode per environment, in order."""
+    obs = [e.reset() if fresh else e.obs() for e in env_list]
+    eps = [Episode(e.task_id, e.seed, e.unseen) for e in env_list]
+    active = list(range(len(env_list)))
+    while active:
+        for c in range(0, len(active), agent.batch_size):
+            chunk = active[c:c + agent.batch_size]
+            prompts = [agent.encode(obs[i]) for i in chunk]
+            actions = agent.act(prompts, greedy, generator)
+            rows = agent.score(prompts, actions)
+            for j, i in enumerate(chunk):
+                env, text = env_list[i], agent.decode(actions[j])
+                st = Step(prompts[j], actions[j], text, **rows[j])
+                if oracle:
+                    st.qstar, st.vstar = env.q_star(text), env.optimal_value()
+                if keep_states:
+                    st.env = env.clone()
+                obs[i], st.reward, st.done, info = env.step(text)
+                st.valid = info["valid"]
+                ep = eps[i]
+                ep.steps.append(st)
+                if st.done:
+                    ep.done, ep.reward, ep.truncated = True, st.reward, info["truncated"]
+            if progress is not None:
+                progress.update(len(chunk))
+        active = [i for i in active if not eps[i].done]
+    return eps
+
+
+def make_envs(env_name, split, tasks, seeds):
+    """One environment per (task, seed) pair, task-major: [t0s0, t0s1, ..., t1s0, ...]."""
+    return [envs.make_env(env_name, split=split, task=t, seed=s) for t in tasks for s in seeds]
+
+# -----------------------------------------------------------------------------
+# step scores: one float per step of an episode, for every selector
+
+SELECTORS = ("pa", "logprob", "logprob_mean", "ref_logprob", "confidence", "entropy", "value_td", "mc",
+             "random", "oracle")
+
+
+def _padded(steps, name):
+    """Stack a per-step field into a right-padded (S, k) tensor plus the action mask (S, k)."""
+    xs = [getattr(s, name) for s in steps]
+    k = max(len(x) for x in xs)
+    out = torch.zeros((len(xs), k) + tuple(xs[0].shape[1:]))
+    mask = torch.zeros(len(xs), k)
+    for i, x in enumerate(xs):
+        out[i, :len(x)] = x
+        mask[i, :len(x)] = 1.0
+    return out, mask
+
+
+def step_scores(ep, selector, beta, rng=None, mc_values=None):
+    """Per-step scores of an episode. mc_values: the Monte Carlo V(s_t) of each step (selector "mc")."""
+    steps = ep.steps
+    if selector == "random":
+        return [rng.random() for _ in steps]
+    if selector == "oracle":  # the true optimal advantage A*(s, a) = Q*(s, a) - V*(s)
+        return [s.qstar - s.vstar for s in steps]
+    if selector in ("value_td", "mc"):  # "value after minus value before": r_t + V(s_t+1) - V(s_t)
+        v = [float(s.values[0]) for s in steps] if selector == "value_td" else list(mc_values)
+        v_after = v[1:] + [0.0]  # the value after the episode's last action is 0
+        r = torch.tensor([s.reward for s in steps])
+        return pa.value_td(r, torch.tensor(v), torch.tensor(v_after)).tolist()
+    lp, mask = _padded(steps, "logprobs")
+    if selector == "pa":
+        ref, _ = _padded(steps, "ref_logprobs")
+        return pa.progress_advantage(lp, ref, mask, beta).tolist()
+    if selector == "logprob":
+        return pa.logprob_sum(lp, mask).tolist()
+    if selector == "logprob_mean":
+        return pa.logprob_mean(lp, mask).tolist()
+    if selector == "ref_logprob":
+        ref, _ = _padded(steps, "ref_logprobs")
+        return pa.ref_logprob_sum(ref, mask).tolist()
+    if selector == "confidence":
+        topk, _ = _padded(steps, "topk")
+        return pa.confidence(topk, mask).tolist()
+    if selector == "entropy":  # negative mean entropy: higher = more certain
+        ent, _ = _padded(steps, "entropy")
+        return (-pa.logprob_mean(ent, mask)).tolist()
+    raise ValueError(f"unknown selector {selector!r}; valid: {', '.join(SELECTORS)}")
+
+
+def trajectory_score(ep, selector, how, beta, rng=None, mc_values=None):
+    """One number per episode: the step scores aggregated by `how` (sum, mean, min, last).
+    The oracle's trajectory score is the verified outcome itself (so best-of-N by it is Pass@N)."""
+    if selector == "oracle":
+        return ep.reward
+    return pa.aggregate(step_scores(ep, selector, beta, rng, mc_values), how)
+
+
+def mc_state_values(agent, episodes, n, generator=None):
+    """Monte Carlo V(s_t) for every step of every episode: the mean final reward of n policy rollouts
+    from a clone of the state (needs episodes collected with keep_states=True). Returns a list per episode."""
+    clones = [s.env.clone() for ep in episodes for s in ep.steps for _ in range(n)]
+    for k, c in enumerate(clones):  # fresh transition randomness for every rollout
+        c.rng = np.random.default_rng(1_000_003 + k)
+    outs = rollout(agent, clones, generator=generator, fresh=False)
+    rewards, k, values = [o.reward for o in outs], 0, []
+    for ep in episodes:
+        vs = []
+        for _ in ep.steps:
+            vs.append(sum(rewards[k:k + n]) / n)
+            k += n
+        values.append(vs)
+    return values
+
+# -----------------------------------------------------------------------------
+# best-of-N
+
+
+def best_of_n(groups, scores, ns):
+    """groups: list over tasks of N episodes; scores: the same shape of trajectory scores.
+    For each n in ns the N samples are cut into N // n disjoint groups of n; each group keeps its
+    highest-scoring episode (first on ties). Returns {n: mean success}, {n: Mean@n}, {n: Pass@n}."""
+    sel, mean, pas = {}, {}, {}
+    for n in ns:
+        s_sel, s_mean, s_pass, count = 0.0, 0.0, 0.0, 0
+        for eps, sc in zip(groups, scores):
+            for g in range(len(eps) // n):
+                block, bsc = eps[g * n:(g + 1) * n], sc[g * n:(g + 1) * n]
+                best = max(range(n), key=lambda i: bsc[i])  # max() keeps the first on ties
+                s_sel += block[best].success
+                s_mean += sum(e.success for e in block) / n
+                s_pass += any(e.success for e in block)
+                count += 1
+        sel[n], mean[n], pas[n] = s_sel / count, s_mean / count, s_pass / count
+    return sel, mean, pas
+
+# -----------------------------------------------------------------------------
+# step-level beam search
+
+
+@dataclass
+class Beam:
+    env: object
+    score: float = 0.0
+    steps: list = field(default_factory=list)
+
+    @property
+    def done(self):
+        return self.env.done
+
+    @property
+    def reward(self):  # the final reward once finished (only the last action of an episode pays)
+        return self.steps[-1].reward if self.done and self.steps else 0.0
+
+    @property
+    def success(self):
+        return self.reward == 1.0
+
+
+BEAM_SELECTORS = ("pa", "logprob", "ref_logprob", "confidence", "random", "oracle")
+
+
+def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
+    """Step-level beam search over many tasks at once. At each depth every live beam samples K candidate
+    actions from the policy; each candidate is scored WITHOUT being executed (PA needs only the two models'
+    log-probs; the oracle looks up Q*); the B best beams of each task by cumulative score are kept, and
+    only then is each kept action executed, in a clone of its parent's environment. So an irreversible
+    action (buy now) only ever happens in a kept beam. Finished beams keep their slot and compete on their
+    final cumulative score. Returns, per task, the finished beam with the best score (an Episode-like
+    Beam; its env holds the outcome) and the number of actions executed."""
+    need = ("policy", "ref") if selector == "pa" or selector == "ref_logprob" else ("policy",)
+    beams = [[Beam(env=r)] for r in roots]
+    for r in roots:
+        r.reset()
+    executed = 0
+    while True:
+        live = [(t, b) for t, bs in enumerate(beams) for b in bs if not b.done]
+        if not live:
+            break
+        prompts = [agent.encode(b.env.obs()) for _, b in live for _ in range(K)]
+        actions = agent.act(prompts, greedy=False, generator=generator)
+        rows = agent.score(prompts, actions, need)
+        cands = [[(b.score, b, None, None) for b in bs if b.done] for bs in beams]  # finished beams stay
+        seen = set()
+        for j, (a, row) in enumerate(zip(actions, rows)):
+            t, parent = live[j // K]
+            if (id(parent), tuple(a)) in seen:  # a duplicate sample adds nothing to the beam
+                continue
+            seen.add((id(parent), tuple(a)))
+            st = Step(prompts[j], a, agent.decode(a), ref_logprobs=row.get("ref_logprobs", row["logprobs"]),
+                      **{k: v for k, v in row.items() if k != "ref_logprobs"})
+            if selector == "oracle":
+                st.qstar, st.vstar = parent.env.q_star(st.text), parent.env.optimal_value()
+            s = step_scores(Episode(0, 0, False, [st]), selector, agent.beta, rng)[0]
+            cands[t].append((parent.score + s, parent, a, st))
+        for t in range(len(beams)):
+            kept = sorted(cands[t], key=lambda c: -c[0])[:B]  # stable: earlier candidates win ties
+            new = []
+            for score, parent, a, st in kept:
+                if st is None:  # an already finished beam
+                    new.append(parent)
+                    continue
+                env = parent.env.clone()
+                _, st.reward, st.done, info = env.step(st.text)  # executed only now, in a kept beam
+                st.valid = info["valid"]
+                executed += 1
+                new.append(Beam(env, score, parent.steps + [st]))
+            beams[t] = new
+    best = [max(bs, key=lambda b: b.score) for bs in beams]
+    return best, executed

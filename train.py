@@ -1,0 +1,448 @@
+"""
+train.py: the whole pipeline. Stage 1 behaviour-clones a reference from noisy-expert demonstrations;
+stage 2 runs PPO with GAE and a per-token KL penalty to that frozen reference; then the evaluation report.
+
+    python train.py                                  # both stages + the report (CPU preset: ~15 min on 2 cores)
+    python train.py --stage=ppo --ppo_iters=40       # PPO only, from out/ref.pt
+    python train.py --init_from=resume               # continue an interrupted run from its last checkpoint
+    python train.py --help                           # every option
+
+The PPO math is written out by hand below (gae, ppo_losses), to be read next to CleanRL's ppo.py.
+Deliberate departures from textbook PPO, each for the theory in PAPER.md:
+  - the reward is per token: r_t = -beta * (log pi - log pi_ref) on every action token, plus the
+    environment's reward on the last token of the action that earned it. beta is fixed (no adaptive KL
+    controller): Proposition 1 needs one known beta, and it is saved in the checkpoint for scoring;
+  - GAE runs over the episode's action tokens only, in order; prompt tokens are context, never steps;
+  - no dropout, and one temperature everywhere, so the first PPO ratio is exactly 1.
+"""
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import envs
+import model as M
+import search as S
+
+
+@dataclass
+class Config:
+    # run
+    env: str = "shop"                # which world (envs.make_env)
+    out_dir: str = "out"             # checkpoints, logs and the report go here
+    device: str = "auto"             # auto = cuda -> mps -> cpu
+    preset: str = "auto"             # model/batch sizes: auto (by device), cpu or gpu
+    seed: int = 1337                 # seeds python, numpy and torch
+    stage: str = "all"               # sft, ppo, all (sft then ppo) or eval (report from saved checkpoints)
+    init_from: str = "scratch"       # scratch, or resume: continue from the last checkpoints in out_dir
+    eval: bool = True                # write the evaluation report at the end of a run
+    # model (0 = take it from the preset)
+    n_layer: int = 0
+    n_head: int = 0
+    n_embd: int = 0
+    block_size: int = 0
+    temperature: float = 1.0         # the ONE sampling temperature, also used for every log-prob
+    max_action_tokens: int = 16      # an action longer than this is cut (and then invalid)
+    # stage 1: behaviour cloning of the reference
+    sft_episodes: int = 0            # noisy-expert demonstrations (0 = preset)
+    sft_eps: float = 0.3             # the noisy expert's mistake rate: the reference must have room to improve
+    sft_iters: int = 0               # optimizer steps (0 = preset)
+    sft_batch: int = 64              # steps (prompt + action rows) per batch
+    sft_lr: float = 2e-3
+    sft_vf_coef: float = 0.5         # weight of the critic's regression on demonstration returns
+    # stage 2: PPO with a per-token KL penalty
+    beta: float = 0.05               # KL coefficient, fixed; PA = beta * log(pi / pi_ref)
+    ppo_iters: int = 0               # iterations (0 = preset)
+    episodes_per_iter: int = 0       # rollouts per iteration (0 = preset)
+    ppo_lr: float = 3e-4
+    gamma: float = 1.0               # discount over action tokens
+    lam: float = 0.95                # GAE lambda
+    clip: float = 0.2                # policy ratio clip
+    vclip: float = 0.2               # value clip around the rollout's values
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    update_epochs: int = 2           # passes over each iteration's rollouts
+    minibatch: int = 128             # steps per minibatch
+    target_kl: float = 0.05          # stop the epoch loop early when approx_kl exceeds this
+    max_grad_norm: float = 1.0
+    # evaluation (search.py / report.py)
+    batch_size: int = 256            # rows per model call in rollouts
+
+
+PRESETS = {  # sizes chosen so that `python train.py` on a 2-core CPU finishes in about 15 minutes
+    "cpu": dict(sft_episodes=1500, sft_iters=600, ppo_iters=12, episodes_per_iter=128),
+    "gpu": dict(sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512),
+}
+STAGES, INITS = ("sft", "ppo", "all", "eval"), ("scratch", "resume")
+
+
+def parse_args(argv, cfg=None):
+    """--key=value overrides of Config; unknown keys and bad values are refused with the valid ones."""
+    cfg = cfg or Config()
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            for f in dataclasses.fields(Config):
+                print(f"  --{f.name}={getattr(cfg, f.name)}")
+            sys.exit(0)
+        if not arg.startswith("--") or "=" not in arg:
+            raise SystemExit(f"bad argument {arg!r}: use --key=value (see --help)")
+        key, val = arg[2:].split("=", 1)
+        if key not in fields:
+            raise SystemExit(f"unknown option --{key}; valid options: {', '.join(fields)}")
+        typ = type(getattr(Config(), key))
+        try:
+            if typ is bool:
+                if val.lower() not in ("1", "0", "true", "false"):
+                    raise ValueError
+                val = val.lower() in ("1", "true")
+            else:
+                val = typ(val)
+        except ValueError:
+            raise SystemExit(f"bad value for --{key}: {val!r} is not a {typ.__name__}")
+        setattr(cfg, key, val)
+    if cfg.stage not in STAGES:
+        raise SystemExit(f"bad value for --stage: {cfg.stage!r}; valid: {', '.join(STAGES)}")
+    if cfg.init_from not in INITS:
+        raise SystemExit(f"bad value for --init_from: {cfg.init_from!r}; valid: {', '.join(INITS)}")
+    if cfg.preset not in ("auto", "cpu", "gpu"):
+        raise SystemExit(f"bad value for --preset: {cfg.preset!r}; valid: auto, cpu, gpu")
+    return cfg
+
+
+def resolve(cfg):
+    """Fill the 0 = preset fields from the device's preset."""
+    cfg.device = M.get_device(cfg.device)
+    preset = cfg.preset if cfg.preset != "auto" else ("gpu" if cfg.device.startswith("cuda") else "cpu")
+    for k, v in {**M.PRESETS[preset], **PRESETS[preset]}.items():
+        if hasattr(cfg, k) and getattr(cfg, k) == 0:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def seed_all(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+
+
+def set_rng_state(s):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def build_model(cfg, enc):
+    mcfg = M.GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
+                       n_head=cfg.n_head, n_embd=cfg.n_embd)
+    return M.GPT(mcfg).to(cfg.device)
+
+
+def save(path, net, cfg, enc, **extra):
+    M.save_checkpoint(path, dict(model=net.state_dict(), config=dataclasses.asdict(net.config),
+                                 tokenizer=M.tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
+                                 train_config=dataclasses.asdict(cfg), **extra))
+
+
+def load_model(path, cfg, enc, device):
+    ck = M.load_checkpoint(path, env_name=cfg.env, tokenizer_spec=M.tokenizer_spec(enc))
+    net = M.GPT(M.GPTConfig(**ck["config"])).to(device)
+    net.load_state_dict(ck["model"])
+    return net, ck
+
+
+def log_line(path, rec):
+    """One line per iteration with ' | ' separators, and the same numbers appended to a JSONL file."""
+    print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+# -----------------------------------------------------------------------------
+# stage 1: the reference, by behaviour cloning
+
+
+def demonstrations(cfg, enc):
+    """Noisy-expert episodes on training tasks -> (prompt ids, action ids + stop, return) per step."""
+    rng = random.Random(cfg.seed)
+    rows = []
+    for i in tqdm(range(cfg.sft_episodes), desc="demonstrations", leave=False):
+        env = envs.make_env(cfg.env, split="train", task=rng.randrange(10**9), seed=rng.randrange(10**9))
+        obs, done, steps = env.reset(), False, []
+        while not done:
+            a = envs.noisy_expert_action(env, rng, cfg.sft_eps)
+            steps.append((enc.encode_ordinary(obs), M.encode_action(enc, a)))
+            obs, r, done, _ = env.step(a)
+        rows += [(p, a, r) for p, a in steps]  # gamma = 1 and one final reward: every step's return is r
+    return rows
+
+
+def train_sft(cfg, enc):
+    """Cross-entropy on action tokens only (prompt tokens masked) plus a value regression on the
+    demonstration's return, so that PPO starts with a critic that already knows roughly how good a
+    page is (a random critic would make the first PPO advantages mostly noise)."""
+    net = build_model(cfg, enc)
+    print(f"reference model: {net.num_params() / 1e6:.2f}M parameters on {cfg.device}")
+    rows = demonstrations(cfg, enc)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pad, log = M.pad_id(enc), os.path.join(cfg.out_dir, "sft_log.jsonl")
+    t0 = time.time()
+    for it in range(cfg.sft_iters):
+        lr = cfg.sft_lr * min(1.0, (it + 1) / 50) * 0.5 * (1 + math.cos(math.pi * it / cfg.sft_iters))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        ix = torch.randint(len(rows), (cfg.sft_batch,), generator=gen).tolist()
+        idx, action_mask = M.pack([rows[i][0] for i in ix], [rows[i][1] for i in ix], pad)
+        idx, action_mask = idx.to(cfg.device), action_mask.to(cfg.device)
+        returns = torch.tensor([rows[i][2] for i in ix], device=cfg.device)[:, None]
+        with M.autocast_ctx(cfg.device):
+            logprobs, values, _ = net.evaluate(idx, cfg.temperature)
+        n = action_mask.sum()
+        ce = -(logprobs * action_mask).sum() / n
+        v_loss = 0.5 * (((values - returns) ** 2) * action_mask).sum() / n
+        loss = ce + cfg.sft_vf_coef * v_loss
+        check_finite(loss, "sft loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+        opt.step()
+        if it % 100 == 0 or it == cfg.sft_iters - 1:
+            log_line(log, dict(iter=it, ce=ce.item(), v_loss=v_loss.item(), lr=lr,
+                               seconds=round(time.time() - t0, 1)))
+    save(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
+    return net
+
+
+def check_finite(x, what):
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{what} is {x.item() if x.numel() == 1 else 'not finite'}: stopping; "
+                                 f"the last good checkpoint is kept (resume with --init_from=resume "
+                                 f"after lowering the learning rate)")
+
+# -----------------------------------------------------------------------------
+# stage 2: PPO with GAE and a per-token KL penalty
+
+
+def gae(rewards, values, action_mask, gamma, lam):
+    """Generalised advantage estimation over action tokens only.
+        delta_t = r_t + gamma * V_next - V_t,   A_t = delta_t + gamma * lam * A_next
+    where 'next' is the next ACTION token of the same row (positions with action_mask 0, i.e. prompt,
+    observation and padding tokens, are skipped entirely) and the value after the row's last action
+    token is 0 (the episode is over). rewards, values, action_mask: (B, T) fp32, values[t] = V of the
+    state before token t. Returns (advantages, returns), (B, T), zero where action_mask is 0."""
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    next_adv = torch.zeros_like(next_value)
+    for t in reversed(range(T)):
+        m = action_mask[:, t] > 0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = delta + gamma * lam * next_adv
+        advantages[:, t] = torch.where(m, adv, torch.zeros_like(adv))
+        next_adv = torch.where(m, adv, next_adv)  # a skipped token leaves the recursion untouched
+        next_value = torch.where(m, values[:, t], next_value)
+    returns = (advantages + values) * action_mask
+    return advantages, returns
+
+
+def episode_tensors(episodes, beta):
+    """Lay each episode's action tokens end to end in one row: (E, L) logprobs, ref_logprobs, values,
+    rewards, action_mask. rewards = -beta * (logprobs - ref_logprobs) on every action token, plus each
+    step's environment reward on that step's LAST action token (the stop token)."""
+    L = max(sum(len(s.action) for s in ep.steps) for ep in episodes)
+    E = len(episodes)
+    lp, ref, v, r, mask = (torch.zeros(E, L) for _ in range(5))
+    for e, ep in enumerate(episodes):
+        t = 0
+        for s in ep.steps:
+            k = len(s.action)
+            lp[e, t:t + k], ref[e, t:t + k], v[e, t:t + k] = s.logprobs, s.ref_logprobs, s.values
+            mask[e, t:t + k] = 1.0
+            r[e, t + k - 1] += s.reward
+            t += k
+    r += -beta * (lp - ref) * mask
+    return lp, ref, v, r, mask
+
+
+def whiten(x, mask, eps=1e-8):
+    """Zero mean, unit variance over the masked entries. A single entry has no spread: centred only."""
+    n = mask.sum()
+    mean = (x * mask).sum() / n.clamp(min=1)
+    if n < 2:
+        return (x - mean) * mask
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, mask, clip, vclip):
+    """Clipped PPO losses over the action tokens (mask 1), all inputs (B, T):
+        ratio   = exp(logprobs - old_logprobs)
+        pg_loss = mean max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip))
+        v_loss  = 0.5 * mean max((V - R)^2, (old_V + clip(V - old_V, -vclip, vclip) - R)^2)
+    Returns the two losses and the diagnostics approx_kl ((ratio - 1) - log ratio, always >= 0),
+    clipfrac and the ratio itself."""
+    logratio = logprobs - old_logprobs
+    ratio = logratio.exp()
+    pg_loss = masked_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)), mask)
+    v_clipped = old_values + (values - old_values).clamp(-vclip, vclip)
+    v_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1) - logratio, mask)
+        clipfrac = masked_mean(((ratio - 1).abs() > clip).float(), mask)
+    return pg_loss, v_loss, dict(approx_kl=approx_kl.item(), clipfrac=clipfrac.item(), ratio=ratio)
+
+
+def ppo_update(cfg, policy, opt, agent, episodes, gen):
+    """One PPO iteration's learning from its rollouts. Returns the logged statistics."""
+    # 1. per-token rewards and GAE over each episode's action tokens (fp32, no grad)
+    lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta)
+    adv, ret = gae(r, v, mask, cfg.gamma, cfg.lam)
+    adv = whiten(adv, mask)
+    # 2. scatter back to one row per step (the Markov prompt + the action), the unit the model sees
+    steps, s_adv, s_ret = [], [], []
+    for e, ep in enumerate(episodes):
+        t = 0
+        for s in ep.steps:
+            k = len(s.action)
+            steps.append(s)
+            s_adv.append(adv[e, t:t + k])
+            s_ret.append(ret[e, t:t + k])
+            t += k
+    stats, first_ratio = dict(pg_loss=[], v_loss=[], approx_kl=[], clipfrac=[], entropy=[]), None
+    # 3. several epochs of clipped updates on minibatches of steps, stopping early past target_kl
+    for epoch in range(cfg.update_epochs):
+        perm = torch.randperm(len(steps), generator=gen).tolist()
+        for start in range(0, len(steps), cfg.minibatch):
+            mb = [steps[i] for i in perm[start:start + cfg.minibatch]]
+            mbi = perm[start:start + cfg.minibatch]
+            idx, mb_mask = M.pack([s.prompt for s in mb], [s.action for s in mb], agent.pad)
+            place = lambda xs: _place(xs, mb, idx.shape)  # per-step action vectors -> (b, T)
+            mb_old_lp, mb_old_v = place([s.logprobs for s in mb]), place([s.values for s in mb])
+            mb_adv, mb_ret = place([s_adv[i] for i in mbi]), place([s_ret[i] for i in mbi])
+            dev = cfg.device
+            with M.autocast_ctx(dev):
+                new_lp, new_v, ent = policy.evaluate(idx.to(dev), cfg.temperature)
+            new_lp, new_v, ent = new_lp.float().cpu(), new_v.float().cpu(), ent.float().cpu()
+            pg_loss, v_loss, d = ppo_losses(new_lp, mb_old_lp, mb_adv, new_v, mb_old_v, mb_ret, mb_mask,
+                                            cfg.clip, cfg.vclip)
+            entropy = masked_mean(ent, mb_mask)
+            loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+            check_finite(loss, "ppo loss")
+            if first_ratio is None:  # nothing has changed yet: this must be exactly 1
+                first_ratio = (d["ratio"] - 1).abs().mul(mb_mask).max().item()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            opt.step()
+            for k, x in (("pg_loss", pg_loss.item()), ("v_loss", v_loss.item()), ("approx_kl", d["approx_kl"]),
+                         ("clipfrac", d["clipfrac"]), ("entropy", entropy.item())):
+                stats[k].append(x)
+        if np.mean(stats["approx_kl"][-math.ceil(len(steps) / cfg.minibatch):]) > cfg.target_kl:
+            break  # the policy moved far enough from the rollout policy for this batch
+    out = {k: float(np.mean(x)) for k, x in stats.items()}
+    vv, rr = v[mask > 0], ret[mask > 0]
+    out["explained_var"] = float(1 - (rr - vv).var() / rr.var().clamp(min=1e-8))
+    out["first_ratio_dev"] = first_ratio
+    return out
+
+
+def _place(vectors, mb, shape):
+    """Put each step's per-action-token vector at its action positions in the packed (b, T) minibatch."""
+    out = torch.zeros(shape)
+    for b, (s, x) in enumerate(zip(mb, vectors)):
+        out[b, len(s.prompt):len(s.prompt) + len(s.action)] = x
+    return out
+
+
+def train_ppo(cfg, enc, ref):
+    """PPO from the reference; a frozen copy of the reference stays for the KL reward."""
+    ppo_path, log = os.path.join(cfg.out_dir, "ppo.pt"), os.path.join(cfg.out_dir, "ppo_log.jsonl")
+    policy = build_model(cfg, enc)
+    policy.load_state_dict(ref.state_dict())
+    ref.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0
+    if cfg.init_from == "resume" and os.path.exists(ppo_path):
+        ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=M.tokenizer_spec(enc))
+        policy.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"])
+        gen.set_state(ck["gen"])
+        start = ck["iter"] + 1
+        print(f"resuming PPO at iteration {start} from {ppo_path}")
+        if os.path.exists(log):  # forget log lines of iterations after the checkpoint
+            keep = [l for l in open(log) if json.loads(l)["iter"] < start]
+            open(log, "w").writelines(keep)
+    elif os.path.exists(log):
+        os.remove(log)
+    agent = S.Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size)
+    task_rng = random.Random(cfg.seed + 2)
+    for it in range(start, cfg.ppo_iters):
+        t0 = time.time()
+        task_rng.seed(cfg.seed * 100_003 + it)  # this iteration's tasks, the same after a resume
+        env_list = [envs.make_env(cfg.env, "train", task_rng.randrange(10**9), task_rng.randrange(10**9))
+                    for _ in range(cfg.episodes_per_iter)]
+        policy.eval()
+        with tqdm(total=cfg.episodes_per_iter * 5, desc=f"rollouts {it}", leave=False) as bar:
+            episodes = S.rollout(agent, env_list, generator=gen, progress=bar)
+        policy.train()
+        t1 = time.time()
+        stats = ppo_update(cfg, policy, opt, agent, episodes, gen)
+        n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
+        steps = [s for ep in episodes for s in ep.steps]
+        rec = dict(iter=it, reward=float(np.mean([e.reward for e in episodes])),
+                   success=float(np.mean([e.success for e in episodes])),
+                   kl=float(np.mean([sum(float((s.logprobs - s.ref_logprobs).sum()) for s in ep.steps)
+                                     for ep in episodes])),
+                   **stats, invalid=float(np.mean([not s.valid for s in steps])),
+                   tok_per_s=round(n_tok * (1 + cfg.update_epochs) / (time.time() - t0)),
+                   rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1))
+        log_line(log, rec)
+        save(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
+             gen=gen.get_state())
+    return policy
+
+
+def main(argv):
+    cfg = resolve(parse_args(argv))
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    seed_all(cfg.seed)
+    enc = M.build_tokenizer(cfg.env)
+    ref_path, ppo_path = os.path.join(cfg.out_dir, "ref.pt"), os.path.join(cfg.out_dir, "ppo.pt")
+    times = {}
+    if cfg.stage in ("sft", "all") and not (cfg.init_from == "resume" and os.path.exists(ref_path)):
+        t0 = time.time()
+        train_sft(cfg, enc)
+        times["sft_s"] = round(time.time() - t0, 1)
+    if cfg.stage in ("ppo", "all"):
+        t0 = time.time()
+        ref, _ = load_model(ref_path, cfg, enc, cfg.device)
+        train_ppo(cfg, enc, ref)
+        times["ppo_s"] = round(time.time() - t0, 1)
+    if cfg.eval and cfg.stage in ("all", "eval"):
+        import report
+        t0 = time.time()
+        report.run(ref_path, ppo_path, cfg.out_dir, device=cfg.device, batch_size=cfg.batch_size,
+                   timings=times)
+    return cfg
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
