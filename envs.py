@@ -442,10 +442,17 @@ class ShopEnv:
                 f"steps_left={self.steps_left}, done={self.done})")
 
 
-def make_env(name="shop", split="train", task=0, seed=0, max_steps=MAX_STEPS):
+WORLDS = ("shop", "house", "travel")
+
+
+def make_env(name="shop", split="train", task=0, seed=0, max_steps=None):
+    """max_steps=None: the world's own budget (shop 10, house 12, travel 10)."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown environment {name!r} (available: {', '.join(map(repr, WORLDS))})")
     if name != "shop":
-        raise ValueError(f"unknown environment {name!r} (available: 'shop')")
-    return ShopEnv(split, task, seed, max_steps)
+        import worlds  # the other worlds live in worlds.py (imported here: worlds.py imports this module)
+        return worlds.make_env(name, split, task, seed, max_steps)
+    return ShopEnv(split, task, seed, max_steps or MAX_STEPS)
 
 
 # -----------------------------------------------------------------------------
@@ -492,7 +499,9 @@ def first_critical_mistake(env, actions, delta=DELTA):
 
 def vocabulary(name="shop"):
     """Every word the env can emit (WORD_RE split of any prompt or action), sorted."""
-    assert name == "shop", name
+    if name != "shop":
+        import worlds
+        return worlds.vocabulary(name)
     fixed = ["instruction: find a an with color: size: , and price lower than dollars", "note: " + NOTE_INVALID,
              NOTE_TIMEOUT, "purchase failed, is out of stock you bought", "page: search episode over",
              "results for: (page of )", "(sponsored) $", "item : (out of stock) selected: nothing",

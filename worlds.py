@@ -1,0 +1,751 @@
+"""
+worlds.py: two more text worlds with the shop's interface and guarantees (see envs.py): an ALFWorld-like
+household ("house") and the travel booking of the article ("travel"). Create them with envs.make_env.
+
+Both follow the shop's recipe: a Task fixed by (split, task_id) and shared by every env and clone of it; the
+dynamics a pure function `transitions(task, state, action) -> [(prob, next_state, reward, done)]` of a small
+hashable state (core, steps_left, note); the prompt a pure function of the state; an exact oracle by memoised
+expectimax whose memo lives on the Task; one uniform draw per env step from the env's own numpy Generator.
+
+house: one room (a kitchen or a living room) with 7 receptacles and the six ALFWorld task types: put an object
+    somewhere, put two of them somewhere, put a clean / hot / cool one somewhere, examine one under the lamp.
+    ALFWorld's commands (`go to fridge 1`, `open fridge 1`, `take apple 1 from fridge 1`, `heat apple 1 with
+    microwave 1`, `put apple 1 in countertop 1`, `use desklamp 1`); the prompt lists the commands that make
+    sense where the agent stands; anything else: "nothing happens.". Randomness: where each wanted object
+    is, drawn when a plausible receptacle is first looked into (the agent knows the plausible ones from
+    common sense: apples are mostly in the fridge), and appliances that fail now and then. Irreversible:
+    `put X in garbagecan 1` destroys X, heating a hot (cooling a cool) one ruins it. Binary reward, 1 when the goal holds.
+    Unseen test tasks (odd ids) use room layouts that never occur in train/valid.
+travel: "book a direct flight to tokyo and a hotel near shibuya with a pool, total at most 1200 dollars".
+    Search flights, book one (irreversible; a flight with 2 seats left may sell out as you book), search
+    hotels (the price list is drawn at every search: normal, a price surge, or the cheapest good hotel sold
+    out), book one. The expensive "top pick" flight leaves too little for a good hotel: the article's first
+    critical mistake. WebShop-style partial credit: the fraction of the five requirements met. Unseen test
+    tasks (odd ids) ask for an (area, hotel feature) pair that never occurs in train/valid.
+
+    python worlds.py --world house --task 3      # play a task at the keyboard (--split, --seed)
+    python worlds.py --world travel --demo       # an expert episode with Q* beside every available action
+    python worlds.py --bench                     # both worlds: steps/s, oracle time, V*(s0), expert scores
+"""
+import argparse
+import functools
+import math
+import random
+import statistics
+import time
+
+import numpy as np
+
+import envs
+
+TIE, WORD_RE = envs.TIE, envs.WORD_RE
+
+# -----------------------------------------------------------------------------
+# shared machinery: a task supplies moves(core) -> {action: [(prob, core2, reward, note, done)]} (display
+# order), page(core) -> list of page lines, and the notes; everything below is world-agnostic.
+
+
+class BaseTask:
+    invalid_note = timeout_note = ""
+
+    def moves(self, core):
+        m = self.cache.get(core)
+        if m is None:
+            m = self.cache[core] = self._moves(core)
+        return m
+
+    def bound(self, core):
+        b = self.bounds.get(core)
+        if b is None:
+            b = self.bounds[core] = self.lower_bound(core)
+        return b
+
+    def lower_bound(self, core):
+        return 0  # steps needed to score anything at all (a world may prune hopeless states with it)
+
+
+def transitions(task, state, action):
+    """[(prob, next_state, reward, done)] for any string `action` (not an available action = a no-op)."""
+    core, steps, _ = state
+    outs = task.moves(core).get(action) if core is not None else None
+    if outs is None:
+        outs = [(1.0, core, 0.0, task.invalid_note, False)]
+    res = []
+    for p, core2, r, note, done in outs:
+        if done:
+            res.append((p, (None, steps - 1, note), r, True))
+        elif steps == 1:  # the budget is spent: truncation, scored 0
+            res.append((p, (None, 0, task.timeout_note), 0.0, True))
+        else:
+            res.append((p, (core2, steps - 1, note), r, False))
+    return res
+
+
+def render(task, state):
+    core, steps, note = state
+    lines = [task.instruction] + (["note: " + note] if note else [])
+    lines += task.page(core) if core is not None else ["episode over"]
+    lines.append(f"steps left: {steps}")
+    lines.append("actions: " + (" | ".join(task.moves(core)) if core is not None else ""))
+    return "\n".join(lines)
+
+
+def _q(task, steps, outs):
+    """(Q*, expected steps to the end under the tie-broken greedy policy) of one action's outcomes."""
+    q = length = 0.0
+    for p, core2, r, _, done in outs:
+        if done or steps == 1:
+            q += p * (r if done else 0.0)
+            length += p
+        else:
+            v, l = solve(task, core2, steps - 1)
+            q += p * (r + v)
+            length += p * (1.0 + l)
+    return q, length
+
+
+def solve(task, core, steps):
+    """(V*, expected steps to finish) of a non-terminal state; the note does not change values."""
+    key = (core, steps)
+    hit = task.memo.get(key)
+    if hit is None:
+        if steps < task.bound(core):
+            hit = (0.0, float(steps))  # nothing can pay in time: every action runs into truncation
+        else:
+            hit = (-1.0, 0.0)
+            for outs in task.moves(core).values():  # a no-op is never better: V* grows with steps
+                q, length = _q(task, steps, outs)
+                if q > hit[0] + TIE or (q > hit[0] - TIE and length < hit[1] - TIE):
+                    hit = (q, length)
+        task.memo[key] = hit
+    return hit
+
+
+class WorldEnv:
+    """The env around a task: the same methods as envs.ShopEnv (see INTERFACES: reset/step/actions/clone and
+    the oracle views), written once for every world of this file."""
+    name, max_default = None, None
+
+    def __init__(self, split="train", task=0, seed=0, max_steps=None):
+        self.task, self.split, self.task_id = self.get_task(split, task), split, task
+        self.max_steps = max_steps or self.max_default
+        self.seed, self.rng = seed, np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self):
+        self.state, self.done = (self.task.start, self.max_steps, ""), False
+        return self.obs()
+
+    def obs(self):
+        return render(self.task, self.state)
+
+    def actions(self):
+        return [] if self.done else list(self.task.moves(self.state[0]))
+
+    def step(self, action):
+        if self.done:  # stepping a finished episode is harmless
+            return self.obs(), 0.0, True, dict(valid=False, truncated=False, success=False, n_outcomes=0)
+        action = action if isinstance(action, str) else str(action)
+        valid = action in self.task.moves(self.state[0])
+        outs = transitions(self.task, self.state, action)
+        u, i = self.rng.random(), 0  # exactly one uniform per step, so replays with the same seed agree
+        while i < len(outs) - 1 and u >= outs[i][0]:
+            u -= outs[i][0]
+            i += 1
+        _, self.state, reward, self.done = outs[i]
+        info = dict(valid=valid, truncated=self.done and self.state[2] == self.task.timeout_note,
+                    success=self.done and reward == 1.0, n_outcomes=len(outs))
+        return self.obs(), reward, self.done, info
+
+    def clone(self):
+        c = object.__new__(type(self))
+        c.__dict__.update(self.__dict__)  # the task (and its caches) is shared, the state tuple is immutable
+        c.rng = np.random.default_rng()
+        c.rng.bit_generator.state = self.rng.bit_generator.state
+        return c
+
+    def _q_table(self):
+        core, steps, _ = self.state
+        return {a: _q(self.task, steps, outs) for a, outs in self.task.moves(core).items()}
+
+    def optimal_q(self):
+        return {a: q for a, (q, _) in self._q_table().items()} if not self.done else {}
+
+    def optimal_value(self):
+        return max(self.optimal_q().values(), default=0.0)
+
+    def q_star(self, text):
+        if self.done:
+            return 0.0
+        return sum(p * (r + (0.0 if d else solve(self.task, s[0], s[1])[0]))
+                   for p, s, r, d in transitions(self.task, self.state, text))
+
+    def soft_optimal_q(self, ref_probs, beta):
+        """Soft (KL-regularised) Q of every available action, plus None -> soft V (as envs.ShopEnv)."""
+        if self.done:
+            return {None: 0.0}
+        task, invalid = self.task, "\x00"  # never an available action
+        order, seen = [self.state], {self.state}
+        for st in order:  # every non-terminal state reachable from here (notes included: they change prompts)
+            for a in list(task.moves(st[0])) + [invalid]:
+                for _, s2, _, d in transitions(task, st, a):
+                    if not d and s2 not in seen:
+                        seen.add(s2)
+                        order.append(s2)
+        probs = ref_probs([(render(task, st), list(task.moves(st[0]))) for st in order])
+        pi, memo = dict(zip(order, probs)), {}
+
+        def q_of(st, a):
+            return sum(p * (r + (0.0 if d else v_of(s2))) for p, s2, r, d in transitions(task, st, a))
+
+        def v_of(st):
+            if st not in memo:
+                terms = [(pr, q_of(st, a)) for a, pr in pi[st].items() if pr > 0]
+                rest = 1.0 - sum(pi[st].values())
+                if rest > 1e-12:
+                    terms.append((rest, q_of(st, invalid)))
+                m = max(q for _, q in terms)  # log-sum-exp, shifted for stability
+                memo[st] = m + beta * math.log(sum(pr * math.exp((q - m) / beta) for pr, q in terms))
+            return memo[st]
+
+        out = {a: q_of(self.state, a) for a in self.actions()}
+        out[None] = v_of(self.state)
+        return out
+
+    def is_irreversible(self, text):
+        return not self.done and self.task.irreversible(self.state[0], text)
+
+    @property
+    def steps_left(self):
+        return self.state[1]
+
+    @property
+    def unseen(self):
+        return self.task.unseen
+
+    @property
+    def task_text(self):
+        return self.task.instruction
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(split={self.split!r}, task={self.task_id}, seed={self.seed}, "
+                f"steps_left={self.steps_left}, done={self.done})")
+
+
+def _check_task_id(split, task_id):
+    if split not in ("train", "valid", "test") or task_id < 0 or task_id >= envs.N_TASKS.get(split, math.inf):
+        raise ValueError(f"no task {task_id} in split {split!r} (sizes: {envs.N_TASKS}, train: any id >= 0)")
+    return split == "test" and task_id % 2 == 1  # unseen
+
+
+# -----------------------------------------------------------------------------
+# house: an ALFWorld-like room
+
+KITCHEN = ["fridge 1", "microwave 1", "sinkbasin 1", "garbagecan 1",  # every kitchen has these four
+           "countertop 1", "countertop 2", "cabinet 1", "cabinet 2", "drawer 1", "diningtable 1", "shelf 1"]
+LIVING = ["garbagecan 1", "desk 1",  # every living room has these two (the desklamp stands on the desk)
+          "sidetable 1", "shelf 1", "shelf 2", "drawer 1", "drawer 2", "dresser 1", "sofa 1", "bed 1", "coffeetable 1"]
+OPENABLE = ("fridge", "microwave", "cabinet", "drawer")
+APPLIANCE = {"microwave 1": "heat", "fridge 1": "cool", "sinkbasin 1": "clean"}
+P_FAIL = {"heat": 0.25, "cool": 0.2, "clean": 0.0, "use": 0.2}  # appliances that sometimes fail
+PRIOR = (0.5, 0.3, 0.2)  # where a wanted object is: its three most plausible receptacles present in the room
+# where each object is usually found, most plausible first (the agent is meant to learn this common sense)
+PLACES = {
+    "apple": "fridge 1, countertop 1, diningtable 1, countertop 2", "tomato": "fridge 1, countertop 2, diningtable 1",
+    "potato": "fridge 1, diningtable 1, countertop 1, cabinet 1", "egg": "fridge 1, countertop 1, diningtable 1",
+    "lettuce": "fridge 1, countertop 2, diningtable 1, countertop 1", "mug": "cabinet 1, countertop 1, shelf 1, sinkbasin 1",
+    "cup": "cabinet 2, shelf 1, countertop 2, sinkbasin 1", "plate": "cabinet 1, diningtable 1, drawer 1, cabinet 2",
+    "bowl": "cabinet 2, countertop 1, shelf 1, diningtable 1",
+    "book": "shelf 1, desk 1, bed 1, coffeetable 1", "cd": "drawer 1, shelf 2, desk 1, sidetable 1",
+    "pen": "desk 1, drawer 2, sidetable 1, dresser 1", "keychain": "dresser 1, sidetable 1, drawer 1, sofa 1",
+    "remotecontrol": "coffeetable 1, sofa 1, sidetable 1, dresser 1", "cellphone": "bed 1, desk 1, sidetable 1, sofa 1",
+    "alarmclock": "sidetable 1, dresser 1, desk 1, shelf 2", "vase": "shelf 2, coffeetable 1, dresser 1, shelf 1",
+}
+PLACES = {o: tuple(s.split(", ")) for o, s in PLACES.items()}
+KITCHEN_OBJECTS = ["apple", "tomato", "potato", "egg", "lettuce", "mug", "cup", "plate", "bowl"]
+LIVING_OBJECTS = ["book", "cd", "pen", "keychain", "remotecontrol", "cellphone", "alarmclock", "vase"]
+KINDS = ["put", "two", "clean", "heat", "cool", "look"]
+FOR_KIND = {"clean": KITCHEN_OBJECTS, "heat": ["apple", "tomato", "potato", "egg", "mug", "cup"],
+            "cool": ["apple", "tomato", "potato", "lettuce", "mug", "cup", "bowl"], "look": LIVING_OBJECTS}
+COND = {"clean": "clean", "heat": "hot", "cool": "cool"}
+HOUSE_MAX_STEPS = 12  # the best paths take 4-10 steps, 5-9 on average (two objects and heating the longest)
+UNK, HELD, GONE, START = -1, -2, -3, -4  # where an object is (else a receptacle index); START: where the agent begins
+
+
+def _layouts():
+    """8 layouts per room (7 receptacles in a shuffled order); layouts 6 and 7 are kept for unseen test tasks."""
+    rng, out = random.Random("house/layouts"), {}
+    for room, pool, fixed in (("kitchen", KITCHEN, 4), ("living", LIVING, 2)):
+        seen = set()
+        while len(seen) < 8:
+            recs = pool[:fixed] + rng.sample(pool[fixed:], 7 - fixed)
+            if frozenset(recs) not in seen:
+                seen.add(frozenset(recs))
+                rng.shuffle(recs)
+                out.setdefault(room, []).append(tuple(recs))
+    return out
+
+
+LAYOUTS = _layouts()
+
+
+def _prep(rec):
+    return "in" if rec.split()[0] in OPENABLE + ("sinkbasin", "garbagecan") else "on"
+
+
+class HouseTask(BaseTask):
+    """core = (loc, is_open, searched, objs, decoy): loc a receptacle index (or START), is_open whether the
+    receptacle at loc is open (doors swing shut when you walk away: one bit instead of one per door),
+    searched a bitmask of plausible receptacles already looked into while a wanted object is still unknown,
+    objs ((where, condition), ...) of the wanted objects, decoy the look-alike's where."""
+    invalid_note, timeout_note = "nothing happens.", "out of steps, the task is not done."
+
+    def __init__(self, split, task_id):
+        rng = random.Random(f"house/{split}/{task_id}")
+        self.split, self.task_id, self.unseen = split, task_id, _check_task_id(split, task_id)
+        self.kind = kind = rng.choice(KINDS)
+        room = "living" if kind == "look" else "kitchen" if kind in COND else rng.choice(["kitchen", "living"])
+        pool = LIVING_OBJECTS if room == "living" else KITCHEN_OBJECTS
+        while True:
+            self.recs = recs = rng.choice(LAYOUTS[room][6:] if self.unseen else LAYOUTS[room][:6])
+            self.obj = rng.choice(FOR_KIND.get(kind, pool))
+            spots = [r for r in recs if r not in APPLIANCE and r != "garbagecan 1" and r not in PLACES[self.obj][:1]]
+            self.target = rng.choice(spots) if kind != "look" else None
+            cands = [r for r in PLACES[self.obj] if r in recs and r != self.target][:3]
+            if len(cands) >= 2:  # at least two places to look: the search is a gamble
+                break
+        self.cand = {recs.index(r): w / sum(PRIOR[:len(cands)]) for r, w in zip(cands, PRIOR)}
+        n = 2 if kind == "two" else rng.choice([1, 2])  # with one only, binning it is fatal
+        self.names = [f"{self.obj} {i + 1}" for i in range(n)]
+        self.decoy_name = rng.choice([o for o in pool if o != self.obj]) + " 1"
+        decoy_at = rng.choice([i for i, r in enumerate(recs) if r not in ("garbagecan 1", self.target)])
+        self.lamp = recs.index("desk 1") if "desk 1" in recs else None
+        self.gone_at = recs.index("garbagecan 1")
+        self.t = recs.index(self.target) if self.target else None
+        self.go, self.closed = [f"go to {r}" for r in recs], [r.split()[0] in OPENABLE for r in recs]
+        self.app = next((recs.index(r) for r, v in APPLIANCE.items() if COND.get(v) == COND.get(kind)), None)
+        if kind == "look":
+            self.instruction = f"your task is to: examine the {self.obj} with the desklamp."
+        else:
+            what = {"put": "some ", "two": "two "}.get(kind, f"a {COND.get(kind, '')} ")
+            self.instruction = f"your task is to: put {what}{self.obj} {_prep(self.target)} {self.target}."
+        self.start = (START, False, 0, ((UNK, ""),) * n, decoy_at)
+        self.cache, self.memo, self.bounds = {}, {}, {}
+
+    def visible(self, loc, is_open):
+        return loc >= 0 and (is_open or not self.closed[loc])
+
+    def _look(self, loc, searched, objs):
+        """Looking into receptacle loc: [(prob, searched, objs)], drawing where the unknown wanted objects are."""
+        if loc not in self.cand or searched >> loc & 1 or all(w != UNK for w, _ in objs):
+            return [(1.0, searched, objs)]
+        rest = [w for r, w in self.cand.items() if not searched >> r & 1]
+        p = 1.0 if len(rest) == 1 else self.cand[loc] / sum(rest)  # P(here | not where we looked before)
+        outs = [(1.0, searched | 1 << loc, ())]
+        for where, cond in objs:  # independent draws, one per unknown object
+            if where != UNK:
+                outs = [(q, s, o + ((where, cond),)) for q, s, o in outs]
+            else:
+                outs = [(q * x, s, o + ((w, cond),)) for q, s, o in outs for x, w in ((p, loc), (1 - p, UNK)) if x > 0]
+        return [(q, s if any(w == UNK for w, _ in o) else 0, o) for q, s, o in outs]  # 0: nothing left to find
+
+    def done_after(self, objs):
+        at = [c for w, c in objs if w == self.t]
+        if self.kind == "two":
+            return len(at) == 2
+        return any(c == COND[self.kind] for c in at) if self.kind in COND else len(at) > 0
+
+    def _moves(self, core):
+        loc, is_open, searched, objs, decoy = core
+        recs, m = self.recs, {}
+        held = next((i for i, (w, _) in enumerate(objs) if w == HELD), "decoy" if decoy == HELD else None)
+        name = self.decoy_name if held == "decoy" else self.names[held] if held is not None else None
+        if loc >= 0:
+            here = recs[loc]
+            if self.visible(loc, is_open) and held is None:
+                for i, (w, _) in enumerate(objs):
+                    if w == loc:
+                        o2 = objs[:i] + ((HELD, objs[i][1]),) + objs[i + 1:]
+                        m[f"take {self.names[i]} from {here}"] = [(1.0, (loc, is_open, searched, o2, decoy), 0.0,
+                                                                  f"you pick up the {self.names[i]}.", False)]
+                if decoy == loc:
+                    m[f"take {self.decoy_name} from {here}"] = [(1.0, (loc, is_open, searched, objs, HELD), 0.0,
+                                                                 f"you pick up the {self.decoy_name}.", False)]
+            if here.split()[0] in OPENABLE and not is_open:
+                m[f"open {here}"] = [(p, (loc, True, s, o, decoy), 0.0, f"you open the {here}.", False)
+                                     for p, s, o in self._look(loc, searched, objs)]
+            elif here.split()[0] in OPENABLE:
+                m[f"close {here}"] = [(1.0, (loc, False, searched, objs, decoy), 0.0, f"you close the {here}.", False)]
+            if held is not None and self.visible(loc, is_open):
+                dest = GONE if loc == self.gone_at else loc
+                if held == "decoy":
+                    outs = [(1.0, (loc, is_open, searched, objs, dest), 0.0, "", False)]
+                else:
+                    o2 = objs[:held] + ((dest, objs[held][1]),) + objs[held + 1:]
+                    win = self.kind != "look" and self.done_after(o2)
+                    outs = [(1.0, (loc, is_open, searched, o2, decoy), float(win), "", win)]
+                note = f"you put the {name} {_prep(here)} the {here}." + (" it is gone." if dest == GONE else "")
+                m[f"put {name} {_prep(here)} {here}"] = [o[:3] + (note,) + o[4:] for o in outs]
+            verb = APPLIANCE.get(here)
+            if held is not None and verb:
+                cond = "" if held == "decoy" else objs[held][1]
+                # heating a hot object burns it and cooling a cool one freezes it: ruined for good
+                ruined = cond == "ruined" or (verb != "clean" and cond == COND[verb])
+                cond2 = "ruined" if ruined else COND[verb]
+                o2 = objs if held == "decoy" else objs[:held] + ((HELD, cond2),) + objs[held + 1:]
+                said = f"you {verb} the {name} again. it is ruined." if ruined else f"you {verb} the {name} using the {here}."
+                ok = (1.0 - P_FAIL[verb], (loc, is_open, searched, o2, decoy), 0.0, said, False)
+                fail = (P_FAIL[verb], core, 0.0, f"the {here} does not work this time.", False)
+                m[f"{verb} {name} with {here}"] = [ok] + ([fail] if fail[0] > 0 else [])
+            if loc == self.lamp:
+                win = self.kind == "look" and held not in (None, "decoy")
+                m["use desklamp 1"] = [(1 - P_FAIL["use"], core, float(win), "you turn on the desklamp 1." + (
+                    f" you examine the {name} under it." if win else ""), win),
+                    (P_FAIL["use"], core, 0.0, "the desklamp 1 flickers and goes dark.", False)]
+        for j, go in enumerate(self.go):
+            if j != loc:
+                look = [(1.0, searched, objs)] if self.closed[j] else self._look(j, searched, objs)
+                m[go] = [(p, (j, False, s, o, decoy), 0.0, "", False) for p, s, o in look]
+        return m
+
+    def lower_bound(self, core):
+        """Fewest steps that could still reach the goal, ignoring bad luck (loose but never too high): states
+        with fewer steps left are worth 0 without a search, which keeps the oracle fast."""
+        loc, is_open, searched, objs, decoy = core
+        here_open, closed = self.visible(loc, is_open), self.closed
+
+        def get(w):  # steps to have object w in hand: (go there,) (open it,) take it
+            if w == HELD or w == loc:
+                return 0 if w == HELD else 2 - here_open
+            return min((2 - here_open if c == loc else 2 + closed[c]) for c in self.cand if not searched >> c & 1) \
+                if w == UNK else 2 + closed[w]
+
+        if self.kind == "look":  # take it, go to the lamp unless it lies there, use the lamp
+            costs = [get(w) + 1 + (loc != self.lamp and w in (HELD, loc)) for w, _ in objs if w != GONE]
+        else:
+            want, app, t = COND.get(self.kind), self.app, self.t
+            deliver = 2 + closed[t]  # go to the target, (open it,) put; less when standing there already
+            discount = (loc == t) * (1 + (closed[t] and here_open))
+            need = [(w, c) for w, c in objs if w != t or (want and c != want)]
+            if self.kind == "two":
+                costs = [] if any(w == GONE for w, _ in need) else [sum(get(w) + deliver for w, _ in need) - discount]
+            else:  # the best one: get it, (go to the appliance and) transform it if needed, deliver it
+                costs = [get(w) + (want is not None and c != want) * (1 + (app not in (loc, w))) + deliver - discount
+                         for w, c in need if w != GONE and not (want and c == "ruined")]
+        return min(costs, default=99) + (decoy == HELD)  # the look-alike in hand must be put down first
+
+    def irreversible(self, core, text):
+        outs = self.moves(core).get(text)
+        if not outs:
+            return False
+        lost = lambda c: sum(w == GONE or k == "ruined" for w, k in c[3]) + (c[4] == GONE)  # binned or ruined
+        return any(c is not None and lost(c) > lost(core) for _, c, _, _, _ in outs)
+
+    def page(self, core):
+        loc, is_open, searched, objs, decoy = core
+        recs, lines = self.recs, []
+        show = lambda n, c: n + (f" ({c})" if c else "")
+        if loc == START:
+            lines.append("you are in the middle of a room.")
+        elif self.visible(loc, is_open):
+            here = [show(self.names[i], c) for i, (w, c) in enumerate(objs) if w == loc]
+            here += [self.decoy_name] if decoy == loc else []
+            lines.append(f"you are at {recs[loc]}. {_prep(recs[loc])} it, you see {', '.join(here) or 'nothing'}.")
+        else:
+            lines.append(f"you are at {recs[loc]}. it is closed.")
+        held = [show(self.names[i], c) for i, (w, c) in enumerate(objs) if w == HELD]
+        lines.append("you hold: " + (held[0] if held else self.decoy_name if decoy == HELD else "nothing") + ".")
+        in_sight = lambda w: w == loc and self.visible(loc, is_open)
+        mem = [show(self.names[i], c) + (" is gone" if w == GONE else f" {_prep(recs[w])} {recs[w]}")
+               for i, (w, c) in enumerate(objs) if w == GONE or (w >= 0 and not in_sight(w))]
+        if searched:
+            mem.append("searched: " + ", ".join(r for j, r in enumerate(recs) if searched >> j & 1))
+        if mem:
+            lines.append("you remember: " + "; ".join(mem) + ".")
+        return lines
+
+
+@functools.lru_cache(maxsize=64)
+def get_house_task(split, task_id):
+    return HouseTask(split, task_id)
+
+
+class HouseEnv(WorldEnv):
+    name, max_default, get_task = "house", HOUSE_MAX_STEPS, staticmethod(get_house_task)
+
+
+# -----------------------------------------------------------------------------
+# travel: the article's flight + hotel booking under one budget
+
+CITIES = {"tokyo": ("shibuya", "shinjuku", "ginza", "asakusa"), "osaka": ("namba", "umeda", "tennoji", "kita"),
+          "seoul": ("gangnam", "myeongdong", "hongdae", "itaewon"), "paris": ("marais", "montmartre", "bastille", "louvre"),
+          "london": ("soho", "camden", "kensington", "greenwich"), "rome": ("trastevere", "monti", "prati", "testaccio")}
+FEATURES = ("breakfast", "pool", "gym", "spa")
+NEEDS = ("direct", "morning")  # the flight requirement; every flight is morning/evening and direct/1 stop
+AIRLINES = ("sky air", "blue jet", "east wind", "sun air", "star jet")
+HOTEL_NAMES = ("sakura", "park", "grand", "river", "garden", "central", "royal", "harbor")
+DRAWS = (0.5, 0.3, 0.2)  # hotel prices at each search: as listed, a 30% surge, the cheapest good hotel sold out
+P_SOLD = 0.35            # the flight with "2 seats left" sells out as you book it
+TRAVEL_MAX_STEPS, PER_PAGE = 10, 4  # the best path takes 4 steps (6-7 after an unlucky hotel search)
+HELD_OUT_TRAVEL = frozenset((a, random.Random(f"travel/held-out/{a}").choice(FEATURES))
+                            for areas in CITIES.values() for a in areas)  # one hotel feature per area
+R10 = lambda x: int(round(x / 10.0)) * 10  # whole dollars, multiples of 10 (a small vocabulary of numbers)
+
+
+class TravelTask(BaseTask):
+    """core = (page, args, flight, hotel, sold): page "home" | "flights" (args: query) | "hotels" (args: query,
+    price draw, page number); flight / hotel: None or (id, price paid); sold: the 2-seats flight sold out."""
+    invalid_note, timeout_note = envs.NOTE_INVALID, "out of steps, the trip is not booked"
+
+    def __init__(self, split, task_id):
+        rng = random.Random(f"travel/{split}/{task_id}")
+        self.split, self.task_id, self.unseen = split, task_id, _check_task_id(split, task_id)
+        city = self.city = rng.choice(sorted(CITIES))
+        while True:
+            area, feat = rng.choice(CITIES[city]), rng.choice(FEATURES)
+            if ((area, feat) in HELD_OUT_TRAVEL) == self.unseen:
+                break
+        self.area, self.feat, self.need = area, feat, rng.choice(NEEDS)
+        feats = lambda a, bad=(): [f for f in FEATURES if f not in bad and (self.unseen or (a, f) not in HELD_OUT_TRAVEL)]
+        # prices: the safe flight plus the cheapest good hotel fit the budget (with 0-80 to spare), the "top pick"
+        # costs 150-240 more than the safe flight, which never leaves enough for a good hotel
+        g1, slack, safe = rng.randrange(25, 46) * 10, rng.randrange(0, 9) * 10, rng.randrange(35, 71) * 10
+        self.budget = safe + g1 + slack
+        other_city = rng.choice([c for c in sorted(CITIES) if c != city])
+        ids = [f"f{i}" for i in rng.sample(range(1, 10), 9)]
+        ok = lambda good: {"direct": ("morning" if rng.random() < 0.5 else "evening", "direct" if good else "1 stop"),
+                           "morning": ("morning" if good else "evening", "direct" if rng.random() < 0.5 else "1 stop")}[self.need]
+        specs = [(safe + rng.randrange(15, 25) * 10, True), (safe - rng.randrange(5, 13) * 10, True), (safe, True),
+                 (safe - rng.randrange(8, 20) * 10, False), (safe + rng.randrange(-5, 6) * 10, False)]
+        # flight: (city, time, stops, price, airline); trap first ("top pick"), the 2-seats one second
+        self.flights = {ids[i]: (city,) + ok(good) + (price, rng.choice(AIRLINES)) for i, (price, good) in enumerate(specs)}
+        for fid in ids[5:]:
+            self.flights[fid] = (other_city, rng.choice(["morning", "evening"]), rng.choice(["direct", "1 stop"]),
+                                 rng.randrange(30, 91) * 10, rng.choice(AIRLINES))
+        self.trap, self.risky, self.safe = ids[0], ids[1], ids[2]
+        near, third = rng.sample([a for a in CITIES[city] if a != area], 2)
+        hids, names = [f"h{i}" for i in rng.sample(range(1, 10), 9)], rng.sample(HOTEL_NAMES * 2, 9)
+        hs = [(area, feat, g1), (area, feat, g1 + rng.randrange(6, 16) * 10)]  # the two good hotels, cheapest first
+        hs += [(area, rng.choice(feats(area, (feat,))), g1 - rng.randrange(4, 13) * 10) for _ in range(2)]
+        hs += [(near, rng.choice(feats(near)), rng.randrange(15, 46) * 10) for _ in range(3)]
+        hs += [(third, rng.choice(feats(third)), rng.randrange(15, 46) * 10) for _ in range(2)]
+        self.hotels = {h: (f"{n} hotel", a, f, p) for h, n, (a, f, p) in zip(hids, names, hs)}
+        self.good1 = hids[0]
+        self.queries = [f"flights to {city}", f"flights to {other_city}", f"hotels near {area}", f"hotels near {near}",
+                        f"hotels in {city}"]
+        rng.shuffle(self.queries)
+        self.lists = []  # per query: the flight ids, or per price draw a tuple of (hotel id, price)
+        for q in self.queries:
+            if q.startswith("flights"):
+                c = q.split()[-1]
+                rest = [f for f in self.flights if self.flights[f][0] == c and f != self.trap]
+                rng.shuffle(rest)
+                self.lists.append(tuple(([self.trap] if c == city else []) + rest))
+                continue
+            members = [h for h in hids if q.split()[-1] in (city, self.hotels[h][1])]
+            members += [hids[7]] if q.endswith(area) else []  # one hotel from another area sneaks in
+            draws = []
+            for k in range(len(DRAWS)):
+                order = rng.sample(members, len(members))
+                scale = 1.3 if k == 1 else 1.0
+                draws.append(tuple((h, R10(self.hotels[h][3] * scale)) for h in order if not (k == 2 and h == self.good1)))
+            self.lists.append(draws)
+        with_ = {"breakfast": "with breakfast"}.get(feat, f"with a {feat}")
+        self.instruction = (f"instruction: book a {self.need} flight to {city} and a hotel near {area} {with_}, "
+                            f"total at most {self.budget} dollars")
+        self.start = ("home", (), None, None, False)
+        self.cache, self.memo, self.bounds = {}, {}, {}
+
+    def score(self, flight, hotel):
+        """WebShop-style partial credit: the fraction of the five requirements the trip meets."""
+        c, time_, stops, _, _ = self.flights[flight[0]]
+        _, area, feat, _ = self.hotels[hotel[0]]
+        reqs = [c == self.city, self.need in (time_, stops), area == self.area, feat == self.feat,
+                flight[1] + hotel[1] <= self.budget]
+        return sum(reqs) / len(reqs)
+
+    def _book(self, core, kind, item):
+        page, args, flight, hotel, sold = core
+        flight, hotel = (item, hotel) if kind == "flight" else (flight, item)
+        note = f"you booked {kind} {item[0]} for {item[1]} dollars."
+        if flight and hotel:
+            return (1.0, (page, args, flight, hotel, sold), self.score(flight, hotel), note + " the trip is booked.", True)
+        return (1.0, ("home", (), flight, hotel, sold), 0.0, note, False)
+
+    def _moves(self, core):
+        page, args, flight, hotel, sold = core
+        m, back = {}, [(1.0, ("home", (), flight, hotel, sold), 0.0, "", False)]
+        if page == "home":
+            for i, q in enumerate(self.queries):
+                if q.startswith("flights") and not flight:
+                    m[f"search[{q}]"] = [(1.0, ("flights", (i,), flight, hotel, sold), 0.0, "", False)]
+                elif q.startswith("hotels") and not hotel:
+                    m[f"search[{q}]"] = [(p, ("hotels", (i, k, 0), flight, hotel, sold), 0.0, "", False)
+                                         for k, p in enumerate(DRAWS)]
+        elif page == "flights":
+            for fid in self.lists[args[0]]:
+                if fid == self.risky and sold:
+                    continue
+                booked = self._book(core, "flight", (fid, self.flights[fid][3]))
+                if fid == self.risky:  # 2 seats left: they may go while you book
+                    booked = (1.0 - P_SOLD,) + booked[1:]
+                    gone = (P_SOLD, (page, args, flight, hotel, True), 0.0, f"sorry, flight {fid} just sold out.", False)
+                    booked = [booked, gone]
+                m[f"book[{fid}]"] = booked if isinstance(booked, list) else [booked]
+            m["click[back to search]"] = back
+        else:
+            q, k, pg = args
+            lst = self.lists[q][k]
+            for hid, price in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+                m[f"book[{hid}]"] = [self._book(core, "hotel", (hid, price))]
+            if (pg + 1) * PER_PAGE < len(lst):
+                m["click[next >]"] = [(1.0, (page, (q, k, pg + 1), flight, hotel, sold), 0.0, "", False)]
+            if pg > 0:
+                m["click[< prev]"] = [(1.0, (page, (q, k, pg - 1), flight, hotel, sold), 0.0, "", False)]
+            m["click[back to search]"] = back
+        return m
+
+    def irreversible(self, core, text):
+        return text.startswith("book[") and text in self.moves(core)
+
+    def page(self, core):
+        page, args, flight, hotel, sold = core
+        lines = []
+        if flight or hotel:
+            paid = sum(x[1] for x in (flight, hotel) if x)
+            left = f"budget left: ${self.budget - paid}" if paid <= self.budget else f"over budget by ${paid - self.budget}"
+            booked = [f"{kind} {x[0]} (${x[1]})" for kind, x in (("flight", flight), ("hotel", hotel)) if x]
+            lines.append(f"booked: {', '.join(booked)}. {left}.")
+        if page == "home":
+            lines.append("page: search")
+        elif page == "flights":
+            lines.append(self.queries[args[0]] + ":")
+            for fid in self.lists[args[0]]:
+                c, time_, stops, price, airline = self.flights[fid]
+                tail = f"${price}" + (", 2 seats left" if fid == self.risky else "")
+                tail = "sold out" if fid == self.risky and sold else tail
+                lines.append(f"{fid} {'(top pick) ' if fid == self.trap else ''}{airline}, {time_}, {stops}, {tail}")
+        else:
+            q, k, pg = args
+            lst = self.lists[q][k]
+            lines.append(f"{self.queries[q]} (page {pg + 1} of {-(-len(lst) // PER_PAGE)}):")
+            for hid, price in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+                name, area, feat, _ = self.hotels[hid]
+                lines.append(f"{hid} {name}, {area}, {feat}, ${price}")
+        return lines
+
+
+@functools.lru_cache(maxsize=128)
+def get_travel_task(split, task_id):
+    return TravelTask(split, task_id)
+
+
+class TravelEnv(WorldEnv):
+    name, max_default, get_task = "travel", TRAVEL_MAX_STEPS, staticmethod(get_travel_task)
+
+
+# -----------------------------------------------------------------------------
+# what envs.py dispatches to: make_env and vocabulary
+
+ENVS = {"house": HouseEnv, "travel": TravelEnv}
+
+
+def make_env(name, split="train", task=0, seed=0, max_steps=None):
+    return ENVS[name](split, task, seed, max_steps)
+
+
+def vocabulary(name):
+    """Every word the world can emit (envs.WORD_RE split of any prompt or action), sorted."""
+    if name == "house":
+        fixed = ["your task is to: put some a two clean hot cool in on examine the with desklamp 1 2 .",
+                 "note: " + HouseTask.invalid_note, HouseTask.timeout_note, "you pick up the open close again ruined",
+                 "heat cool clean using does not work this time . it is gone turn on and examine under flickers goes dark",
+                 "you are in the middle of a room at it , you see nothing closed hold : ( ) remember searched ;",
+                 "go to take from put use steps left actions | episode over"]
+        words = {w for s in fixed + KITCHEN + LIVING + KITCHEN_OBJECTS + LIVING_OBJECTS for w in WORD_RE.findall(s)}
+        return sorted(words | {str(i) for i in range(41)})
+    assert name == "travel", name
+    fixed = ["instruction: book a flight to and hotel near with total at most dollars flights hotels in",
+             "note: " + envs.NOTE_INVALID,
+             TravelTask.timeout_note, "sorry, just sold out . you booked for the trip is", "booked: ( $ ) budget left",
+             "over by page: search of :", "(top pick) morning evening direct 1 stop 2 seats left",
+             "search[ ] book[ ] click[ next > < prev back to search ] steps actions | episode over"]
+    words = {w for s in fixed + list(CITIES) + list(FEATURES) + list(AIRLINES) + list(HOTEL_NAMES)
+             for w in WORD_RE.findall(s)}
+    words |= {a for areas in CITIES.values() for a in areas} | {f"{x}{i}" for x in "fh" for i in range(1, 10)}
+    return sorted(words | {str(i) for i in range(41)} | {str(i) for i in range(0, 2001, 10)})
+
+
+# -----------------------------------------------------------------------------
+# command line: play, demo, bench (as envs.py does for the shop)
+
+def bench(name, n_tasks):
+    env, rng, t0, n = envs.make_env(name, task=0), random.Random(0), time.time(), 0
+    while time.time() - t0 < 2.0:
+        env.step(rng.choice(env.actions() + [""]))
+        n += 1
+        if env.done:
+            env = envs.make_env(name, task=n % 50, seed=n)
+    print(f"[{name}] env steps/s (random actions): {n / (time.time() - t0):,.0f}")
+    times, v0, states = [], {False: [], True: []}, []
+    for i in range(n_tasks):
+        env = envs.make_env(name, split="test", task=i)
+        t0 = time.time()
+        v0[env.unseen].append(env.optimal_value())
+        times.append(time.time() - t0)
+        states.append(len(env.task.memo))
+    print(f"[{name}] oracle solve per task: median {statistics.median(times):.3f}s, max {max(times):.3f}s "
+          f"({n_tasks} test tasks, states per task: median {statistics.median(states):.0f}, max {max(states)})")
+    print(f"[{name}] mean V*(s0) on test: seen {statistics.mean(v0[False]):.4f} | unseen {statistics.mean(v0[True]):.4f}")
+    nrng = random.Random(0)
+    for label, pol in [("expert", envs.expert_action),
+                       (f"noisy expert eps={envs.DEFAULT_EPS}", lambda e: envs.noisy_expert_action(e, nrng))]:
+        res = []
+        for i in range(min(n_tasks, envs.N_TASKS["valid"])):
+            env, acts = envs.make_env(name, split="valid", task=i, seed=i), []
+            start = env.clone()
+            while not env.done:
+                acts.append(pol(env))
+                _, r, _, info = env.step(acts[-1])
+            res.append((r, info["success"], envs.first_critical_mistake(start, acts) is not None))
+        print(f"[{name}] {label} on valid: mean reward {statistics.mean(r for r, _, _ in res):.3f} | "
+              f"success {statistics.mean(s for _, s, _ in res):.3f} | with a critical mistake "
+              f"{statistics.mean(c for _, _, c in res):.3f}")
+    texts = envs.sample_texts(name, n=400)
+    prompts = [len(t) for t in texts if t.startswith(("instruction", "your task"))]
+    print(f"[{name}] prompt length: median {statistics.median(prompts):.0f} chars, max {max(prompts)} | "
+          f"vocabulary: {len(envs.vocabulary(name))} words")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="play, demo or benchmark the house and travel worlds")
+    ap.add_argument("--world", default="house", choices=sorted(ENVS))
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--task", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--demo", action="store_true", help="print an expert episode with Q* beside every action")
+    ap.add_argument("--bench", action="store_true", help="both worlds: steps/s, oracle time, headline numbers")
+    ap.add_argument("--n", type=int, default=100, help="number of tasks for --bench")
+    args = ap.parse_args()
+    if args.bench:
+        for world in sorted(ENVS):
+            bench(world, args.n)
+    else:
+        env = envs.make_env(args.world, split=args.split, task=args.task, seed=args.seed)
+        print(env.reset())
+        while not env.done:
+            if args.demo:
+                for a, q in env.optimal_q().items():
+                    print(f"    Q*={q:.3f}  {a}")
+                a = envs.expert_action(env)
+                print(f"> {a}")
+            else:
+                try:
+                    a = input("> ")
+                except EOFError:
+                    print()
+                    break
+            obs, r, done, info = env.step(a)
+            print("\n" + obs)
+            if done:
+                print(f"reward {r:.3f} | success {info['success']} | truncated {info['truncated']}")
