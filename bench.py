@@ -4,6 +4,7 @@ bench.py: performance benchmarks for nanoPA (training throughput, KV-cache gener
     python bench.py                        # everything, ~1 min on a 2-core CPU; writes bench.json
     python bench.py --quick                # fewer repeats, a few seconds
     python bench.py --only=gen --out=gen.json
+    python bench.py --only=envs            # environment steps/s and oracle solve time, every world
 
 Each benchmark is a small function registered with @bench("name") that takes the parsed arguments
 and the results so far and returns a dict of figures; main runs the selected ones in order, prints
@@ -126,6 +127,46 @@ def bench_gen(args, results):
         dt = best_time(run, args.device, 2 if args.quick else 5)
         out["gen_tokens_per_s_" + ("cache" if use_cache else "nocache")] = B * new / dt
     out["gen_cache_speedup"] = out["gen_tokens_per_s_cache"] / out["gen_tokens_per_s_nocache"]
+    return out
+
+
+@bench("envs")
+def bench_envs(args, results):
+    """Every world: environment steps/s under random actions, the oracle's solve time per test task
+    (first call, cold memo), mean V*(s0) on the test halves, and the expert's / noisy expert's scores."""
+    import random
+    import statistics
+    import envs
+    n_tasks, out = (20 if args.quick else 100), {}
+    for name in ("shop", "house", "travel"):
+        env, rng, t0, n = envs.make_env(name, task=0), random.Random(0), time.perf_counter(), 0
+        while time.perf_counter() - t0 < (0.5 if args.quick else 2.0):
+            env.step(rng.choice(env.actions() + [""]))
+            n += 1
+            if env.done:
+                env = envs.make_env(name, task=n % 50, seed=n)
+        out[f"{name}_env_steps_per_s"] = n / (time.perf_counter() - t0)
+        times, v0 = [], {False: [], True: []}
+        for i in range(n_tasks):
+            env = envs.make_env(name, split="test", task=i)
+            t0 = time.perf_counter()
+            v0[env.unseen].append(env.optimal_value())
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_oracle_solve_s_median"] = statistics.median(times)
+        out[f"{name}_oracle_solve_s_max"] = max(times)
+        out[f"{name}_v_star_s0_seen"] = statistics.mean(v0[False])
+        out[f"{name}_v_star_s0_unseen"] = statistics.mean(v0[True])
+        nrng = random.Random(0)
+        for label, policy in (("expert", envs.expert_action),
+                              ("noisy_expert", lambda e: envs.noisy_expert_action(e, nrng))):
+            rewards = []
+            for i in range(n_tasks):
+                env = envs.make_env(name, split="valid", task=i, seed=i)
+                while not env.done:
+                    _, r, _, _ = env.step(policy(env))
+                rewards.append(r)
+            out[f"{name}_{label}_success"] = sum(r == 1.0 for r in rewards) / len(rewards)
+            out[f"{name}_{label}_reward"] = statistics.mean(rewards)
     return out
 
 

@@ -30,9 +30,9 @@ Splits: "train" takes any task id; "valid" (200) and "test" (500) are fixed. Tes
 "unseen": their target uses a (type, attribute) pair from HELD_OUT, which never appears in a train/valid
 target, catalog or query.
 
-    python envs.py                   # play a task at the keyboard (--split, --task, --seed)
+    python envs.py                   # play a task at the keyboard (--env, --split, --task, --seed)
     python envs.py --demo            # an expert episode with Q* beside every available action
-    python envs.py --bench           # env steps/s, oracle solve time, V*(s0), expert and noisy-expert scores
+    python bench.py --only=envs      # env steps/s, oracle solve time, V*(s0), expert and noisy-expert scores
 """
 import argparse
 import collections
@@ -40,8 +40,6 @@ import functools
 import math
 import random
 import re
-import statistics
-import time
 
 import numpy as np
 
@@ -273,11 +271,11 @@ def render(task, state):
         lines.append(f"results for: {task.queries[q]} (page {pg + 1} of {-(-len(lst) // PER_PAGE)})")
         for pid in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
             p = task.products[pid]
-            lines.append(f"{pid} {'(sponsored) ' if p.sponsored else ''}{p.title} ${p.price}")
+            lines.append(f"{pid} {'(sponsored) ' if p.sponsored else ''}{p.title}, {p.price} dollars")
     elif page in ("item", "desc"):
         pid, stock, sel = args
         p = task.products[pid]
-        lines.append(f"item {pid}: {p.title} ${p.price}")
+        lines.append(f"item {pid}: {p.title}, {p.price} dollars")
         if page == "item":
             for dim, values in p.options:
                 out = lambda v: " (out of stock)" if stock and v == p.fragile else ""
@@ -504,7 +502,7 @@ def vocabulary(name="shop"):
         return worlds.vocabulary(name)
     fixed = ["instruction: find a an with color: size: , and price lower than dollars", "note: " + NOTE_INVALID,
              NOTE_TIMEOUT, "purchase failed, is out of stock you bought", "page: search episode over",
-             "results for: (page of )", "(sponsored) $", "item : (out of stock) selected: nothing",
+             "results for: (page of )", "(sponsored) ,", "item : (out of stock) selected: nothing",
              "description: a from our range, in .", AD_TEXT, "steps left: actions: |", "search[ ]",
              "click[ next > < prev deal of the day back to search description buy now ]"]
     words = {w for s in fixed for w in WORD_RE.findall(s)}
@@ -534,69 +532,31 @@ def sample_texts(name="shop", n=200):
 
 
 # -----------------------------------------------------------------------------
-# command line: play, demo, bench
-
-def _run(env, policy):
-    env.reset()
-    while not env.done:
-        _, r, _, info = env.step(policy(env))
-    return r, info["success"]
-
-
-def bench(n_tasks):
-    env, rng, t0, n = make_env(task=0), random.Random(0), time.time(), 0
-    while time.time() - t0 < 2.0:
-        env.step(rng.choice(env.actions() + [""]))
-        n += 1
-        if env.done:
-            env = make_env(task=n % 50, seed=n)
-    print(f"env steps/s (random actions): {n / (time.time() - t0):,.0f}")
-    times, v0 = [], {False: [], True: []}
-    for i in range(n_tasks):
-        env = make_env(split="test", task=i)
-        t0 = time.time()
-        v0[env.unseen].append(env.optimal_value())
-        times.append(time.time() - t0)
-    print(f"oracle solve per task: median {statistics.median(times):.3f}s, max {max(times):.3f}s "
-          f"({n_tasks} test tasks, states per task ~{len(env.task.memo)})")
-    print(f"mean V*(s0) on test: seen {statistics.mean(v0[False]):.4f} | unseen {statistics.mean(v0[True]):.4f}")
-    nrng = random.Random(0)
-    for label, pol in [("expert", expert_action), (f"noisy expert eps={DEFAULT_EPS}", lambda e: noisy_expert_action(e, nrng))]:
-        res = [_run(make_env(split="valid", task=i, seed=i), pol) for i in range(min(n_tasks, 200))]
-        print(f"{label} on valid: mean reward {statistics.mean(r for r, _ in res):.3f} | "
-              f"success {statistics.mean(s for _, s in res):.3f}")
-    texts = sample_texts(n=400)
-    print(f"prompt length: median {statistics.median(len(t) for t in texts if t.startswith('instruction')):.0f} chars"
-          f" | vocabulary: {len(vocabulary())} words")
-
+# command line: play, demo
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="play, demo or benchmark the shop world")
+    ap = argparse.ArgumentParser(description="play a task at the keyboard, or watch the expert (--demo)")
+    ap.add_argument("--env", default="shop", help="shop, house or travel")
     ap.add_argument("--split", default="train")
     ap.add_argument("--task", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--demo", action="store_true", help="print an expert episode with Q* beside every action")
-    ap.add_argument("--bench", action="store_true", help="print steps/s, oracle time and headline numbers")
-    ap.add_argument("--n", type=int, default=100, help="number of tasks for --bench")
     args = ap.parse_args()
-    if args.bench:
-        bench(args.n)
-    else:
-        env = make_env(split=args.split, task=args.task, seed=args.seed)
-        print(env.reset())
-        while not env.done:
-            if args.demo:
-                for a, q in env.optimal_q().items():
-                    print(f"    Q*={q:.3f}  {a}")
-                a = expert_action(env)
-                print(f"> {a}")
-            else:
-                try:
-                    a = input("> ")
-                except EOFError:
-                    print()
-                    break
-            obs, r, done, info = env.step(a)
-            print("\n" + obs)
-            if done:
-                print(f"reward {r:.3f} | success {info['success']} | truncated {info['truncated']}")
+    env = make_env(args.env, split=args.split, task=args.task, seed=args.seed)
+    print(env.reset())
+    while not env.done:
+        if args.demo:
+            for a, q in env.optimal_q().items():
+                print(f"    Q*={q:.3f}  {a}")
+            a = expert_action(env)
+            print(f"> {a}")
+        else:
+            try:
+                a = input("> ")
+            except EOFError:
+                print()
+                break
+        obs, r, done, info = env.step(a)
+        print("\n" + obs)
+        if done:
+            print(f"reward {r:.3f} | success {info['success']} | truncated {info['truncated']}")

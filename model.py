@@ -274,10 +274,13 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx, pos=None, attn_mask=None, cache=None, last_only=False):
+    def forward(self, idx, pos=None, attn_mask=None, cache=None, last_only=False, select=None):
         """idx (B, T) -> logits (B, T, V), values (B, T) fp32. pos (T,) or (B, T) position ids
         (default 0..T-1); attn_mask (B, 1, T, T_past + T) bool; cache: a KVCache to read and
-        extend; last_only: compute the heads at the last position only (sampling)."""
+        extend; last_only: compute the heads at the last position only (sampling); select: a (B, T)
+        bool mask of the positions that need logits, which are then returned flat as (N, V) (the
+        LM head and the softmax over the vocabulary are most of the cost on prompt positions that
+        nobody scores)."""
         B, T = idx.size()
         if pos is None:
             assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
@@ -290,11 +293,11 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        logits = self.lm_head(x)  # (B, T, V)
         values = self.value_head(x).squeeze(-1).float()  # (B, T)
+        logits = self.lm_head(x if select is None else x[select])  # (B, T, V) or (N, V)
         return logits, values
 
-    def evaluate(self, idx, temperature=1.0, topk=0):
+    def evaluate(self, idx, temperature=1.0, topk=0, action_mask=None):
         """Per-token log-probs, values and entropies of a right-padded batch idx (B, T), all (B, T)
         fp32 and ALIGNED TO TOKENS: column t describes token t given tokens < t:
             logprobs[:, t] = log p(idx[:, t] | idx[:, :t])  (logits / temperature, fp32 log_softmax)
@@ -302,26 +305,38 @@ class GPT(nn.Module):
             entropy[:, t]  = entropy of the distribution token t was drawn from
         Column 0 has no predecessor and is 0. Differentiable. Padding on the right cannot affect
         earlier positions (causal), so no attention mask is needed: callers mask with action_mask.
-        topk > 0 adds a fourth output (B, T, topk): the largest log-probs of each of those distributions
-        (the self-certainty baseline's input)."""
-        logits, values = self(idx)
-        logp = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)  # (B, T-1, V)
-        out_lp = logp.gather(-1, idx[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-        out_ent = -(logp.exp() * logp).sum(-1)  # (B, T-1)
-        zero = torch.zeros_like(values[:, :1])
-        out = (torch.cat([zero, out_lp], 1), torch.cat([zero, values[:, :-1]], 1), torch.cat([zero, out_ent], 1))
+        action_mask (B, T), optional: compute log-probs and entropies only where it is 1 (0
+        elsewhere), the same numbers for a fraction of the work. topk > 0 adds a fourth output
+        (B, T, topk): the largest log-probs of each of those distributions (self-certainty's input)."""
+        B, T = idx.shape
+        # the distribution for token t comes from position t-1: select positions 0..T-2
+        want = torch.ones(B, T - 1, dtype=torch.bool, device=idx.device) if action_mask is None \
+            else action_mask[:, 1:] > 0  # (B, T-1)
+        select = torch.cat([want, torch.zeros(B, 1, dtype=torch.bool, device=idx.device)], 1)  # (B, T)
+        logits, values = self(idx, select=select)  # (N, V), (B, T)
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (N, V)
+        tok = idx[:, 1:][want]  # (N,) the tokens these distributions produced
+        flat_lp = logp.gather(-1, tok[:, None]).squeeze(-1)  # (N,)
+        flat_ent = -(logp.exp() * logp).sum(-1)  # (N,)
+
+        def unflatten(flat):  # (N, ...) -> (B, T, ...) with zeros elsewhere, column 0 included
+            out = flat.new_zeros((B, T) + tuple(flat.shape[1:]))
+            out[:, 1:][want] = flat
+            return out
+        values = torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], 1)
+        out = (unflatten(flat_lp), values, unflatten(flat_ent))
         if topk:
-            top = logp.topk(topk, dim=-1).values  # (B, T-1, topk)
-            out += (torch.cat([torch.zeros_like(top[:, :1]), top], 1),)
+            out += (unflatten(logp.topk(topk, dim=-1).values),)
         return out
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, greedy=False, top_k=None,
-                 stop_id=None, use_cache=True, generator=None):
+                 stop_id=None, use_cache=True, generator=None, stats_topk=0):
         """Sample an action after each prompt (list of token lists, any lengths). Each row stops at
         stop_id (kept as its last token) or after max_new_tokens. Returns, per row, the action tokens,
         their fp32 log-probs at `temperature` over the FULL distribution (top_k only narrows what is
         sampled, so these match evaluate()), and the values V(state before each token), as CPU tensors.
+        stats_topk > 0 adds a fourth list: per row dict(entropy (n,), topk (n, stats_topk) log-probs).
         Prompts are LEFT-padded: one shared write position in the cache; a key-padding mask and
         position ids counted from the mask (never from token ids) make the padding invisible."""
         assert temperature > 0, "use greedy=True for argmax decoding; temperature scales the log-probs"
@@ -347,7 +362,7 @@ class GPT(nn.Module):
             return m | eye[t0:t1, :t1]  # a padding query sees itself: no all-masked row, no NaN
 
         cache = KVCache(self.config, B, T_max) if use_cache else None
-        out_tok, out_lp, out_v = [], [], []
+        out_tok, out_lp, out_v, out_ent, out_top = [], [], [], [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
         for i in range(max_new_tokens):
             t = L + i  # where the next token goes
@@ -374,6 +389,9 @@ class GPT(nn.Module):
             out_tok.append(nxt)
             out_lp.append(logp.gather(1, nxt[:, None]).squeeze(1))
             out_v.append(values[:, -1])
+            if stats_topk:  # what the confidence baselines need, free while the logits are here
+                out_ent.append(-(logp.exp() * logp).sum(-1))
+                out_top.append(logp.topk(stats_topk, dim=-1).values)
             idx[:, t], valid[:, t] = nxt, True
             if stop_id is not None:
                 done |= nxt == stop_id
@@ -387,7 +405,11 @@ class GPT(nn.Module):
             actions.append(row[:n])
             logprobs.append(lp[b, :n])
             values.append(v[b, :n])
-        return actions, logprobs, values
+        if not stats_topk:
+            return actions, logprobs, values
+        ent, top = torch.stack(out_ent, 1).cpu(), torch.stack(out_top, 1).cpu()  # (B, n_new), (B, n_new, k)
+        stats = [dict(entropy=ent[b, :len(a)], topk=top[b, :len(a)]) for b, a in enumerate(actions)]
+        return actions, logprobs, values, stats
 
 
 def pack(prompts, actions, pad_id):

@@ -27,7 +27,8 @@ import search as S
 @dataclass
 class ReportConfig:
     n_valid: int = 200          # validation tasks (choices are made here)
-    n_test: int = 500           # test tasks (odd ids are the unseen half)
+    n_test: int = 500           # test tasks for greedy success and failure prediction (odd ids: unseen half)
+    n_bon: int = 500            # test tasks for best-of-N, attribution and step fidelity (the first n_bon)
     n_samples: int = 16         # sampled trajectories per task for best-of-N
     ns: tuple = (1, 2, 4, 8, 16)
     beam_budget: int = 4        # candidates per step B * K, compared with best-of-N at N = budget
@@ -38,6 +39,11 @@ class ReportConfig:
     n_fidelity: int = 100       # test tasks whose greedy states are used for top-1 agreement
     first_k: tuple = (1, 2, 3)  # failure prediction from the first k steps only
     seed: int = 0
+
+
+# The report that `python train.py` prints at the end of a CPU run: every section, on fewer tasks where
+# the work is sampling (about 5 minutes on 2 cores instead of about 15). The full one: search.py --ckpt.
+QUICK = dict(n_valid=100, n_bon=150, n_beam=150, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50)
 
 
 def rate(xs):
@@ -104,27 +110,15 @@ def fidelity_top1(agent, states, beta):
     return out
 
 
-def run(ref_path, ppo_path, out_dir, device="cpu", batch_size=256, rc=None, timings=None, env_name=None):
+def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None, timings=None):
+    """Write the evaluation report of a PPO checkpoint (and its reference) to out_dir."""
     rc = rc or ReportConfig()
     t_start = time.time()
-    ck = M.load_checkpoint(ppo_path)
-    env_name = env_name or ck["env_name"]
-    enc = M.tokenizer_from_spec(ck["tokenizer"])
-    beta = ck["beta"]
-
-    def load(path):
-        c = M.load_checkpoint(path, env_name=env_name, tokenizer_spec=ck["tokenizer"])
-        net = M.GPT(M.GPTConfig(**c["config"])).to(device).eval()
-        net.load_state_dict(c["model"])
-        return net
-
-    ref, ppo = load(ref_path), load(ppo_path)
-    tcfg = ck.get("train_config", {})
-    kw = dict(temperature=tcfg.get("temperature", 1.0), max_action_tokens=tcfg.get("max_action_tokens", 16),
-              batch_size=batch_size)
-    ppo_agent = S.Agent(ppo, ref, enc, beta, **kw)
-    ref_agent = S.Agent(ref, ref, enc, beta, **kw)
-    gen = torch.Generator().manual_seed(rc.seed)
+    ppo_agent, env_name, ref_path, device = S.load_agent(ppo_path, ref_path, device, batch_size)
+    ref_agent = S.Agent(ppo_agent.ref, ppo_agent.ref, ppo_agent.enc, ppo_agent.beta, ppo_agent.temperature,
+                        ppo_agent.max_action_tokens, batch_size)
+    beta = ppo_agent.beta
+    gen = torch.Generator(device=device).manual_seed(rc.seed)
     test, valid = list(range(rc.n_test)), list(range(rc.n_valid))
     R, cost = {"env": env_name, "beta": beta, "config": {k: v for k, v in vars(rc).items()}}, {}
 
@@ -135,10 +129,10 @@ def run(ref_path, ppo_path, out_dir, device="cpu", batch_size=256, rc=None, timi
     # 1. reference, PPO and the oracle's own policy on the test split
     t0 = time.time()
     ref_g = episodes(ref_agent, "test", test, [0], greedy=True)
-    ref_s = episodes(ref_agent, "test", test, [0])
+    ref_s = episodes(ref_agent, "test", test[:rc.n_bon], [0])
     ppo_g = episodes(ppo_agent, "test", test, [0], greedy=True)
-    samples = episodes(ppo_agent, "test", test, range(rc.n_samples))
-    groups = [samples[i * rc.n_samples:(i + 1) * rc.n_samples] for i in range(len(test))]
+    samples = episodes(ppo_agent, "test", test[:rc.n_bon], range(rc.n_samples))
+    groups = [samples[i * rc.n_samples:(i + 1) * rc.n_samples] for i in range(rc.n_bon)]
     oracle_eps = []
     for env in S.make_envs(env_name, "test", test, [0]):
         env.reset()
@@ -146,14 +140,11 @@ def run(ref_path, ppo_path, out_dir, device="cpu", batch_size=256, rc=None, timi
         while not env.done:
             _, ep.reward, _, _ = env.step(envs.expert_action(env))
         oracle_eps.append(ep)
-    R["reference"] = {**outcome(ref_g)["all"], "sampled": outcome(ref_s), "greedy": outcome(ref_g)}
-    R["ppo"] = {**outcome(ppo_g)["all"], "sampled": outcome([g[0] for g in groups]), "greedy": outcome(ppo_g)}
-    R["oracle"] = {**outcome(oracle_eps)["all"], "greedy": outcome(oracle_eps),
-                   "v_star_s0": float(np.mean([g[0].steps[0].vstar for g in groups]))}
-    R["reference"]["success"] = R["reference"]["success"]["rate"]
-    for k in ("reference", "ppo", "oracle"):
-        R[k]["success"] = R[k]["greedy"]["all"]["success"]["rate"]
-        R[k]["score"] = R[k]["greedy"]["all"]["score"]
+    for k, greedy, sampled in (("reference", ref_g, ref_s), ("ppo", ppo_g, [g[0] for g in groups]),
+                               ("oracle", oracle_eps, oracle_eps)):
+        g = outcome(greedy)
+        R[k] = dict(success=g["all"]["success"]["rate"], score=g["all"]["score"], greedy=g, sampled=outcome(sampled))
+    R["oracle"]["v_star_s0"] = float(np.mean([e.steps[0].vstar for e in ppo_g]))
     cost["rollouts_s"] = round(time.time() - t0, 1)
     print(f"[report] rollouts done in {cost['rollouts_s']}s")
 

@@ -14,7 +14,6 @@ plus environment steps, so that search methods can be compared at matched comput
     python search.py --ckpt out/ppo.pt --show 3   # the "progress meter": 3 episodes step by step
 """
 import math
-import random
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,26 +82,27 @@ class Agent:
 
     @torch.no_grad()
     def act(self, prompts, greedy=False, generator=None):
-        """Sample (or argmax) one action per prompt. Returns lists of token ids."""
+        """Sample (or argmax) one action per prompt. Returns the action token lists and, per row, the
+        policy's records of those tokens (logprobs, values, entropy, topk) taken during generation."""
         with M.autocast_ctx(self.device):
-            actions, _, _ = self.policy.generate([list(p) for p in prompts], self.max_action_tokens,
-                                                 self.temperature, greedy, stop_id=self.stop,
-                                                 generator=generator)
+            actions, lp, v, stats = self.policy.generate([list(p) for p in prompts], self.max_action_tokens,
+                                                         self.temperature, greedy, stop_id=self.stop,
+                                                         generator=generator, stats_topk=TOPK)
         # one prefill per row, then one decode per further token
         self.forward_passes += sum(len(a) for a in actions)
-        return actions
+        return actions, [dict(logprobs=lp[b], values=v[b], **stats[b]) for b in range(len(actions))]
 
     @torch.no_grad()
     def score(self, prompts, actions, models=("policy", "ref")):
         """Teacher-forced per-token records of each (prompt, action) row, from one forward per model:
         the same evaluate() that PPO trains with, so old and new log-probs agree exactly."""
         idx, action_mask = M.pack(prompts, actions, self.pad)
-        idx = idx.to(self.device)
+        idx, action_mask = idx.to(self.device), action_mask.to(self.device)
         rows = [dict() for _ in prompts]
         for name in models:
             net = self.policy if name == "policy" else self.ref
             with M.autocast_ctx(self.device):
-                lp, v, ent, topk = net.evaluate(idx, self.temperature, topk=TOPK)
+                lp, v, ent, topk = net.evaluate(idx, self.temperature, topk=TOPK, action_mask=action_mask)
             self.forward_passes += len(prompts)
             lp, v, ent, topk = lp.float().cpu(), v.float().cpu(), ent.float().cpu(), topk.float().cpu()
             for b, (p, a) in enumerate(zip(prompts, actions)):
@@ -117,19 +117,21 @@ class Agent:
 def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_states=False, fresh=True,
             progress=None):
     """Run every environment to the end, batched. fresh=False continues from each env's current state.
-    Returns one Episode per environment, in order."""
+    Returns one Episode per environment, in order. Each model call takes rows of similar prompt length
+    (sorted), so that little of the batch is padding."""
     obs = [e.reset() if fresh else e.obs() for e in env_list]
     eps = [Episode(e.task_id, e.seed, e.unseen) for e in env_list]
     active = list(range(len(env_list)))
     while active:
-        for c in range(0, len(active), agent.batch_size):
-            chunk = active[c:c + agent.batch_size]
-            prompts = [agent.encode(obs[i]) for i in chunk]
-            actions = agent.act(prompts, greedy, generator)
-            rows = agent.score(prompts, actions)
+        prompts = {i: agent.encode(obs[i]) for i in active}
+        order = sorted(active, key=lambda i: len(prompts[i]))
+        for c in range(0, len(order), agent.batch_size):
+            chunk = order[c:c + agent.batch_size]
+            actions, rows = agent.act([prompts[i] for i in chunk], greedy, generator)
+            refs = agent.score([prompts[i] for i in chunk], actions, ("ref",))
             for j, i in enumerate(chunk):
                 env, text = env_list[i], agent.decode(actions[j])
-                st = Step(prompts[j], actions[j], text, **rows[j])
+                st = Step(prompts[i], actions[j], text, **rows[j], **refs[j])
                 if oracle:
                     st.qstar, st.vstar = env.q_star(text), env.optimal_value()
                 if keep_states:
@@ -281,7 +283,6 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
     action (buy now) only ever happens in a kept beam. Finished beams keep their slot and compete on their
     final cumulative score. Returns, per task, the finished beam with the best score (an Episode-like
     Beam; its env holds the outcome) and the number of actions executed."""
-    need = ("policy", "ref") if selector == "pa" or selector == "ref_logprob" else ("policy",)
     beams = [[Beam(env=r)] for r in roots]
     for r in roots:
         r.reset()
@@ -291,8 +292,10 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
         if not live:
             break
         prompts = [agent.encode(b.env.obs()) for _, b in live for _ in range(K)]
-        actions = agent.act(prompts, greedy=False, generator=generator)
-        rows = agent.score(prompts, actions, need)
+        actions, rows = agent.act(prompts, greedy=False, generator=generator)
+        if selector in ("pa", "ref_logprob"):  # the only scorers that need the reference: one more forward
+            for row, ref in zip(rows, agent.score(prompts, actions, ("ref",))):
+                row.update(ref)
         cands = [[(b.score, b, None, None) for b in bs if b.done] for bs in beams]  # finished beams stay
         seen = set()
         for j, (a, row) in enumerate(zip(actions, rows)):
@@ -321,3 +324,65 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
             beams[t] = new
     best = [max(bs, key=lambda b: b.score) for bs in beams]
     return best, executed
+
+# -----------------------------------------------------------------------------
+# the progress meter and the command line
+
+
+def show(agent, env_name, n, split="test", generator=None):
+    """Print n greedy episodes step by step with each step's PA beside the oracle's A*: the press
+    article's "progress meter". Green = progress (PA > 0), red = regress (PA < 0), on a terminal."""
+    import os
+    import sys
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    paint = lambda x, s: (f"\033[{32 if x > 0 else 31}m{s}\033[0m" if color and abs(x) > 1e-3 else s)
+    for ep in rollout(agent, make_envs(env_name, split, range(n), [0]), greedy=True, generator=generator,
+                      oracle=True):
+        env = envs.make_env(env_name, split, ep.task, ep.seed)
+        print("\n" + env.reset().split("\n")[0] + ("   [unseen]" if ep.unseen else ""))
+        cum = 0.0
+        for t, (s, x) in enumerate(zip(ep.steps, step_scores(ep, "pa", agent.beta))):
+            cum += x
+            bar = ("+" if x > 0 else "-") * min(20, int(abs(x) / 0.05 + 0.5))
+            print(paint(x, f"  {t:2d} PA {x:+.3f} (sum {cum:+.3f})  A* {s.qstar - s.vstar:+.3f}  "
+                           f"{s.text:32s} {bar}"))
+        print(f"  -> reward {ep.reward:.2f}{' (success)' if ep.success else ''}"
+              f"{' (out of steps)' if ep.truncated else ''}")
+
+
+def load_agent(ckpt, ref=None, device="auto", batch_size=256):
+    """The PPO policy of a checkpoint, its reference (ref.pt beside it unless given) and its beta."""
+    import os
+    device = M.get_device(device)
+    ck = M.load_checkpoint(ckpt)
+    ref = ref or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ref.pt")
+    nets = []
+    for path in (ckpt, ref):
+        c = M.load_checkpoint(path, env_name=ck["env_name"], tokenizer_spec=ck["tokenizer"])
+        net = M.GPT(M.GPTConfig(**c["config"])).to(device).eval()
+        net.load_state_dict(c["model"])
+        nets.append(net)
+    tc = ck.get("train_config", {})
+    agent = Agent(nets[0], nets[1], M.tokenizer_from_spec(ck["tokenizer"]), ck["beta"], tc.get("temperature", 1.0),
+                  tc.get("max_action_tokens", 16), batch_size)
+    return agent, ck["env_name"], ref, device
+
+
+if __name__ == "__main__":
+    import argparse
+    import os
+    p = argparse.ArgumentParser(description="Evaluation report or progress meter of a trained PPO checkpoint.")
+    p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint (its reference: ref.pt beside it)")
+    p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
+    p.add_argument("--out_dir", default=None, help="where report.json / report.md go (default: the ckpt's folder)")
+    p.add_argument("--show", type=int, default=0, help="print N test episodes step by step instead of the report")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch_size", type=int, default=256)
+    args = p.parse_args()
+    agent, env_name, ref_path, device = load_agent(args.ckpt, args.ref, args.device, args.batch_size)
+    if args.show:
+        show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0))
+    else:
+        import report
+        report.run(args.ckpt, args.out_dir or os.path.dirname(os.path.abspath(args.ckpt)), ref_path, device,
+                   args.batch_size)

@@ -53,7 +53,7 @@ class Config:
     max_action_tokens: int = 16      # an action longer than this is cut (and then invalid)
     # stage 1: behaviour cloning of the reference
     sft_episodes: int = 0            # noisy-expert demonstrations (0 = preset)
-    sft_eps: float = 0.3             # the noisy expert's mistake rate: the reference must have room to improve
+    sft_eps: float = 0.15            # the noisy expert's mistake rate: the reference must have room to improve
     sft_iters: int = 0               # optimizer steps (0 = preset)
     sft_batch: int = 64              # steps (prompt + action rows) per batch
     sft_lr: float = 2e-3
@@ -74,11 +74,12 @@ class Config:
     target_kl: float = 0.05          # stop the epoch loop early when approx_kl exceeds this
     max_grad_norm: float = 1.0
     # evaluation (search.py / report.py)
+    report: str = "auto"             # quick (fewer tasks where it samples), full, or auto: quick on CPU
     batch_size: int = 256            # rows per model call in rollouts
 
 
 PRESETS = {  # sizes chosen so that `python train.py` on a 2-core CPU finishes in about 15 minutes
-    "cpu": dict(sft_episodes=1500, sft_iters=600, ppo_iters=12, episodes_per_iter=128),
+    "cpu": dict(sft_episodes=2000, sft_iters=1200, ppo_iters=16, episodes_per_iter=128),
     "gpu": dict(sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512),
 }
 STAGES, INITS = ("sft", "ppo", "all", "eval"), ("scratch", "resume")
@@ -114,6 +115,8 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --stage: {cfg.stage!r}; valid: {', '.join(STAGES)}")
     if cfg.init_from not in INITS:
         raise SystemExit(f"bad value for --init_from: {cfg.init_from!r}; valid: {', '.join(INITS)}")
+    if cfg.report not in ("auto", "quick", "full"):
+        raise SystemExit(f"bad value for --report: {cfg.report!r}; valid: auto, quick, full")
     if cfg.preset not in ("auto", "cpu", "gpu"):
         raise SystemExit(f"bad value for --preset: {cfg.preset!r}; valid: auto, cpu, gpu")
     return cfg
@@ -209,7 +212,7 @@ def train_sft(cfg, enc):
         idx, action_mask = idx.to(cfg.device), action_mask.to(cfg.device)
         returns = torch.tensor([rows[i][2] for i in ix], device=cfg.device)[:, None]
         with M.autocast_ctx(cfg.device):
-            logprobs, values, _ = net.evaluate(idx, cfg.temperature)
+            logprobs, values, _ = net.evaluate(idx, cfg.temperature, action_mask=action_mask)
         n = action_mask.sum()
         ce = -(logprobs * action_mask).sum() / n
         v_loss = 0.5 * (((values - returns) ** 2) * action_mask).sum() / n
@@ -330,15 +333,15 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen):
     for epoch in range(cfg.update_epochs):
         perm = torch.randperm(len(steps), generator=gen).tolist()
         for start in range(0, len(steps), cfg.minibatch):
-            mb = [steps[i] for i in perm[start:start + cfg.minibatch]]
             mbi = perm[start:start + cfg.minibatch]
+            mb = [steps[i] for i in mbi]
             idx, mb_mask = M.pack([s.prompt for s in mb], [s.action for s in mb], agent.pad)
             place = lambda xs: _place(xs, mb, idx.shape)  # per-step action vectors -> (b, T)
             mb_old_lp, mb_old_v = place([s.logprobs for s in mb]), place([s.values for s in mb])
             mb_adv, mb_ret = place([s_adv[i] for i in mbi]), place([s_ret[i] for i in mbi])
             dev = cfg.device
             with M.autocast_ctx(dev):
-                new_lp, new_v, ent = policy.evaluate(idx.to(dev), cfg.temperature)
+                new_lp, new_v, ent = policy.evaluate(idx.to(dev), cfg.temperature, action_mask=mb_mask.to(dev))
             new_lp, new_v, ent = new_lp.float().cpu(), new_v.float().cpu(), ent.float().cpu()
             pg_loss, v_loss, d = ppo_losses(new_lp, mb_old_lp, mb_adv, new_v, mb_old_v, mb_ret, mb_mask,
                                             cfg.clip, cfg.vclip)
@@ -363,6 +366,14 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen):
     return out
 
 
+def _iter_of(line):
+    """The iteration of a log line; a line cut short by a kill counts as after the checkpoint."""
+    try:
+        return json.loads(line)["iter"]
+    except (ValueError, KeyError):
+        return math.inf
+
+
 def _place(vectors, mb, shape):
     """Put each step's per-action-token vector at its action positions in the packed (b, T) minibatch."""
     out = torch.zeros(shape)
@@ -378,17 +389,19 @@ def train_ppo(cfg, enc, ref):
     policy.load_state_dict(ref.state_dict())
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
-    gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0
+    gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
+    sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if cfg.init_from == "resume" and os.path.exists(ppo_path):
         ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=M.tokenizer_spec(enc))
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         set_rng_state(ck["rng"])
         gen.set_state(ck["gen"])
+        sample_gen.set_state(ck["sample_gen"])
         start = ck["iter"] + 1
         print(f"resuming PPO at iteration {start} from {ppo_path}")
         if os.path.exists(log):  # forget log lines of iterations after the checkpoint
-            keep = [l for l in open(log) if json.loads(l)["iter"] < start]
+            keep = [l for l in open(log) if _iter_of(l) < start]
             open(log, "w").writelines(keep)
     elif os.path.exists(log):
         os.remove(log)
@@ -401,7 +414,7 @@ def train_ppo(cfg, enc, ref):
                     for _ in range(cfg.episodes_per_iter)]
         policy.eval()
         with tqdm(total=cfg.episodes_per_iter * 5, desc=f"rollouts {it}", leave=False) as bar:
-            episodes = S.rollout(agent, env_list, generator=gen, progress=bar)
+            episodes = S.rollout(agent, env_list, generator=sample_gen, progress=bar)
         policy.train()
         t1 = time.time()
         stats = ppo_update(cfg, policy, opt, agent, episodes, gen)
@@ -416,7 +429,7 @@ def train_ppo(cfg, enc, ref):
                    rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1))
         log_line(log, rec)
         save(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
-             gen=gen.get_state())
+             gen=gen.get_state(), sample_gen=sample_gen.get_state())
     return policy
 
 
@@ -439,8 +452,9 @@ def main(argv):
     if cfg.eval and cfg.stage in ("all", "eval"):
         import report
         t0 = time.time()
-        report.run(ref_path, ppo_path, cfg.out_dir, device=cfg.device, batch_size=cfg.batch_size,
-                   timings=times)
+        quick = cfg.report == "quick" or (cfg.report == "auto" and not cfg.device.startswith("cuda"))
+        rc = report.ReportConfig(**(report.QUICK if quick else {}))
+        report.run(ppo_path, cfg.out_dir, ref_path, cfg.device, cfg.batch_size, rc, times)
     return cfg
 
 

@@ -23,16 +23,13 @@ travel: "book a direct flight to tokyo and a hotel near shibuya with a pool, tot
     critical mistake. WebShop-style partial credit: the fraction of the five requirements met. Unseen test
     tasks (odd ids) ask for an (area, hotel feature) pair that never occurs in train/valid.
 
-    python worlds.py --world house --task 3      # play a task at the keyboard (--split, --seed)
-    python worlds.py --world travel --demo       # an expert episode with Q* beside every available action
-    python worlds.py --bench                     # both worlds: steps/s, oracle time, V*(s0), expert scores
+    python envs.py --env=house --task=3          # play a task at the keyboard (--split, --seed)
+    python envs.py --env=travel --demo           # an expert episode with Q* beside every available action
+    python bench.py --only=envs                  # steps/s, oracle time, V*(s0), expert scores of every world
 """
-import argparse
 import functools
 import math
 import random
-import statistics
-import time
 
 import numpy as np
 
@@ -674,78 +671,3 @@ def vocabulary(name):
              for w in WORD_RE.findall(s)}
     words |= {a for areas in CITIES.values() for a in areas} | {f"{x}{i}" for x in "fh" for i in range(1, 10)}
     return sorted(words | {str(i) for i in range(41)} | {str(i) for i in range(0, 2001, 10)})
-
-
-# -----------------------------------------------------------------------------
-# command line: play, demo, bench (as envs.py does for the shop)
-
-def bench(name, n_tasks):
-    env, rng, t0, n = envs.make_env(name, task=0), random.Random(0), time.time(), 0
-    while time.time() - t0 < 2.0:
-        env.step(rng.choice(env.actions() + [""]))
-        n += 1
-        if env.done:
-            env = envs.make_env(name, task=n % 50, seed=n)
-    print(f"[{name}] env steps/s (random actions): {n / (time.time() - t0):,.0f}")
-    times, v0, states = [], {False: [], True: []}, []
-    for i in range(n_tasks):
-        env = envs.make_env(name, split="test", task=i)
-        t0 = time.time()
-        v0[env.unseen].append(env.optimal_value())
-        times.append(time.time() - t0)
-        states.append(len(env.task.memo))
-    print(f"[{name}] oracle solve per task: median {statistics.median(times):.3f}s, max {max(times):.3f}s "
-          f"({n_tasks} test tasks, states per task: median {statistics.median(states):.0f}, max {max(states)})")
-    print(f"[{name}] mean V*(s0) on test: seen {statistics.mean(v0[False]):.4f} | unseen {statistics.mean(v0[True]):.4f}")
-    nrng = random.Random(0)
-    for label, pol in [("expert", envs.expert_action),
-                       (f"noisy expert eps={envs.DEFAULT_EPS}", lambda e: envs.noisy_expert_action(e, nrng))]:
-        res = []
-        for i in range(min(n_tasks, envs.N_TASKS["valid"])):
-            env, acts = envs.make_env(name, split="valid", task=i, seed=i), []
-            start = env.clone()
-            while not env.done:
-                acts.append(pol(env))
-                _, r, _, info = env.step(acts[-1])
-            res.append((r, info["success"], envs.first_critical_mistake(start, acts) is not None))
-        print(f"[{name}] {label} on valid: mean reward {statistics.mean(r for r, _, _ in res):.3f} | "
-              f"success {statistics.mean(s for _, s, _ in res):.3f} | with a critical mistake "
-              f"{statistics.mean(c for _, _, c in res):.3f}")
-    texts = envs.sample_texts(name, n=400)
-    prompts = [len(t) for t in texts if t.startswith(("instruction", "your task"))]
-    print(f"[{name}] prompt length: median {statistics.median(prompts):.0f} chars, max {max(prompts)} | "
-          f"vocabulary: {len(envs.vocabulary(name))} words")
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="play, demo or benchmark the house and travel worlds")
-    ap.add_argument("--world", default="house", choices=sorted(ENVS))
-    ap.add_argument("--split", default="train")
-    ap.add_argument("--task", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--demo", action="store_true", help="print an expert episode with Q* beside every action")
-    ap.add_argument("--bench", action="store_true", help="both worlds: steps/s, oracle time, headline numbers")
-    ap.add_argument("--n", type=int, default=100, help="number of tasks for --bench")
-    args = ap.parse_args()
-    if args.bench:
-        for world in sorted(ENVS):
-            bench(world, args.n)
-    else:
-        env = envs.make_env(args.world, split=args.split, task=args.task, seed=args.seed)
-        print(env.reset())
-        while not env.done:
-            if args.demo:
-                for a, q in env.optimal_q().items():
-                    print(f"    Q*={q:.3f}  {a}")
-                a = envs.expert_action(env)
-                print(f"> {a}")
-            else:
-                try:
-                    a = input("> ")
-                except EOFError:
-                    print()
-                    break
-            obs, r, done, info = env.step(a)
-            print("\n" + obs)
-            if done:
-                print(f"reward {r:.3f} | success {info['success']} | truncated {info['truncated']}")

@@ -1,0 +1,1342 @@
+"""
+The nanoPA test suite, in one file, in five sections: pa.py (progress advantage, the baseline scorers,
+aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py / worlds.py
+(one battery run on the shop, house and travel worlds, then each world's specifics); model.py (tokenizer, GPT,
+KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, config, pipeline, resume); search.py
+(agent loop, best-of-N, beam search).
+
+    python -m pytest -q
+"""
+import itertools
+import json
+import math
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+import model
+import pa
+import report
+import search
+import train
+import worlds
+
+
+# ==================== pa.py: progress advantage, Proposition 1, metrics =====================================
+
+# -----------------------------------------------------------------------------
+# a hand-built batch: row 0 = 2 prompt tokens, 3 action tokens; row 1 = 3 prompt, 1 action, 1 padding
+
+LOGPROBS = torch.tensor([[0.0, -1.0, -0.5, -0.2, -1.5],
+                         [0.0, -2.0, -0.1, -0.7, -9.0]])
+REF_LOGPROBS = torch.tensor([[0.0, -3.0, -0.4, -0.6, -1.0],
+                             [0.0, -0.5, -0.2, -0.2, -4.0]])
+ACTION_MASK = torch.tensor([[0, 0, 1, 1, 1],
+                            [0, 0, 0, 1, 0]], dtype=torch.float32)
+
+def test_pa_is_beta_times_masked_log_ratio_sum():
+    beta = 0.1
+    expected = torch.tensor([beta * ((-0.5 + 0.4) + (-0.2 + 0.6) + (-1.5 + 1.0)), beta * (-0.7 + 0.2)])
+    got = pa.progress_advantage(LOGPROBS, REF_LOGPROBS, ACTION_MASK, beta)
+    assert got.shape == (2,), f"expected shape (2,), got {tuple(got.shape)}"
+    assert torch.allclose(got, expected, atol=1e-6), f"expected {expected}, got {got}"
+
+def test_pa_ignores_prompt_and_padding_tokens():
+    noisy = LOGPROBS.clone()
+    noisy[ACTION_MASK == 0] = torch.randn(int((ACTION_MASK == 0).sum())) * 10
+    a = pa.progress_advantage(LOGPROBS, REF_LOGPROBS, ACTION_MASK, 0.1)
+    b = pa.progress_advantage(noisy, REF_LOGPROBS, ACTION_MASK, 0.1)
+    assert torch.equal(a, b), f"tokens with action_mask 0 changed PA: {a} vs {b}"
+
+def test_pa_is_zero_when_policy_equals_reference():
+    got = pa.progress_advantage(LOGPROBS, LOGPROBS.clone(), ACTION_MASK, 0.3)
+    assert torch.all(got == 0), f"expected exactly 0 for pi_theta == pi_ref, got {got}"
+
+def test_pa_math_is_at_least_fp32():
+    got = pa.progress_advantage(LOGPROBS.bfloat16(), REF_LOGPROBS.bfloat16(), ACTION_MASK.bool(), 0.1)
+    assert got.dtype == torch.float32, f"expected fp32 output from bf16 inputs, got {got.dtype}"
+
+def test_logprob_scorers_on_hand_built_batch():
+    s = pa.logprob_sum(LOGPROBS, ACTION_MASK)
+    m = pa.logprob_mean(LOGPROBS, ACTION_MASK)
+    r = pa.ref_logprob_sum(REF_LOGPROBS, ACTION_MASK)
+    assert torch.allclose(s, torch.tensor([-2.2, -0.7])), f"logprob_sum: got {s}"
+    assert torch.allclose(m, torch.tensor([-2.2 / 3, -0.7])), f"logprob_mean: got {m}"
+    assert torch.allclose(r, torch.tensor([-2.0, -0.2])), f"ref_logprob_sum: got {r}"
+
+def test_confidence_peaked_scores_higher_than_flat():
+    V, k = 50, 5
+    peaked = torch.log_softmax(torch.tensor([8.0] + [0.0] * (V - 1)), dim=-1)
+    flat = torch.log_softmax(torch.zeros(V), dim=-1)
+    topk = torch.stack([peaked.topk(k).values, flat.topk(k).values])[:, None, :]  # (B=2, T=1, k)
+    c = pa.confidence(topk, torch.ones(2, 1))
+    assert c[0] > c[1], f"expected peaked ({c[0]:.3f}) > flat ({c[1]:.3f}): higher = more confident"
+    assert abs(c[1].item() - math.log(V)) < 1e-5, f"flat over V tokens should give log V, got {c[1]}"
+
+def test_confidence_averages_over_action_tokens_only():
+    topk = torch.tensor([[[-1.0, -3.0], [-0.5, -1.5], [-100.0, -100.0]]])  # (1, 3, 2); last token is padding
+    c = pa.confidence(topk, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert torch.allclose(c, torch.tensor([(2.0 + 1.0) / 2])), f"expected mean of 2.0 and 1.0, got {c}"
+
+def test_value_td_is_reward_plus_value_after_minus_before():
+    got = pa.value_td(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.8]), torch.tensor([0.7, 0.0]))
+    assert torch.allclose(got, torch.tensor([0.2, 0.2])), f"expected r + V(s') - V(s) = [0.2, 0.2], got {got}"
+
+# -----------------------------------------------------------------------------
+# Proposition 1 on a stochastic tabular MDP: 5 live states + 1 absorbing terminal, 3 actions
+
+BETA = 0.5
+
+def make_mdp(seed=0, S=6, A=3):
+    rng = np.random.default_rng(seed)
+    term = S - 1
+    P = 0.75 * rng.dirichlet(np.ones(S), size=(S, A))  # every action is genuinely stochastic
+    P[:, :, term] += 0.25  # and ends the episode with probability >= 1/4, so values converge
+    P[term] = 0.0
+    P[term, :, term] = 1.0  # absorbing terminal with zero reward
+    R = rng.normal(size=(S, A))
+    R[term] = 0.0
+    pi_ref = rng.dirichlet(np.ones(A), size=S)
+    return P, R, pi_ref
+
+def solved(seed=0):
+    P, R, pi_ref = make_mdp(seed)
+    Q, V, pi_star = pa.soft_value_iteration(P, R, pi_ref, BETA, n_iters=300)
+    return P, R, pi_ref, Q, V, pi_star
+
+def pa_of_each_action(pi_star, pi_ref, dtype):
+    # one row per (state, action): a one-token "action" with mask 1
+    lp = torch.tensor(np.log(pi_star), dtype=dtype).reshape(-1, 1)
+    ref = torch.tensor(np.log(pi_ref), dtype=dtype).reshape(-1, 1)
+    return pa.progress_advantage(lp, ref, torch.ones_like(lp), BETA).reshape(pi_star.shape).numpy()
+
+def policy_value(P, R, pi, pi_ref, reward="regularised", n_iters=300):
+    # plain (not soft) policy evaluation of a fixed policy, by iterating its Bellman equation
+    log_ratio = np.log(pi) - np.log(pi_ref)
+    r = {"regularised": R - BETA * log_ratio, "return": R, "pa": BETA * log_ratio}[reward]
+    V = np.zeros(P.shape[0])
+    for _ in range(n_iters):
+        V = (pi * (r + P @ V)).sum(axis=1)
+    return V
+
+def test_soft_value_iteration_converged_to_a_distribution():
+    P, R, pi_ref, Q, V, pi_star = solved()
+    assert np.allclose(pi_star.sum(axis=1), 1.0, atol=1e-12), f"pi* rows should sum to 1: {pi_star.sum(1)}"
+    assert np.allclose(Q, R + P @ V, atol=1e-10), "Q should satisfy Q = R + E[V(s')] at convergence"
+    assert V[-1] == 0.0, f"the absorbing terminal state should have V = 0, got {V[-1]}"
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
+def test_prop1_pa_of_optimal_policy_equals_soft_advantage(dtype, tol):
+    for seed in range(3):
+        P, R, pi_ref, Q, V, pi_star = solved(seed)
+        got = pa_of_each_action(pi_star, pi_ref, dtype)
+        err = np.abs(got - (Q - V[:, None])).max()
+        assert err < tol, f"seed {seed}: beta*log(pi*/pi_ref) should equal Q* - V*, max error {err:.2e}"
+
+def test_prop1_optimal_policy_attains_v_star_and_beats_others():
+    P, R, pi_ref, Q, V, pi_star = solved()
+    v_star = policy_value(P, R, pi_star, pi_ref)
+    assert np.allclose(v_star, V, atol=1e-9), f"pi* should achieve V*: {v_star} vs {V}"
+    rng = np.random.default_rng(1)
+    for other in [pi_ref] + [rng.dirichlet(np.ones(3), size=6) for _ in range(5)]:
+        v = policy_value(P, R, other, pi_ref)
+        assert np.all(v <= V + 1e-9), f"a policy beat the soft optimum: {v} > {V}"
+
+def test_prop1_expected_pa_is_beta_kl_and_nonnegative():
+    P, R, pi_ref, Q, V, pi_star = solved()
+    expected_pa = (pi_star * pa_of_each_action(pi_star, pi_ref, torch.float64)).sum(axis=1)
+    kl = (pi_star * (np.log(pi_star) - np.log(pi_ref))).sum(axis=1)
+    assert np.allclose(expected_pa, BETA * kl, atol=1e-10), f"E_pi*[PA] {expected_pa} != beta KL {BETA * kl}"
+    assert np.all(expected_pa >= -1e-12), f"E_pi*[PA] should be >= 0 (a soft advantage), got {expected_pa}"
+    assert expected_pa[:-1].min() > 0, "live states with pi* != pi_ref should have strictly positive E[PA]"
+
+def test_prop1_ranking_actions_by_pa_equals_ranking_by_q():
+    P, R, pi_ref, Q, V, pi_star = solved()
+    scores = pa_of_each_action(pi_star, pi_ref, torch.float64)
+    for s in range(5):  # live states
+        assert list(np.argsort(scores[s])) == list(np.argsort(Q[s])), f"state {s}: PA order != Q* order"
+
+def test_prop1_summed_pa_is_return_minus_v0_in_expectation():
+    P, R, pi_ref, Q, V, pi_star = solved()
+    expected_sum_pa = policy_value(P, R, pi_star, pi_ref, reward="pa")
+    expected_return = policy_value(P, R, pi_star, pi_ref, reward="return")
+    assert np.allclose(expected_sum_pa, expected_return - V, atol=1e-9), "E[sum PA] should be E[return] - V*(s0)"
+
+def test_reward_is_not_recoverable_on_a_sampled_path_but_is_in_expectation():
+    P, R, pi_ref, Q, V, pi_star = solved()
+    s, a = 0, 0
+    implied = (Q[s, a] - V[s]) + V[s] - V  # PA + V(s) - V(s') for each possible next state s'
+    assert np.abs(implied - R[s, a]).max() > 1e-3, "in a stochastic MDP the per-path implied reward should vary"
+    assert abs(P[s, a] @ implied - R[s, a]) < 1e-10, "averaged over s' it should give back the reward"
+
+# -----------------------------------------------------------------------------
+# aggregations and attribution predictors
+
+def test_aggregations_on_hand_built_scores():
+    want = {"sum": 2.0, "mean": 2.0 / 3, "min": -2.0, "last": 3.0}
+    assert set(pa.AGGREGATIONS) == set(want), f"AGGREGATIONS should be {tuple(want)}"
+    for how in pa.AGGREGATIONS:
+        got = pa.aggregate([1.0, -2.0, 3.0], how)
+        assert abs(got - want[how]) < 1e-12, f"aggregate {how}: expected {want[how]}, got {got}"
+
+def test_aggregate_refuses_unknown_and_empty():
+    with pytest.raises(ValueError):
+        pa.aggregate([1.0], "median")
+    with pytest.raises(ValueError):
+        pa.aggregate([], "sum")
+
+def test_cumsum():
+    assert pa.cumsum([1.0, -2.0, 3.0]) == [1.0, -1.0, 2.0], "expected running totals [1, -1, 2]"
+
+def test_attribution_predictors_disagree_on_hand_built_sequence():
+    s = [0.0, 0.8, -0.2, -0.5, 0.3]  # cumsum [0, .8, .6, .1, .4]; drops [0, -.8, 1.0, .3, -.8]
+    assert pa.argmin_cumsum(s) == 0, f"argmin of cumulative sum should be 0, got {pa.argmin_cumsum(s)}"
+    assert pa.argmin_step(s) == 3, f"argmin step should be 3, got {pa.argmin_step(s)}"
+    assert pa.sharpest_drop(s) == 2, f"sharpest drop (0.8 -> -0.2) should be 2, got {pa.sharpest_drop(s)}"
+
+def test_argmin_cumsum_takes_first_index_on_ties():
+    assert pa.argmin_cumsum([-1.0, 0.0, 0.0, 2.0]) == 0, "cumsum [-1, -1, -1, 1]: first minimum is step 0"
+
+def test_sharpest_drop_at_step_zero_is_measured_from_zero():
+    assert pa.sharpest_drop([-2.0, -1.0, -1.5]) == 0, "a drop 0 -> -2 at step 0 beats -1 -> -1.5"
+    assert pa.sharpest_drop([0.5, 1.0, 0.2]) == 2, "a positive first step is no drop"
+
+def test_attribution_metrics():
+    acc, mae = pa.attribution_metrics([1, 2, 3, 4], [1, 2, 5, 0])
+    assert (acc, mae) == (0.5, 1.5), f"expected accuracy 0.5 and MAE 1.5, got {(acc, mae)}"
+
+# -----------------------------------------------------------------------------
+# metrics
+
+def brute_force_auroc(scores, labels):
+    pos = [s for s, l in zip(scores, labels) if l]
+    neg = [s for s, l in zip(scores, labels) if not l]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+def test_auroc_matches_pairwise_count_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scores, labels = rng.integers(0, 5, size=40), rng.integers(0, 2, size=40)
+        got, want = pa.auroc(scores, labels), brute_force_auroc(scores, labels)
+        assert abs(got - want) < 1e-12, f"auroc {got} != pairwise count {want}"
+
+def test_auroc_extremes_and_empty_class():
+    assert pa.auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0, "perfect separation should give 1"
+    assert pa.auroc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0, "reversed separation should give 0"
+    assert pa.auroc([0.3, 0.3], [0, 1]) == 0.5, "a tie should count one half"
+    assert math.isnan(pa.auroc([0.1, 0.2], [1, 1])), "no negatives should give nan"
+
+def test_rankdata_averages_ties():
+    assert list(pa.rankdata([10, 20, 20, 5])) == [2.0, 3.5, 3.5, 1.0], "ties should share the average rank"
+
+def test_spearman_with_ties_matches_hand_computation():
+    # ranks x = [1, 2.5, 2.5, 4], y = [1, 3, 2, 4]: sum dx*dy = 4.5, sxx = 4.5, syy = 5
+    got = pa.spearman([1, 2, 2, 3], [1, 3, 2, 4])
+    assert abs(got - 4.5 / math.sqrt(4.5 * 5)) < 1e-12, f"expected 0.94868, got {got}"
+
+def test_spearman_monotone_and_constant():
+    x = np.linspace(-2, 2, 9)
+    assert abs(pa.spearman(x, np.exp(x)) - 1) < 1e-12, "a monotone transform should give 1"
+    assert abs(pa.spearman(x, -x ** 3) + 1) < 1e-12, "a decreasing transform should give -1"
+    assert math.isnan(pa.spearman(x, np.ones(9))), "constant input should give nan"
+
+def test_sign_agreement():
+    got = pa.sign_agreement([1.0, -2.0, 0.5, 0.0], [3.0, -1.0, -0.1, 0.0])
+    assert got == 0.75, f"3 of 4 signs agree (0 agrees with 0), got {got}"
+
+def test_wilson_interval_contains_rate_and_stays_in_unit_interval():
+    for k, n in [(0, 10), (3, 10), (10, 10), (1, 1), (50, 200)]:
+        lo, hi = pa.wilson(k, n)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0, f"wilson({k}, {n}) = {(lo, hi)} should bracket {k / n} in [0, 1]"
+    lo, hi = pa.wilson(8, 10)
+    assert abs(lo - 0.4902) < 1e-4 and abs(hi - 0.9433) < 1e-4, f"wilson(8, 10) = {(lo, hi)}, not (0.4902, 0.9433)"
+
+def test_bootstrap_ci_brackets_auroc_and_is_seeded():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=60)
+    scores = labels + rng.normal(size=60)
+    lo, hi = pa.bootstrap_ci((scores, labels), pa.auroc, n_boot=200, seed=0)
+    point = pa.auroc(scores, labels)
+    assert 0.0 <= lo <= point <= hi <= 1.0, f"interval {(lo, hi)} should contain the point estimate {point}"
+    assert (lo, hi) == pa.bootstrap_ci((scores, labels), pa.auroc, n_boot=200, seed=0), "same seed, same interval"
+
+
+# ==================== envs.py / worlds.py: the battery on every world, then each world's own tests ==========
+
+WORLDS = ["shop", "house", "travel"]
+NOT_AN_ACTION = "not an action"
+INVALID = {"shop": ["", "click[nothing]", "buy"],  # invalid actions random play slips in now and then
+           "house": ["", "go to moon", "book[h0]"], "travel": ["", "go to moon", "book[h0]"]}
+
+
+# The pure dynamics of a task: the shop's live in envs.py (state = (page, steps_left, note, args)), the other
+# worlds' in worlds.py (state = (core, steps_left, note)).
+
+def is_shop(task):
+    return isinstance(task, envs.Task)
+
+
+def outcomes(task, state, action):
+    """[(prob, next_state, reward, done)] of any string `action` in a state."""
+    return (envs if is_shop(task) else worlds).transitions(task, state, action)
+
+
+def available(task, state):
+    """The actions available in a non-terminal state, in display order."""
+    return list(envs.moves(task, state[0], state[3]) if is_shop(task) else task.moves(state[0]))
+
+
+def v_star(task, state):
+    """The oracle's V* of a non-terminal state."""
+    if is_shop(task):
+        return envs.solve(task, state[0], state[1], state[3])[0]
+    return worlds.solve(task, state[0], state[1])[0]
+
+
+def prompt_of(task, state):
+    return (envs if is_shop(task) else worlds).render(task, state)
+
+
+def offered(task):
+    """Every action the world has offered in this task so far (its moves cache), with the notes of its outcomes."""
+    if is_shop(task):
+        return [(a, [o[4] for o in outs]) for m in task.moves.values() for a, outs in m.items()]
+    return [(a, [o[3] for o in outs]) for m in task.cache.values() for a, outs in m.items()]
+
+
+def invalid_note(env):
+    return envs.NOTE_INVALID if env.name == "shop" else env.task.invalid_note
+
+
+def brute_q(task, state, action):
+    """Q* by plain enumeration of every action sequence and outcome (no memo, no pruning): the oracle's reference."""
+    return sum(p * (r + (0.0 if d else brute_v(task, s2))) for p, s2, r, d in outcomes(task, state, action))
+
+
+def brute_v(task, state):
+    return max(brute_q(task, state, a) for a in available(task, state) + [NOT_AN_ACTION])
+
+
+def random_episode(env, rng, p_invalid=0.1):
+    """Random valid actions (and now and then an invalid one); returns [(obs, action, reward, info)]."""
+    obs, out = env.reset(), []
+    while not env.done:
+        a = rng.choice(env.actions()) if rng.random() > p_invalid else rng.choice(INVALID[env.name])
+        obs2, r, done, info = env.step(a)
+        out.append((obs, a, r, info))
+        obs = obs2
+    out.append((obs, None, None, None))
+    return out
+
+
+def run_expert(env):
+    while not env.done:
+        _, r, _, info = env.step(envs.expert_action(env))
+    return r, info
+
+
+def small_budget_env(name, split, task, warmup, steps):
+    """An env `warmup` expert steps into a task (so that the budget starts somewhere interesting, e.g. an object in
+    reach), then left with `steps` steps: a tree small enough to enumerate."""
+    env = envs.make_env(name, split=split, task=task, seed=task)
+    for _ in range(warmup):
+        env.step(envs.expert_action(env))
+    env.state = env.state[:1] + (steps,) + env.state[2:]
+    return env
+
+
+# ----------------------------------------------------------------------------- determinism and cloning
+
+N_REPLAYED = {"shop": 5, "house": 4, "travel": 4}  # tasks replayed twice
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_same_task_and_seed_give_identical_episodes(name):
+    for task in range(N_REPLAYED[name]):
+        a = random_episode(envs.make_env(name, task=task, seed=3), random.Random(task))
+        b = random_episode(envs.make_env(name, task=task, seed=3), random.Random(task))
+        assert a == b, f"{name}/{task}: same task, seed and actions must give identical pages and rewards"
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_task_identity_does_not_depend_on_seed(name):
+    a, b = envs.make_env(name, task=4, seed=0).reset(), envs.make_env(name, task=4, seed=99).reset()
+    assert a == b, f"{name}: the seed draws outcomes, it must not change the task"
+
+
+def first_clone_action(env):
+    """The shop's first listed action (a search: four outcomes); elsewhere the expert's."""
+    return env.actions()[0] if env.name == "shop" else envs.expert_action(env)
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_clone_evolves_independently(name):
+    env = envs.make_env(name, split="valid", task=7, seed=1)
+    env.step(first_clone_action(env))
+    before = (env.state, env.obs())
+    c = env.clone()
+    assert c.task is env.task, "clones share the immutable task (and its oracle memo)"
+    steps_c = [c.step(a)[:3] for a in [first_clone_action(c), "junk", c.actions()[-1]]]
+    assert (env.state, env.obs()) == before, "stepping a clone must not move the original"
+    steps_e = [env.step(a)[:3] for a in [first_clone_action(env), "junk", env.actions()[-1]]]
+    assert steps_c == steps_e, "a clone carries the same RNG state, so the same actions give the same outcomes"
+
+
+# ----------------------------------------------------------------------------- the oracle
+
+@pytest.mark.parametrize("name,split,task,warmup,steps", [
+    ("shop", "train", 0, 0, 4), ("shop", "train", 1, 0, 4), ("shop", "valid", 2, 0, 4), ("shop", "test", 3, 0, 3),
+    ("house", "train", 0, 0, 4), ("house", "train", 5, 2, 4), ("house", "valid", 1, 3, 4), ("house", "test", 3, 4, 4),
+    ("travel", "train", 0, 0, 4), ("travel", "valid", 2, 1, 4), ("travel", "test", 3, 2, 3)])
+def test_oracle_equals_brute_force_on_tiny_budgets(name, split, task, warmup, steps):
+    env = small_budget_env(name, split, task, warmup, steps)
+    for a, q in env.optimal_q().items():
+        assert q == pytest.approx(brute_q(env.task, env.state, a), abs=1e-12), f"Q*({a}) differs from brute force"
+    assert env.optimal_value() == pytest.approx(brute_v(env.task, env.state), abs=1e-12), "V* differs from brute force"
+    assert env.q_star("no such action") == pytest.approx(brute_q(env.task, env.state, "x"), abs=1e-12), \
+        "Q* of invalid text differs from brute force"
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_invalid_action_q_is_the_same_page_one_step_later(name):
+    env = envs.make_env(name, task=5)
+    q = env.q_star("click[[[")
+    env.step("click[[[")
+    assert q == pytest.approx(env.optimal_value()), "Q*(no-op) = V*(same page, one step less)"
+
+
+# the shop: four fixed tasks at its full budget; house and travel: tight budgets and the first two valid tasks
+# where V* is well below 1 there, so that bad luck shows
+EXPERT_CASES = {"shop": dict(max_steps=None, tasks=[("valid", 0), ("valid", 1), ("test", 2), ("test", 3)]),
+                "house": dict(max_steps=7, tasks=None),
+                "travel": dict(max_steps=5, tasks=None)}
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_expert_averages_to_optimal_value(name):
+    max_steps, tasks = EXPERT_CASES[name]["max_steps"], EXPERT_CASES[name]["tasks"]
+    if tasks is None:
+        risky = [t for t in range(40)
+                 if 0.2 < envs.make_env(name, "valid", t, max_steps=max_steps).optimal_value() < 0.97]
+        assert len(risky) >= 2, f"{name}: fewer than two valid tasks with 0.2 < V* < 0.97 at budget {max_steps}"
+        tasks = [("valid", t) for t in risky[:2]]
+    for split, task in tasks:
+        v0 = envs.make_env(name, split, task, max_steps=max_steps).optimal_value()
+        rewards = [run_expert(envs.make_env(name, split, task, seed=s, max_steps=max_steps))[0] for s in range(300)]
+        se = statistics.pstdev(rewards) / math.sqrt(len(rewards))
+        assert abs(statistics.mean(rewards) - v0) <= 4 * se + 1e-9, \
+            f"{name} {split}/{task}: mean reward {statistics.mean(rewards)} vs V* {v0}"
+
+
+N_TEST_TASKS = {"shop": 500, "house": 24, "travel": 100}  # the shop: its whole test split
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_optimal_value_on_test_set_is_high(name):
+    n, values = N_TEST_TASKS[name], {False: [], True: []}
+    for task in range(n):
+        env = envs.make_env(name, split="test", task=task)
+        values[env.unseen].append(env.optimal_value())
+    assert len(values[True]) == len(values[False]) == n // 2, "the odd test tasks are the unseen half"
+    for unseen, v in values.items():
+        assert statistics.mean(v) >= 0.95, \
+            f"{name}: mean V*(s0) on the {'unseen' if unseen else 'seen'} half: {statistics.mean(v)}"
+
+
+STOCHASTIC = {"shop": (20, 10), "house": (12, 4), "travel": (12, 4)}  # valid tasks played; paths where draws matter
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_world_is_stochastic_on_the_optimal_path(name):
+    n_tasks, min_mattering = STOCHASTIC[name]
+    mattering = 0
+    for task in range(n_tasks):
+        env = envs.make_env(name, split="valid", task=task, seed=task)
+        branched = differs = False
+        while not env.done:
+            a = envs.expert_action(env)
+            outs = outcomes(env.task, env.state, a)
+            branched |= len(outs) >= 2
+            vs = {round(r + (0 if d else v_star(env.task, s)), 9) for _, s, r, d in outs}
+            differs |= len(vs) >= 2
+            env.step(a)
+        assert branched, f"{name} task {task}: no action on the optimal path had two or more outcomes"
+        mattering += differs
+    assert mattering >= min_mattering, \
+        f"{name}: the draws changed V* on {mattering} of {n_tasks} optimal paths, expected at least {min_mattering}" \
+        " (a stock-out, a lost match, a sold-out flight, a failing appliance)"
+
+
+# ----------------------------------------------------------------------------- the soft (KL-regularised) oracle
+
+# small-budget starts: from each task's start with 3 or 4 steps (house and travel can score nothing there, V* = 0),
+# and, for house and travel, states a few expert steps in where reward is within reach
+SOFT_CASES = [("shop", "train", 2, 0, 3), ("shop", "valid", 3, 0, 4),
+              ("house", "train", 2, 0, 3), ("house", "valid", 1, 3, 4),
+              ("travel", "train", 2, 0, 3), ("travel", "test", 3, 2, 3)]
+
+
+def lopsided_reference(batch):
+    """A reference favouring later-listed actions, leaving 5% for invalid text."""
+    return [{a: 0.95 * (i + 1) / sum(range(1, len(acts) + 1)) for i, a in enumerate(acts)} for _, acts in batch]
+
+
+def uniform_reference(batch):
+    return [{a: 1 / len(acts) for a in acts} for _, acts in batch]
+
+
+@pytest.mark.parametrize("reference", [lopsided_reference, uniform_reference], ids=["lopsided", "uniform"])
+@pytest.mark.parametrize("name,split,task,warmup,steps", SOFT_CASES)
+def test_soft_q_approaches_hard_q_as_beta_shrinks(name, split, task, warmup, steps, reference):
+    env = small_budget_env(name, split, task, warmup, steps)
+    hard, errs = env.optimal_q(), []
+    for beta in [0.1, 0.01, 0.001, 1e-4]:
+        soft = env.soft_optimal_q(reference, beta)
+        errs.append(max([abs(soft[a] - q) for a, q in hard.items()] + [abs(soft[None] - max(hard.values()))]))
+    assert all(b <= a + 1e-12 for a, b in zip(errs, errs[1:])), f"soft Q should approach hard Q* as beta -> 0: {errs}"
+    assert errs[2] < 0.01, f"at beta = 0.001 soft Q and V should be within 0.01 of Q* and V*: {errs}"
+
+
+@pytest.mark.parametrize("invalid_mass", [0.0, 0.2])
+@pytest.mark.parametrize("name,split,task,warmup,steps", SOFT_CASES)
+def test_soft_q_matches_brute_force_with_uniform_reference(name, split, task, warmup, steps, invalid_mass):
+    env, beta = small_budget_env(name, split, task, warmup, steps), 0.3
+    calls = []
+
+    def ref(batch):
+        calls.append(len(batch))
+        return [{a: (1 - invalid_mass) / len(acts) for a in acts} for _, acts in batch]
+
+    def soft_v(st):  # direct soft Bellman recursion over the enumerated tree
+        acts = available(env.task, st)
+        terms = [((1 - invalid_mass) / len(acts), soft_q(st, a)) for a in acts]
+        if invalid_mass > 0:
+            terms.append((invalid_mass, soft_q(st, NOT_AN_ACTION)))
+        return beta * math.log(sum(p * math.exp(q / beta) for p, q in terms))
+
+    def soft_q(st, a):
+        return sum(p * (r + (0.0 if d else soft_v(s2))) for p, s2, r, d in outcomes(env.task, st, a))
+
+    out = env.soft_optimal_q(ref, beta)
+    assert len(calls) == 1, "the reference is called once, batched"
+    for a in env.actions():
+        assert out[a] == pytest.approx(soft_q(env.state, a), abs=1e-10), f"soft Q({a}) differs from brute force"
+    assert out[None] == pytest.approx(soft_v(env.state), abs=1e-10), "soft V differs from brute force"
+
+
+# ----------------------------------------------------------------------------- actions, prompts, vocabulary
+
+SHOP_PIECES = ["click[", "]", "search[", "[", "buy now", "é", "日本", "\n", "\x00", " ", "next >", "<", "p07", "🙂"]
+WORLD_PIECES = ["go to ", "fridge 1", "take ", "apple 1", "book[", "]", "f3", "click[", "é", "日本", "\n", "\x00", " ",
+                "🙂"]
+RANDOM_PIECES = {"shop": SHOP_PIECES, "house": WORLD_PIECES, "travel": WORLD_PIECES}  # what random strings are made of
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_random_strings_never_raise(name):
+    rng, restarts = random.Random(0), 0
+    env = envs.make_env(name, task=1, max_steps=10_001)
+    for i in range(10_000):
+        if env.done:  # a lucky string finished the task ("go to fridge 1" is a real house command)
+            env, restarts = envs.make_env(name, task=1, max_steps=10_001), restarts + 1
+        text = "".join(rng.choice(RANDOM_PIECES[name]) for _ in range(rng.randint(0, 12)))
+        text = "x" * 5000 if i % 500 == 0 else text
+        steps, valid = env.steps_left, text in env.actions()
+        obs, r, done, info = env.step(text)
+        assert info["valid"] == valid and env.steps_left == steps - 1, f"{text!r}: validity or step count is off"
+        if not valid:
+            assert r == 0.0 and "note: " + invalid_note(env) in obs, f"{text!r}: invalid text is a noted no-op"
+    if name == "shop":  # none of these strings is an action of the shop's search page: the episode never moves on
+        assert restarts == 0 and not env.done, "10,000 invalid steps of a 10,001-step budget must not end the episode"
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_running_out_of_steps_is_truncation(name):
+    env = envs.make_env(name, task=0, max_steps=3)
+    results = [env.step("nope") for _ in range(3)]
+    obs, r, done, info = results[-1]
+    assert done and r == 0.0 and info["truncated"] and not info["success"], "the third no-op spends the budget"
+    assert not results[0][2] and not results[0][3]["truncated"], "the first no-op ends nothing"
+    for a in ["nope", "click[buy now]"]:
+        assert env.step(a)[2], f"stepping a finished episode ({a!r}) is a harmless no-op"
+
+
+PROMPTS = {  # tasks played, how every prompt starts, bounds on the median prompt length, the longest prompt
+    "shop": (20, "instruction: find ", (250, 520), 800),
+    "house": (15, "your task is to: ", (200, 480), 700),
+    "travel": (15, "instruction: book", (200, 480), 700)}
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_prompts_are_short_and_markov(name):
+    n_tasks, start, (lo, hi), longest = PROMPTS[name]
+    lengths, n_actions = [], []
+    for task in range(n_tasks):
+        env = envs.make_env(name, task=task, seed=task)
+        rng = random.Random(task)
+        while not env.done:
+            obs = env.obs()
+            assert obs.startswith(start) and f"steps left: {env.steps_left}" in obs, f"unexpected prompt {obs!r}"
+            assert obs == prompt_of(env.task, env.state), "the prompt is a pure function of the state"
+            lengths.append(len(obs))
+            n_actions.append(len(env.actions()))
+            env.step(envs.noisy_expert_action(env, rng, 0.3))
+    assert lo <= statistics.median(lengths) <= hi and max(lengths) < longest, \
+        f"median prompt {statistics.median(lengths)} chars, longest {max(lengths)}"
+    assert max(n_actions) <= 12, "the actions line lists at most a dozen commands"
+
+
+VOCAB_EPISODES = {"shop": (150, None), "house": (60, 3), "travel": (60, 3)}  # random episodes; expert every k-th
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_every_emitted_word_is_in_the_vocabulary(name):
+    n_episodes, expert_every = VOCAB_EPISODES[name]
+    vocab = set(envs.vocabulary(name))
+    assert envs.vocabulary(name) == sorted(vocab) and len(vocab) < 400, "a sorted vocabulary of under 400 words"
+    rng = random.Random(1)
+    for i in range(n_episodes):
+        env = envs.make_env(name, split=["train", "valid", "test"][i % 3], task=i, seed=i)
+        for obs, a, _, info in random_episode(env, rng, p_invalid=0.2):
+            words = set(envs.WORD_RE.findall(obs)) | (set(envs.WORD_RE.findall(a)) if info and info["valid"] else set())
+            assert words <= vocab, f"words outside the vocabulary: {words - vocab}"
+        if expert_every and i % expert_every == 0:  # the expert's path too (it reaches states random play rarely does)
+            run_expert(envs.make_env(name, split=env.split, task=i, seed=i))
+        for a, notes in offered(env.task):  # every action the env ever offered in this task, and its notes
+            words = set(envs.WORD_RE.findall(a + " " + " ".join(notes)))
+            assert words <= vocab, f"{a!r}: words outside the vocabulary: {words - vocab}"
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_sample_texts_is_deterministic(name):
+    a, b = envs.sample_texts(name, n=60), envs.sample_texts(name, n=60)
+    assert a == b and len(a) == 60, "the same call should give the same 60 texts"
+    assert any(t.startswith(PROMPTS[name][1]) for t in a), "the sample should hold prompts"
+
+
+# ----------------------------------------------------------------------------- tasks and splits
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_split_sizes_are_enforced(name):
+    assert envs.N_TASKS == {"valid": 200, "test": 500}, f"split sizes changed: {envs.N_TASKS}"
+    for split, n in envs.N_TASKS.items():
+        envs.make_env(name, split=split, task=n - 1)  # the last task exists
+        with pytest.raises(ValueError):
+            envs.make_env(name, split=split, task=n)
+
+
+def test_make_env_dispatches_to_each_world_with_its_budget():
+    assert list(envs.WORLDS) == WORLDS, f"the battery covers {WORLDS}, envs.py offers {envs.WORLDS}"
+    kinds = {"shop": (envs.ShopEnv, envs.MAX_STEPS), "house": (worlds.HouseEnv, worlds.HOUSE_MAX_STEPS),
+             "travel": (worlds.TravelEnv, worlds.TRAVEL_MAX_STEPS)}
+    for name, (cls, max_steps) in kinds.items():
+        env = envs.make_env(name)
+        assert isinstance(env, cls) and env.max_steps == max_steps, f"{name}: {env!r}, budget {env.max_steps}"
+    with pytest.raises(ValueError):
+        envs.make_env("castle")
+
+
+GET_TASK = {"shop": envs.get_task, "house": worlds.get_house_task, "travel": worlds.get_travel_task}
+N_SEEN_CHECKED = {"shop": [("train", 300), ("valid", 200)], "house": [("train", 200), ("valid", 200)],
+                  "travel": [("train", 200), ("valid", 200)]}
+
+
+def shows_held_out(name, t):
+    """Whether task t shows anything reserved for the unseen half of the test split."""
+    if name == "shop":  # a (type, attribute) pair, on a product or in a query (whose words name a type and attributes)
+        pairs = {(p.type, a) for p in t.products.values() for a in p.attrs}
+        for q in t.queries:
+            w = q.split()
+            pairs |= {(w[-1], a) for a in w[:-1]}
+        return bool(pairs & envs.HELD_OUT)
+    if name == "house":  # a room layout
+        return t.recs not in worlds.LAYOUTS["kitchen"][:6] + worlds.LAYOUTS["living"][:6]
+    return ((t.area, t.feat) in worlds.HELD_OUT_TRAVEL  # travel: an (area, feature) pair, asked for or on a hotel
+            or bool({(a, f) for _, a, f, _ in t.hotels.values()} & worlds.HELD_OUT_TRAVEL))
+
+
+def targets_held_out(name, t):
+    """Whether task t's goal is built on something held out."""
+    if name == "shop":
+        return bool({(t.type, a) for a in t.attrs} & envs.HELD_OUT)
+    if name == "house":
+        return t.recs in worlds.LAYOUTS["kitchen"][6:] + worlds.LAYOUTS["living"][6:]
+    return (t.area, t.feat) in worlds.HELD_OUT_TRAVEL
+
+
+@pytest.mark.parametrize("name", WORLDS)
+def test_unseen_half_alone_uses_what_is_held_out(name):
+    for split, n in N_SEEN_CHECKED[name]:
+        for task in range(n):
+            assert not shows_held_out(name, GET_TASK[name](split, task)), f"{name} {split}/{task} shows a held-out item"
+    for task in range(40):
+        t = GET_TASK[name]("test", task)
+        assert t.unseen == (task % 2 == 1), f"{name} test/{task}: the odd test tasks are the unseen half"
+        assert targets_held_out(name, t) == t.unseen, f"{name} test/{task}: only unseen tasks target held-out items"
+
+
+# ----------------------------------------------------------------------------- experts and mistakes
+
+@pytest.mark.parametrize("name", ["house", "travel"])
+def test_noisy_expert_makes_critical_and_costly_mistakes(name):
+    rng, kinds = random.Random(0), {"irreversible critical": 0, "costly": 0}
+    for task in range(30):
+        env = envs.make_env(name, split="valid", task=task, seed=task)
+        while not env.done:
+            a = envs.noisy_expert_action(env, rng, 0.5)
+            loss = env.optimal_value() - env.q_star(a)
+            if loss > envs.DELTA and env.is_irreversible(a):
+                kinds["irreversible critical"] += 1
+            elif 1e-9 < loss <= envs.DELTA:
+                kinds["costly"] += 1
+            env.step(a)
+    assert min(kinds.values()) >= 2, f"{name}: the noisy expert should make both kinds of mistake: {kinds}"
+
+
+# ----------------------------------------------------------------------------- shop specifics
+
+def test_oracle_equals_brute_force_mid_episode():
+    # from an item page with 5 steps left: every option, description and going back are enumerated
+    for task in range(12):
+        env = envs.make_env(task=task, seed=task)
+        env.step(envs.expert_action(env))
+        env.step(envs.expert_action(env))
+        if env.state[0] != "item":
+            continue
+        env.state = ("item", 5, "", env.state[3])
+        assert env.optimal_value() == pytest.approx(brute_v(env.task, env.state), abs=1e-12), \
+            f"task {task}: V* on an item page differs from brute force"
+        return
+    pytest.fail("the expert never reached an item page in two steps")
+
+
+def test_buying_is_irreversible_and_scored():
+    env = envs.make_env(task=6, seed=0)
+    while not env.done:
+        a = envs.expert_action(env)
+        assert env.is_irreversible(a) == (a == "click[buy now]"), f"only buying is irreversible, not {a!r}"
+        _, r, done, info = env.step(a)
+    assert done and not info["truncated"] and info["success"] == (r == 1.0), "a purchase ends the episode, scored"
+
+
+def test_reward_formula():
+    t = envs.get_task("train", 0)
+    match = next(p for p in t.products.values() if p.kind == "match")
+    right = tuple(dict(t.required).get(dim) for dim, _ in match.options)
+    assert t.score(match, right) == 1.0, "the right item with the right options scores 1"
+    assert t.score(match, (None,) * len(right)) == pytest.approx(3 / (3 + len(t.required))), \
+        "no option selected: only the item's own factors count"
+    other = next(p for p in t.products.values() if p.kind == "type")
+    assert t.score(other, right) == 0.5, "another type of the same category: type factor 0.5"
+
+
+def test_buying_an_out_of_stock_variant_fails():
+    t = envs.get_task("train", 0)
+    match = next(p for p in t.products.values() if p.kind == "match")
+    sel = tuple(dict(t.required).get(dim) for dim, _ in match.options)
+    env = envs.make_env(task=0)
+    env.state = ("item", 5, "", (match.pid, 1, sel))  # the fragile colour (the required one) is out of stock
+    assert "(out of stock)" in env.obs(), "the page shows the stock-out"
+    _, r, done, info = env.step("click[buy now]")
+    assert done and r == 0.0 and "out of stock" in env.obs(), "buying it ends the episode with nothing"
+
+
+def test_catalog_has_matches_and_near_misses():
+    with_type = 0
+    for task in range(50):
+        t = envs.get_task("train", task)
+        kinds = [p.kind for p in t.products.values()]
+        assert 16 <= len(kinds) <= 24 and kinds.count("match") >= 2, f"task {task}: catalog {kinds}"
+        assert {"pricey", "attr", "missing", "filler"} <= set(kinds), f"task {task}: near misses missing: {kinds}"
+        with_type += "type" in kinds  # absent only when no other type may carry both attributes (held out)
+        assert sum(p.sponsored for p in t.products.values()) == 1, f"task {task}: one sponsored product"
+        assert t.instruction.endswith(f"price lower than {t.cap} dollars"), t.instruction
+        assert envs._title(t.attrs, t.type) in t.queries, f"task {task}: the full query is among the searches"
+    assert with_type >= 40, "most tasks have the right attributes on another type of the same category"
+
+
+def test_noisy_expert_rates():
+    env = envs.make_env(split="valid", task=1)
+    rng = random.Random(0)
+    assert all(envs.noisy_expert_action(env, rng, 0.0) == envs.expert_action(env) for _ in range(20)), \
+        "with eps=0 the noisy expert is the expert"
+    qs = env.optimal_q()
+    picks = [envs.noisy_expert_action(env, rng, 1.0) for _ in range(50)]
+    assert all(qs[a] < max(qs.values()) for a in picks), "with eps=1 every action is a (plausible) mistake"
+
+
+def test_first_critical_mistake():
+    env = envs.make_env(split="valid", task=4, seed=2)
+    actions = []
+    c = env.clone()
+    while not c.done:
+        actions.append(envs.expert_action(c))
+        c.step(actions[-1])
+    assert envs.first_critical_mistake(env, actions) is None, "the expert makes no mistake"
+    bad = actions[:2] + ["click[buy now]"]  # buy straight after opening the item, nothing selected
+    c = env.clone()
+    for a in actions[:2]:
+        c.step(a)
+    if c.state[0] == "item":
+        assert envs.first_critical_mistake(env, bad) == 2, "buying with nothing selected is the critical mistake"
+    c, wasted = env.clone(), ["junk"]  # one wasted step, then the expert from wherever that leads
+    c.step("junk")
+    while not c.done:
+        wasted.append(envs.expert_action(c))
+        c.step(wasted[-1])
+    assert envs.first_critical_mistake(env, wasted) is None, "one wasted step early is costly, not critical"
+
+
+# ----------------------------------------------------------------------------- house specifics
+
+def house_task(kind, n=None):
+    return next(t for t in range(500) if worlds.get_house_task("train", t).kind == kind
+                and (n is None or len(worlds.get_house_task("train", t).names) == n))
+
+
+def test_house_pruning_is_exact_on_every_kind():
+    # a lower bound on the steps still needed prunes hopeless states: compare with brute force where it bites
+    # (small budgets), on states along noisy episodes of every task type, also with the look-alike in hand
+    kinds, rng = {}, random.Random(0)
+    for task in range(60):
+        kinds.setdefault(worlds.get_house_task("train", task).kind, []).append(task)
+    assert set(kinds) == set(worlds.KINDS), f"the first 60 tasks should cover every kind: {set(kinds)}"
+    for kind, tasks in kinds.items():
+        for task in tasks[:2]:
+            env = envs.make_env("house", task=task, seed=task)
+            for t in range(8):
+                core = env.state[0]
+                cores = [core] + ([core[:4] + (worlds.HELD,)] if all(w != worlds.HELD for w, _ in core[3]) else [])
+                for core in cores:
+                    for steps in (2, 3) if t % 2 else (4,):
+                        v = worlds.solve(env.task, core, steps)[0]
+                        assert v == pytest.approx(brute_v(env.task, (core, steps, "")), abs=1e-12), (kind, core)
+                env.step(envs.noisy_expert_action(env, rng, 0.3))
+                if env.done:
+                    break
+
+
+def test_house_has_all_six_task_types_and_alfworld_commands():
+    kinds = {worlds.get_house_task("train", t).kind for t in range(60)}
+    assert kinds == set(worlds.KINDS), f"the first 60 tasks should cover every kind: {kinds}"
+    env = envs.make_env("house", task=house_task("heat"), seed=0)
+    seen = set()
+    while not env.done:
+        seen |= {a.split()[0] for a in env.actions()}
+        env.step(envs.expert_action(env))
+    assert env.state[2].startswith("you put") and {"go", "take", "heat", "put"} <= seen, (env.state[2], seen)
+
+
+def test_binning_the_only_object_is_irreversible_and_fatal():
+    env = envs.make_env("house", task=house_task("put", n=1), seed=0)
+    while not any(a.startswith("put") for a in env.actions()):  # the expert until it holds the object
+        env.step(envs.expert_action(env))
+    env.step("go to garbagecan 1")
+    binning = next(a for a in env.actions() if a.endswith("in garbagecan 1"))
+    assert env.is_irreversible(binning) and not env.is_irreversible(env.actions()[-1]), "binning alone is irreversible"
+    assert env.optimal_value() > 0.9 and env.q_star(binning) == 0.0, "binning the only object loses everything"
+    obs = env.step(binning)[0]
+    assert "is gone" in obs and env.optimal_value() == 0.0, "and once binned, nothing can be won"
+
+
+def test_heating_twice_ruins_the_object():
+    env = envs.make_env("house", task=house_task("heat"), seed=0)
+    while not any(a.startswith("heat") for a in env.actions()):
+        env.step(envs.expert_action(env))
+    heat = next(a for a in env.actions() if a.startswith("heat"))
+    while "(hot)" not in env.obs():  # the microwave fails now and then: retry
+        env.step(heat)
+    assert env.is_irreversible(heat) and env.optimal_value() - env.q_star(heat) > envs.DELTA, \
+        "heating a hot object again is an irreversible critical mistake"
+
+
+# ----------------------------------------------------------------------------- travel specifics
+
+def test_travel_partial_credit():
+    t = worlds.get_travel_task("train", 0)
+    good = next(h for h, p in t.lists[t.queries.index(f"hotels near {t.area}")][0] if h == t.good1)
+    assert t.score((t.safe, t.flights[t.safe][3]), (good, t.hotels[good][3])) == 1.0, "the safe flight scores 1"
+    assert t.score((t.trap, t.flights[t.trap][3]), (good, t.hotels[good][3])) == 0.8, "the top pick breaks the budget"
+
+
+def test_expensive_flight_is_the_first_critical_mistake():
+    env = envs.make_env("travel", split="valid", task=4, seed=2)
+    c = env.clone()
+    c.step(f"search[flights to {env.task.city}]")
+    trap = f"book[{env.task.trap}]"
+    assert c.is_irreversible(trap) and c.optimal_value() - c.q_star(trap) >= 0.15, \
+        "booking the top-pick flight is irreversible and costs at least 0.15"
+    actions = [f"search[flights to {env.task.city}]", trap]
+    c.step(actions[-1])
+    while not c.done:
+        actions.append(envs.expert_action(c))
+        c.step(actions[-1])
+    assert envs.first_critical_mistake(env, actions) == 1, "the trap booking (step 1) is the first critical mistake"
+
+
+# ==================== model.py: tokenizer, GPT, KV-cache sampling, checkpoints ==============================
+
+@pytest.fixture(scope="module")
+def enc():
+    """The shop's tokenizer, trained on its vocabulary and sample texts (for the model, train and search tests)."""
+    return model.build_tokenizer("shop")
+
+
+@pytest.fixture(scope="module")
+def gpt(enc):
+    torch.manual_seed(0)
+    cfg = model.GPTConfig(**{**model.PRESETS["cpu"], "n_layer": 2, "n_embd": 64, "block_size": 64},
+                          vocab_size=enc.n_vocab)
+    return model.GPT(cfg).eval()
+
+
+def _ragged_prompts(n_vocab, lengths=(5, 12, 1, 9)):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(0, n_vocab - 2, (n,), generator=g).tolist() for n in lengths]
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_tokenizer_is_small_with_special_tokens(enc):
+    assert enc.n_vocab <= 1024, f"expected at most 1024 ids, got {enc.n_vocab}"
+    assert model.end_id(enc) != model.pad_id(enc), "END and PAD should be distinct tokens"
+    assert enc.decode([model.end_id(enc)]) == model.END, "END should decode to its own text"
+
+
+def test_tokenizer_is_deterministic():
+    texts = envs.sample_texts("shop", 50)
+    a, b = model.build_tokenizer("x", texts=texts), model.build_tokenizer("x", texts=texts)
+    assert model.tokenizer_spec(a) == model.tokenizer_spec(b), "same texts should give the same tokenizer"
+
+
+def test_tokenizer_roundtrips_env_texts(enc):
+    bad = [t for t in envs.sample_texts("shop", 200) if enc.decode(enc.encode(t)) != t]
+    assert not bad, f"decode(encode(s)) != s for {len(bad)} texts, e.g. {bad[:1]!r}"
+
+
+def test_tokenizer_roundtrips_random_unicode(enc):
+    rng = random.Random(0)
+    alphabet = [chr(c) for c in range(0x20, 0x7f)] + ["\n", "\t", "\r", "  ", "é", "ß", "中", "🙂", "\u00a0"]
+    for _ in range(200):
+        s = "".join(rng.choice(alphabet) if rng.random() < 0.7 else chr(rng.randint(1, 0x2FFFF))
+                    for _ in range(rng.randint(0, 40)))
+        s = s.encode("utf-8", "replace").decode("utf-8", "replace")  # no lone surrogates
+        assert enc.decode(enc.encode(s, disallowed_special=())) == s, f"round trip failed on {s!r}"
+
+
+def test_pretokenizer_covers_every_character():
+    rng = random.Random(1)
+    for _ in range(200):
+        s = "".join(chr(rng.choice([rng.randint(0, 0x7f), rng.randint(0x80, 0x2FFF)])) for _ in range(30))
+        assert "".join(re.findall(model.PAT_STR, s)) == s, f"pre-tokenisation dropped characters of {s!r}"
+
+
+def test_tokenizer_single_tokens_for_common_pieces(enc):
+    for piece in ["click[", "search[", " search[", " jacket", " black", " |", "instruction", " dollars"]:
+        assert len(enc.encode(piece)) == 1, f"{piece!r} should be one token, got {enc.encode(piece)}"
+
+
+def test_tokenizer_spec_roundtrip(enc):
+    enc2 = model.tokenizer_from_spec(model.tokenizer_spec(enc))
+    text = envs.sample_texts("shop", 2)[0]
+    assert enc2.encode(text) == enc.encode(text), "a tokenizer rebuilt from its spec should encode identically"
+    assert model.end_id(enc2) == model.end_id(enc), "END id should survive the spec"
+
+
+def test_encode_decode_action(enc):
+    toks = model.encode_action(enc, "click[p07]")
+    assert toks[-1] == model.end_id(enc), "an encoded action should end with END"
+    assert model.decode_action(enc, toks + [5, 6]) == "click[p07]", "decoding should stop at END"
+
+
+# ----------------------------------------------------------------------------- model
+
+def test_cpu_preset_has_about_1M_params(enc):
+    m = model.GPT(model.GPTConfig(**model.PRESETS["cpu"], vocab_size=enc.n_vocab))
+    n = m.num_params()
+    assert 0.7e6 < n < 1.5e6, f"cpu preset should have ~1M parameters, got {n}"
+
+
+def test_forward_shapes(gpt):
+    logits, values = gpt(torch.zeros(3, 7, dtype=torch.long))
+    assert logits.shape == (3, 7, gpt.config.vocab_size), f"bad logits shape {tuple(logits.shape)}"
+    assert values.shape == (3, 7) and values.dtype == torch.float32, "values should be (B, T) fp32"
+
+
+def test_evaluate_aligned_to_tokens(gpt):
+    idx = torch.randint(0, 100, (2, 6))
+    lp, v, ent = gpt.evaluate(idx, temperature=0.7)
+    logits, values = gpt(idx)
+    ref = torch.log_softmax(logits[0, 2].float() / 0.7, -1)[idx[0, 3]]
+    assert torch.allclose(lp[0, 3], ref, atol=1e-6), "logprobs[:, t] should score token t from position t-1"
+    assert torch.allclose(v[:, 1:], values[:, :-1]), "values[:, t] should be the value at position t-1"
+    assert (lp[:, 0] == 0).all() and (v[:, 0] == 0).all() and (ent[:, 0] == 0).all(), "column 0 should be 0"
+
+
+def test_pack_masks_actions_only():
+    idx, mask = model.pack([[1, 2, 3], [4]], [[5, 9], [6, 7, 9]], pad_id=0)
+    assert idx.tolist() == [[1, 2, 3, 5, 9], [4, 6, 7, 9, 0]], f"unexpected packing {idx.tolist()}"
+    assert mask.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 0]], f"unexpected action_mask {mask.tolist()}"
+
+
+def test_cached_logprobs_match_full_forward(gpt, enc):
+    prompts = _ragged_prompts(enc.n_vocab)
+    g = torch.Generator().manual_seed(0)
+    actions, lps, vals = gpt.generate(prompts, 10, temperature=0.8, stop_id=model.end_id(enc), generator=g)
+    idx, mask = model.pack(prompts, actions, model.pad_id(enc))
+    lp, v, _ = gpt.evaluate(idx, temperature=0.8)
+    for b in range(len(prompts)):
+        sel = mask[b].bool()
+        assert (lp[b, sel] - lps[b]).abs().max() <= 1e-4, f"row {b}: cached log-probs differ from evaluate()"
+        assert (v[b, sel] - vals[b]).abs().max() <= 1e-4, f"row {b}: cached values differ from evaluate()"
+
+
+def test_greedy_is_deterministic(gpt, enc):
+    prompts = _ragged_prompts(enc.n_vocab)
+    a1, _, _ = gpt.generate(prompts, 8, greedy=True)
+    a2, _, _ = gpt.generate(prompts, 8, greedy=True)
+    assert a1 == a2, "greedy decoding should give the same tokens twice"
+
+
+def test_cache_and_no_cache_agree(gpt, enc):
+    prompts = _ragged_prompts(enc.n_vocab)
+    a1, lp1, _ = gpt.generate(prompts, 8, greedy=True, use_cache=True)
+    a2, lp2, _ = gpt.generate(prompts, 8, greedy=True, use_cache=False)
+    assert a1 == a2, "cached and uncached greedy decoding should give the same tokens"
+    assert all(torch.allclose(x, y, atol=1e-4) for x, y in zip(lp1, lp2)), "and the same log-probs"
+
+
+def test_padding_does_not_change_a_row(gpt, enc):
+    prompts = _ragged_prompts(enc.n_vocab)
+    alone, _, _ = gpt.generate(prompts[:1], 6, greedy=True)
+    batched, _, _ = gpt.generate(prompts, 6, greedy=True)
+    assert alone[0] == batched[0], "a row's output should not depend on the other rows' lengths"
+
+
+def test_generator_makes_sampling_reproducible(gpt, enc):
+    prompts = _ragged_prompts(enc.n_vocab)
+    a1, _, _ = gpt.generate(prompts, 8, generator=torch.Generator().manual_seed(3))
+    a2, _, _ = gpt.generate(prompts, 8, generator=torch.Generator().manual_seed(3))
+    assert a1 == a2, "the same generator seed should give the same samples"
+
+
+def test_generation_stops_at_stop_id(gpt, enc):
+    prompts = _ragged_prompts(enc.n_vocab)
+    first, _, _ = gpt.generate(prompts, 1, greedy=True)
+    stop = first[0][0]  # the token row 0 emits first: use it as the stop token
+    actions, lps, vals = gpt.generate(prompts, 8, greedy=True, stop_id=stop)
+    assert actions[0] == [stop], f"row 0 should stop right after emitting the stop token, got {actions[0]}"
+    assert all(len(a) == len(lp) == len(v) for a, lp, v in zip(actions, lps, vals)), "lengths should agree"
+
+
+def test_top_k_samples_only_top_tokens(gpt, enc):
+    prompts = _ragged_prompts(enc.n_vocab)
+    greedy, _, _ = gpt.generate(prompts, 1, greedy=True)
+    sampled, _, _ = gpt.generate(prompts, 1, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert sampled == greedy, "top_k=1 sampling should equal greedy decoding"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _payload(m, enc):
+    return {"model": m.state_dict(), "config": vars(m.config), "tokenizer": model.tokenizer_spec(enc),
+            "env_name": "shop"}
+
+
+def test_save_load_gives_identical_outputs(gpt, enc, tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    model.save_checkpoint(path, _payload(gpt, enc))
+    ckpt = model.load_checkpoint(path, env_name="shop", tokenizer_spec=model.tokenizer_spec(enc))
+    m2 = model.GPT(model.GPTConfig(**ckpt["config"])).eval()
+    m2.load_state_dict(ckpt["model"])
+    idx = torch.randint(0, 100, (2, 9))
+    assert torch.equal(gpt(idx)[0], m2(idx)[0]), "a reloaded model should give identical logits"
+    assert not (tmp_path / "ckpt.pt.tmp").exists(), "the temporary file should be renamed away"
+
+
+def test_load_refuses_mismatch(gpt, enc, tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    model.save_checkpoint(path, _payload(gpt, enc))
+    with pytest.raises(ValueError, match="environment"):
+        model.load_checkpoint(path, env_name="alfworld")
+    other = model.tokenizer_spec(model.build_tokenizer("other", texts=["something else entirely"]))
+    with pytest.raises(ValueError, match="tokenizer"):
+        model.load_checkpoint(path, tokenizer_spec=other)
+
+
+def test_compile_prefix_is_stripped(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    model.save_checkpoint(path, {"model": {"_orig_mod.lm_head.weight": torch.zeros(1)}})
+    assert list(model.load_checkpoint(path)["model"]) == ["lm_head.weight"], "'_orig_mod.' should be stripped"
+
+
+def test_autocast_is_a_noop_on_cpu():
+    with model.autocast_ctx("cpu"):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.float32, "CPU should compute in fp32"
+
+
+def test_sampling_follows_the_model_distribution(gpt):
+    temperature, n = 0.08, 4000  # a low temperature makes a few tokens likely enough to count
+    probs = torch.softmax(gpt(torch.tensor([[3, 1, 4]]))[0][0, -1] / temperature, -1)
+    assert probs.max() > 0.1, "test setup: the distribution should be peaked"
+    actions, _, _ = gpt.generate([[3, 1, 4]] * n, 1, temperature=temperature,
+                                 generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(torch.tensor([a[0] for a in actions]), minlength=probs.numel()) / n
+    assert (freq - probs).abs().max() < 0.03, "sampled frequencies should match the model's probabilities"
+
+
+def test_evaluate_with_action_mask_matches_the_full_evaluation(enc, gpt):
+    prompts = _ragged_prompts(enc.n_vocab)
+    actions = [[3, 4, model.end_id(enc)], [5, model.end_id(enc)], [7, 8, 9, 1], [2]]
+    idx, action_mask = model.pack(prompts, actions, model.pad_id(enc))
+    full = gpt.evaluate(idx, 0.7, topk=3)
+    part = gpt.evaluate(idx, 0.7, topk=3, action_mask=action_mask)
+    m = action_mask > 0
+    for name, a, b in zip(("logprobs", "values", "entropy", "topk"), full, part):
+        assert torch.allclose(a[m], b[m], atol=1e-5), f"{name} differs on action tokens"
+    assert (part[0][~m] == 0).all(), "positions outside the action mask are left at 0"
+
+
+# ==================== train.py: GAE, PPO losses, rewards, config, pipeline, resume ==========================
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=256", "--sft_episodes=20", "--sft_iters=10",
+        "--episodes_per_iter=8", "--minibatch=32", "--batch_size=64", "--preset=cpu", "--device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def agent(enc):
+    torch.manual_seed(0)
+    cfg = model.GPTConfig(block_size=256, vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=32)
+    policy, ref = model.GPT(cfg).eval(), model.GPT(cfg).eval()
+    return search.Agent(policy, ref, enc, beta=0.1, max_action_tokens=8, batch_size=64)
+
+
+# ----------------------------------------------------------------------------- GAE
+
+def naive_gae(rewards, values, gamma, lam):
+    """A_t = sum_l (gamma * lam)^l * delta_{t+l}, written as the textbook double loop (one row)."""
+    T_ = len(rewards)
+    deltas = [rewards[t] + gamma * (values[t + 1] if t + 1 < T_ else 0.0) - values[t] for t in range(T_)]
+    return [sum((gamma * lam) ** (l - t) * deltas[l] for l in range(t, T_)) for t in range(T_)]
+
+
+def test_gae_matches_naive_double_loop():
+    g = torch.Generator().manual_seed(0)
+    r, v = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
+    adv, ret = train.gae(r, v, torch.ones(3, 7), gamma=0.9, lam=0.8)
+    for b in range(3):
+        want = torch.tensor(naive_gae(r[b].tolist(), v[b].tolist(), 0.9, 0.8))
+        assert torch.allclose(adv[b], want, atol=1e-5), f"row {b}: {adv[b]} != naive {want}"
+    assert torch.allclose(ret, adv + v), "returns should be advantages + values"
+
+
+def test_gae_skips_masked_tokens_like_the_compressed_sequence():
+    g = torch.Generator().manual_seed(1)
+    r, v = torch.randn(4, 12, generator=g), torch.randn(4, 12, generator=g)
+    mask = (torch.rand(4, 12, generator=g) < 0.6).float()
+    mask[:, 0] = 1.0
+    adv, _ = train.gae(r, v, mask, gamma=0.95, lam=0.9)
+    for b in range(4):
+        keep = mask[b] > 0
+        c_adv, _ = train.gae(r[b][keep][None], v[b][keep][None], torch.ones(1, int(keep.sum())), 0.95, 0.9)
+        assert torch.allclose(adv[b][keep], c_adv[0], atol=1e-5), "masked GAE != GAE of the action-only row"
+        assert (adv[b][~keep] == 0).all(), "masked (observation/padding) positions must get no advantage"
+
+
+def test_gae_with_gamma_lambda_one_is_return_to_go_minus_value():
+    g = torch.Generator().manual_seed(2)
+    r, v = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    adv, _ = train.gae(r, v, torch.ones(2, 6), gamma=1.0, lam=1.0)
+    to_go = r.flip(1).cumsum(1).flip(1)
+    assert torch.allclose(adv, to_go - v, atol=1e-5), "with gamma = lambda = 1, A_t = sum_{l>=t} r_l - V_t"
+
+
+# ----------------------------------------------------------------------------- rewards and losses
+
+def _step(k, reward, lp=None, ref=None):
+    lp = torch.full((k,), -0.5) if lp is None else lp
+    return search.Step([1, 2, 3], list(range(k)), "x", lp, lp.clone() if ref is None else ref, torch.zeros(k),
+                       torch.zeros(k), torch.zeros(k, search.TOPK), reward=reward)
+
+
+def test_env_reward_lands_on_last_action_token_of_each_episode():
+    eps = [search.Episode(0, 0, False, [_step(3, 0.0), _step(2, 0.7)]),
+           search.Episode(1, 0, False, [_step(4, 1.0)])]
+    _, _, _, r, mask = train.episode_tensors(eps, beta=0.1)
+    assert r.shape == (2, 5) and mask.sum(1).tolist() == [5.0, 4.0], "rows hold the episodes' action tokens"
+    assert r[0].tolist() == pytest.approx([0, 0, 0, 0, 0.7]), f"reward should be on token 4 only: {r[0]}"
+    assert r[1].tolist() == pytest.approx([0, 0, 0, 1.0, 0]), f"reward should be on token 3 only: {r[1]}"
+
+
+def test_kl_reward_is_zero_when_policy_equals_reference():
+    eps = [search.Episode(0, 0, False, [_step(3, 0.0, torch.tensor([-1.0, -2.0, -0.1])), _step(2, 0.0)])]
+    _, _, _, r, _ = train.episode_tensors(eps, beta=0.3)
+    assert (r == 0).all(), f"identical log-probs must give zero KL reward, got {r}"
+    lp, ref = torch.tensor([-1.0, -1.0]), torch.tensor([-2.0, -1.5])
+    _, _, _, r, _ = train.episode_tensors([search.Episode(0, 0, False, [_step(2, 0.0, lp, ref)])], beta=0.3)
+    assert r[0].tolist() == pytest.approx([-0.3, -0.15]), "KL reward is -beta * (log pi - log pi_ref)"
+
+
+def test_clipped_policy_loss_has_no_gradient_outside_the_clip_range():
+    old = torch.zeros(1, 4)
+    new = torch.tensor([[0.5, -0.5, 0.5, 0.05]], requires_grad=True)  # ratios e^.5, e^-.5, e^.5, e^.05
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
+    zeros = torch.zeros(1, 4)
+    pg, _, d = train.ppo_losses(new, old, adv, zeros, zeros, zeros, torch.ones(1, 4), clip=0.2, vclip=0.2)
+    pg.backward()
+    g = new.grad[0]
+    assert g[0] == 0 and g[1] == 0, f"A>0 above 1+clip and A<0 below 1-clip must get no gradient: {g}"
+    assert g[2] != 0 and g[3] != 0, f"the unclipped side and the inside of the range keep a gradient: {g}"
+    assert d["clipfrac"] == pytest.approx(0.75), f"3 of the 4 tokens lie outside the clip range: {d}"
+
+
+def test_clipped_value_loss_has_no_gradient_when_the_clipped_error_is_larger():
+    old_v, ret = torch.zeros(1, 2), torch.tensor([[1.0, 1.0]])
+    v = torch.tensor([[-0.5, 0.5]], requires_grad=True)  # first moved away beyond vclip, second towards
+    z = torch.zeros(1, 2)
+    _, v_loss, _ = train.ppo_losses(z, z, z, v, old_v, ret, torch.ones(1, 2), clip=0.2, vclip=0.2)
+    v_loss.backward()
+    assert v.grad[0, 0] != 0, "the unclipped error is the larger one: gradient flows"
+    assert v.grad[0, 1] == 0, "moving past vclip towards the target: the clipped error wins, no gradient"
+
+
+def test_whiten_single_element_is_centred_not_divided():
+    x, mask = torch.tensor([[3.0, 5.0]]), torch.tensor([[1.0, 0.0]])
+    out = train.whiten(x, mask)
+    assert torch.isfinite(out).all() and out.tolist() == [[0.0, 0.0]], f"one element whitens to 0: {out}"
+
+
+def _first_ratio(agent, enc, extra=()):
+    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"] + list(extra)))
+    policy = model.GPT(agent.policy.config)
+    policy.load_state_dict(agent.policy.state_dict())
+    ag = search.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)  # ragged chunks
+    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4, 5], [0]),
+                         generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    return train.ppo_update(cfg, policy, opt, ag, eps, torch.Generator().manual_seed(0))
+
+
+def test_ppo_ratio_is_one_on_the_first_minibatch(agent, enc):
+    stats = _first_ratio(agent, enc)
+    # the rollout's log-probs come from the KV-cache sampler, the update's from a full forward: the same
+    # numbers summed in another order, so equal up to fp32 rounding (dropout or a temperature mismatch
+    # would show up as 1e-2 and more)
+    assert stats["first_ratio_dev"] < 1e-5, f"first minibatch ratio should be 1, max |ratio-1| = {stats}"
+
+
+def test_ppo_ratio_check_catches_a_temperature_mismatch(agent, enc):
+    stats = _first_ratio(agent, enc, ["--temperature=0.7"])  # rollouts sample at 1.0, the update scores at 0.7
+    assert stats["first_ratio_dev"] > 1e-3, "scoring at another temperature must move the first ratio off 1"
+
+
+# ----------------------------------------------------------------------------- config and pipeline
+
+def test_config_refuses_unknown_keys_and_bad_values():
+    with pytest.raises(SystemExit, match="valid options: .*beta"):
+        train.parse_args(["--betta=0.1"])
+    with pytest.raises(SystemExit, match="not a float"):
+        train.parse_args(["--beta=abc"])
+    with pytest.raises(SystemExit, match="valid: sft, ppo, all"):
+        train.parse_args(["--stage=rl"])
+    assert train.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"
+
+
+@pytest.mark.parametrize("name", ["shop", "house", "travel"])
+def test_two_iteration_pipeline_and_report_run_in_seconds(tmp_path, name):
+    t0 = time.time()
+    train.main(TINY + [f"--env={name}", f"--out_dir={tmp_path}", "--ppo_iters=2", "--eval=false"])
+    log = [json.loads(l) for l in open(tmp_path / "ppo_log.jsonl")]
+    assert [r["iter"] for r in log] == [0, 1] and (tmp_path / "ppo.pt").exists(), "two logged iterations, a checkpoint"
+    ck = model.load_checkpoint(str(tmp_path / "ppo.pt"), env_name=name)
+    assert ck["beta"] == 0.05 and ck["iter"] == 1, "beta and the iteration travel in the checkpoint"
+    rc = report.ReportConfig(n_valid=4, n_test=6, n_bon=4, n_samples=2, ns=(1, 2), beam_budget=2, n_beam=2, n_mc=1,
+                             mc_rollouts=1, mc_samples=2, n_fidelity=1, first_k=(1,))
+    R = report.run(str(tmp_path / "ppo.pt"), str(tmp_path), rc=rc, device="cpu")
+    on_disk = json.load(open(tmp_path / "report.json"))
+    for key in ("reference", "ppo", "oracle", "bon", "mean_at_n", "pass_at_n", "beam", "auroc", "attribution",
+                "fidelity"):
+        assert key in on_disk, f"report.json lacks {key!r}"
+    assert on_disk["bon"]["oracle"] == on_disk["pass_at_n"], "the oracle selector is Pass@N"
+    assert 0.0 <= R["ppo"]["success"] <= 1.0 and (tmp_path / "report.md").exists()
+    assert time.time() - t0 < 90, "a tiny end-to-end run should take seconds"
+
+
+def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tmp_path):
+    train.main(TINY + [f"--out_dir={tmp_path}", "--stage=sft"])
+    args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]
+    proc = subprocess.Popen(args + ["--ppo_iters=1000"], cwd=HERE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log, deadline = tmp_path / "ppo_log.jsonl", time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(open(log).readlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = model.load_checkpoint(str(tmp_path / "ppo.pt"))["iter"]  # loads: never half-written
+    assert done >= 1, "the run should have checkpointed at least two iterations before the kill"
+    subprocess.run(args + [f"--ppo_iters={done + 3}", "--init_from=resume"], cwd=HERE, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    iters = [json.loads(l)["iter"] for l in open(log)]
+    assert iters == list(range(done + 3)), f"the log should continue without gaps or repeats: {iters}"
+    assert model.load_checkpoint(str(tmp_path / "ppo.pt"))["iter"] == done + 2, "the resumed run checkpoints its end"
+
+
+# ==================== search.py: agent loop, best-of-N, beam search =========================================
+
+def test_rollout_records_align_with_actions(agent):
+    eps = search.rollout(agent, search.make_envs("shop", "valid", [0, 1], [0]),
+                         generator=torch.Generator().manual_seed(0), oracle=True)
+    for ep in eps:
+        assert ep.done and 1 <= len(ep.steps) <= envs.MAX_STEPS, f"episode of {len(ep.steps)} steps, done={ep.done}"
+        for s in ep.steps:
+            k = len(s.action)
+            assert s.logprobs.shape == (k,) and s.ref_logprobs.shape == (k,) and s.values.shape == (k,), \
+                "one log-prob, reference log-prob and value per action token"
+            assert s.text == model.decode_action(agent.enc, s.action), "the env must get the decoded action"
+            assert s.qstar <= s.vstar + 1e-9, "Q*(s, a) can never exceed V*(s)"
+
+
+def test_beam_search_with_one_beam_one_candidate_is_a_plain_rollout(agent):
+    ep = search.rollout(agent, search.make_envs("shop", "valid", [7], [3]),
+                        generator=torch.Generator().manual_seed(5))[0]
+    best, executed = search.beam_search(agent, search.make_envs("shop", "valid", [7], [3]), 1, 1, "pa",
+                                        torch.Generator().manual_seed(5))
+    assert [s.text for s in best[0].steps] == [s.text for s in ep.steps], "B=K=1 must replay the rollout"
+    assert best[0].reward == ep.reward and executed == len(ep.steps), "same reward, one executed step per step"
+
+
+def test_beam_search_never_executes_a_discarded_candidate(agent, monkeypatch):
+    log, orig = [], envs.ShopEnv.step
+
+    def logged(self, action):
+        log.append(action)
+        return orig(self, action)
+    monkeypatch.setattr(envs.ShopEnv, "step", logged)
+    roots = search.make_envs("shop", "valid", [0, 1], [0])
+    best, executed = search.beam_search(agent, roots, 1, 4, "oracle", torch.Generator().manual_seed(0))
+    assert len(log) == executed == sum(len(b.steps) for b in best), \
+        f"with one beam only the kept action of each depth may run: {len(log)} steps for {executed} kept"
+    assert sorted(log) == sorted(s.text for b in best for s in b.steps), "executed actions = the kept path"
+    assert all(r.steps_left == r.max_steps for r in roots), "the root environments are only ever cloned"
+
+
+def test_best_of_n_with_the_oracle_selector_achieves_pass_at_n():
+    rng = random.Random(0)
+    groups = [[search.Episode(t, s, False, reward=rng.choice([0.0, 0.5, 1.0])) for s in range(8)] for t in range(30)]
+    scores = [[search.trajectory_score(e, "oracle", "sum", 0.1) for e in g] for g in groups]
+    sel, mean, pas = search.best_of_n(groups, scores, [1, 2, 4, 8])
+    assert sel == pas, f"oracle best-of-N {sel} must equal Pass@N {pas}"
+    assert sel[1] == pytest.approx(mean[1]), "best-of-1 is the mean success"
