@@ -312,7 +312,8 @@ def table(R):
                  f"| {fmt(g['unseen']['success']['rate'])} | {fmt(s['all']['success']['rate'])} "
                  f"| {fmt(g['all']['score'])} |")
     ns = list(R["pass_at_n"])
-    L += ["", "Best-of-N success % (PPO policy; aggregation chosen on validation)", "",
+    L += ["", f"Best-of-N success % (PPO policy, first {R['config']['n_bon']} test tasks; aggregation chosen on "
+              f"validation; mc: first {R['mc_subset']['tasks']} tasks, N <= {R['config']['mc_samples']})", "",
           "| selector | agg | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|---|" + "---:|" * len(ns)]
     for sel, row in R["bon"].items():
         how = R["validation"].get(sel, {}).get("how_bon", "sum")
