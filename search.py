@@ -178,11 +178,17 @@ def step_scores(ep, selector, beta, rng=None, mc_values=None):
         return [rng.random() for _ in steps]
     if selector == "oracle":  # the true optimal advantage A*(s, a) = Q*(s, a) - V*(s)
         return [s.qstar - s.vstar for s in steps]
-    if selector in ("value_td", "mc"):  # "value after minus value before": r_t + V(s_t+1) - V(s_t)
-        v = [float(s.values[0]) for s in steps] if selector == "value_td" else list(mc_values)
-        v_after = v[1:] + [0.0]  # the value after the episode's last action is 0
-        r = torch.tensor([s.reward for s in steps])
-        return pa.value_td(r, torch.tensor(v), torch.tensor(v_after)).tolist()
+    if selector in ("value_td", "mc"):  # "value after minus value before": V(s_t+1) - V(s_t)
+        # Without the environment's reward r_t: a selector does not know the outcome (with it, the sum over
+        # a trajectory telescopes to the final reward minus V(s_0): an outcome oracle in disguise). After
+        # the final action there is no next state: the critic's value at the action's last token (it has
+        # read the whole action: ~Q(s, a)) stands in; Monte Carlo has nothing there without executing it.
+        if selector == "value_td":
+            v, last = [float(s.values[0]) for s in steps], float(steps[-1].values[-1])
+        else:
+            v = list(mc_values)
+            last = v[-1]
+        return pa.value_td(torch.zeros(len(v)), torch.tensor(v), torch.tensor(v[1:] + [last])).tolist()
     lp, mask = _padded(steps, "logprobs")
     if selector == "pa":
         ref, _ = _padded(steps, "ref_logprobs")

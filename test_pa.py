@@ -1340,3 +1340,12 @@ def test_best_of_n_with_the_oracle_selector_achieves_pass_at_n():
     sel, mean, pas = search.best_of_n(groups, scores, [1, 2, 4, 8])
     assert sel == pas, f"oracle best-of-N {sel} must equal Pass@N {pas}"
     assert sel[1] == pytest.approx(mean[1]), "best-of-1 is the mean success"
+
+
+def test_critic_and_mc_step_scores_never_see_the_outcome():
+    # two episodes alike in everything the model saw, one bought the right item (1.0), one not (0.0)
+    def episode(final):
+        return search.Episode(0, 0, False, [_step(3, 0.0), _step(2, final)])
+    for sel, kw in (("value_td", {}), ("mc", {"mc_values": [0.4, 0.6]})):
+        a, b = (search.step_scores(episode(r), sel, 0.1, **kw) for r in (1.0, 0.0))
+        assert a == b, f"{sel} must not read the environment's reward: {a} vs {b}"
