@@ -316,7 +316,7 @@ def table(R):
               f"validation; mc: first {R['mc_subset']['tasks']} tasks, N <= {R['config']['mc_samples']})", "",
           "| selector | agg | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|---|" + "---:|" * len(ns)]
     for sel, row in R["bon"].items():
-        how = R["validation"].get(sel, {}).get("how_bon", "sum")
+        how = "outcome" if sel == "oracle" else R["validation"].get(sel, {}).get("how_bon", "sum")
         L.append(f"| {sel} | {how} | " + " | ".join(fmt(row.get(n)) for n in ns) + " |")
     L.append("| Mean@N | | " + " | ".join(fmt(R["mean_at_n"][n]) for n in ns) + " |")
     L.append("| Pass@N | | " + " | ".join(fmt(R["pass_at_n"][n]) for n in ns) + " |")

@@ -79,7 +79,7 @@ class Config:
 
 
 PRESETS = {  # sizes chosen so that `python train.py` on a 2-core CPU finishes in about 15 minutes
-    "cpu": dict(sft_episodes=2000, sft_iters=1200, ppo_iters=20, episodes_per_iter=128),
+    "cpu": dict(sft_episodes=2000, sft_iters=1000, ppo_iters=20, episodes_per_iter=128),
     "gpu": dict(sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512),
 }
 STAGES, INITS = ("sft", "ppo", "all", "eval"), ("scratch", "resume")
