@@ -43,7 +43,7 @@ class ReportConfig:
 
 # The report that `python train.py` prints at the end of a CPU run: every section, on fewer tasks where
 # the work is sampling (about 5 minutes on 2 cores instead of about 15). The full one: search.py --ckpt.
-QUICK = dict(n_valid=100, n_bon=150, n_beam=150, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50)
+QUICK = dict(n_valid=100, n_bon=120, n_beam=120, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50)
 
 
 def rate(xs):

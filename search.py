@@ -283,7 +283,8 @@ BEAM_SELECTORS = ("pa", "logprob", "ref_logprob", "confidence", "random", "oracl
 
 def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
     """Step-level beam search over many tasks at once. At each depth every live beam samples K candidate
-    actions from the policy; each candidate is scored WITHOUT being executed (PA needs only the two models'
+    actions from the policy (more while a task has fewer than B live beams, so that each depth costs
+    B * K samples, as best-of-(B * K) does); each candidate is scored WITHOUT being executed (PA needs only the two models'
     log-probs; the oracle looks up Q*); the B best beams of each task by cumulative score are kept, and
     only then is each kept action executed, in a clone of its parent's environment. So an irreversible
     action (buy now) only ever happens in a kept beam. Finished beams keep their slot and compete on their
@@ -297,7 +298,11 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
         live = [(t, b) for t, bs in enumerate(beams) for b in bs if not b.done]
         if not live:
             break
-        prompts = [agent.encode(b.env.obs()) for _, b in live for _ in range(K)]
+        # every task samples B * K candidates per depth (the budget of best-of-(B * K)), spread over its live
+        # beams: K each once B beams are live, more each while fewer are (at the root: all B * K from one)
+        n_live = [sum(not b.done for b in bs) for bs in beams]
+        owner = [(t, b) for t, b in live for _ in range(max(K, (B * K) // n_live[t]))]
+        prompts = [agent.encode(b.env.obs()) for _, b in owner]
         actions, rows = agent.act(prompts, greedy=False, generator=generator)
         if selector in ("pa", "ref_logprob"):  # the only scorers that need the reference: one more forward
             for row, ref in zip(rows, agent.score(prompts, actions, ("ref",))):
@@ -305,7 +310,7 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
         cands = [[(b.score, b, None, None) for b in bs if b.done] for bs in beams]  # finished beams stay
         seen = set()
         for j, (a, row) in enumerate(zip(actions, rows)):
-            t, parent = live[j // K]
+            t, parent = owner[j]
             if (id(parent), tuple(a)) in seen:  # a duplicate sample adds nothing to the beam
                 continue
             seen.add((id(parent), tuple(a)))
