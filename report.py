@@ -33,6 +33,7 @@ class ReportConfig:
     ns: tuple = (1, 2, 4, 8, 16)
     beam_budget: int = 4        # candidates per step B * K, compared with best-of-N at N = budget
     n_beam: int = 500           # test tasks for beam search
+    n_beam_valid: int = 200     # validation tasks on which the beam shape (B, K) is chosen
     n_mc: int = 40              # test tasks for the (costly) Monte Carlo selector
     mc_rollouts: int = 4        # rollouts per state for the Monte Carlo estimate
     mc_samples: int = 8         # trajectories per task for Monte Carlo best-of-N
@@ -43,7 +44,7 @@ class ReportConfig:
 
 # The report that `python train.py` prints at the end of a CPU run: every section, on fewer tasks where
 # the work is sampling (about 5 minutes on 2 cores instead of about 15). The full one: search.py --ckpt.
-QUICK = dict(n_valid=100, n_bon=120, n_beam=120, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50)
+QUICK = dict(n_valid=100, n_bon=120, n_beam=100, n_beam_valid=50, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50)
 
 
 def rate(xs):
@@ -271,7 +272,8 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
     grid = [(b, rc.beam_budget // b) for b in (1, 2, 4, 8) if rc.beam_budget % b == 0]
     vb = {}
     for B, K in grid:
-        best, _ = S.beam_search(ppo_agent, S.make_envs(env_name, "valid", valid, [0]), B, K, "pa", gen, rng)
+        best, _ = S.beam_search(ppo_agent, S.make_envs(env_name, "valid", valid[:rc.n_beam_valid], [0]), B, K, "pa",
+                                gen, rng)
         vb[f"{B}x{K}"] = float(np.mean([b.success for b in best]))
     B, K = max(grid, key=lambda g: vb[f"{g[0]}x{g[1]}"])
     R["beam_choice"] = dict(B=B, K=K, valid=vb)
