@@ -326,6 +326,41 @@ def solve(task, page, steps, args):
 # -----------------------------------------------------------------------------
 # the environment
 
+def soft_optimal_q(state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
+    """Soft (KL-regularised) optimal Q at `state` of every available action, plus key None -> soft V, for any
+    world given as functions of a state: its moves, its transitions [(p, next, r, done)] and its prompt.
+    ref_probs is called once with [(prompt, actions)] of every state reachable from here and returns
+    [{action: prob}]; the leftover mass 1 - sum goes to the no-op (the `invalid` text). Soft Bellman recursion:
+        Q(s,a) = r + E[V(s')],   V(s) = beta * log sum_a pi_ref(a|s) exp(Q(s,a) / beta),   V(end) = 0.
+    States include their note, because the note changes the prompt the reference sees."""
+    order, seen = [state], {state}
+    for st in order:  # every non-terminal state reachable from here, breadth first
+        for a in list(moves_of(st)) + [invalid]:
+            for _, s2, _, d in transitions_of(st, a):
+                if not d and s2 not in seen:
+                    seen.add(s2)
+                    order.append(s2)
+    probs = ref_probs([(render_of(st), list(moves_of(st))) for st in order])
+    pi, memo = dict(zip(order, probs)), {}
+
+    def q_of(st, a):
+        return sum(p * (r + (0.0 if d else v_of(s2))) for p, s2, r, d in transitions_of(st, a))
+
+    def v_of(st):
+        if st not in memo:
+            terms = [(pr, q_of(st, a)) for a, pr in pi[st].items() if pr > 0]
+            rest = 1.0 - sum(pi[st].values())
+            if rest > 1e-12:
+                terms.append((rest, q_of(st, invalid)))
+            m = max(q for _, q in terms)  # log-sum-exp, shifted for stability
+            memo[st] = m + beta * math.log(sum(pr * math.exp((q - m) / beta) for pr, q in terms))
+        return memo[st]
+
+    out = {a: q_of(state, a) for a in moves_of(state)}
+    out[None] = v_of(state)
+    return out
+
+
 class ShopEnv:
     name = "shop"
 
@@ -386,39 +421,12 @@ class ShopEnv:
 
     def soft_optimal_q(self, ref_probs, beta):
         """Soft (KL-regularised) optimal Q of every available action, plus key None -> soft V, for the reference
-        policy `ref_probs`: called once with [(prompt, actions)] of every state reachable from here, it returns
-        [{action: prob}]; the leftover mass 1 - sum goes to the no-op (invalid text). Soft Bellman recursion:
-            Q(s,a) = r + E[V(s')],   V(s) = beta * log sum_a pi_ref(a|s) exp(Q(s,a) / beta),   V(end) = 0.
-        States here include their note, because the note changes the prompt the reference sees."""
+        policy `ref_probs` (see soft_optimal_q below). "" is never an available action: it is the no-op."""
         if self.done:
             return {None: 0.0}
-        task, invalid = self.task, ""  # "" is never an available action
-        order, seen = [self.state], {self.state}
-        for st in order:  # every non-terminal state reachable from here, breadth first
-            for a in list(moves(task, st[0], st[3])) + [invalid]:
-                for _, s2, _, d in transitions(task, st, a):
-                    if not d and s2 not in seen:
-                        seen.add(s2)
-                        order.append(s2)
-        probs = ref_probs([(render(task, st), list(moves(task, st[0], st[3]))) for st in order])
-        pi, memo = dict(zip(order, probs)), {}
-
-        def q_of(st, a):
-            return sum(p * (r + (0.0 if d else v_of(s2))) for p, s2, r, d in transitions(task, st, a))
-
-        def v_of(st):
-            if st not in memo:
-                terms = [(pr, q_of(st, a)) for a, pr in pi[st].items() if pr > 0]
-                rest = 1.0 - sum(pi[st].values())
-                if rest > 1e-12:
-                    terms.append((rest, q_of(st, invalid)))
-                m = max(q for _, q in terms)  # log-sum-exp, shifted for stability
-                memo[st] = m + beta * math.log(sum(pr * math.exp((q - m) / beta) for pr, q in terms))
-            return memo[st]
-
-        out = {a: q_of(self.state, a) for a in self.actions()}
-        out[None] = v_of(self.state)
-        return out
+        return soft_optimal_q(self.state, lambda st: moves(self.task, st[0], st[3]),
+                              lambda st, a: transitions(self.task, st, a), lambda st: render(self.task, st),
+                              ref_probs, beta, invalid="")
 
     def is_irreversible(self, text):
         return text == BUY and text in self.actions()

@@ -178,36 +178,12 @@ class WorldEnv:
                    for p, s, r, d in transitions(self.task, self.state, text))
 
     def soft_optimal_q(self, ref_probs, beta):
-        """Soft (KL-regularised) Q of every available action, plus None -> soft V (as envs.ShopEnv)."""
+        """Soft (KL-regularised) Q of every available action, plus None -> soft V (envs.soft_optimal_q)."""
         if self.done:
             return {None: 0.0}
-        task, invalid = self.task, "\x00"  # never an available action
-        order, seen = [self.state], {self.state}
-        for st in order:  # every non-terminal state reachable from here (notes included: they change prompts)
-            for a in list(task.moves(st[0])) + [invalid]:
-                for _, s2, _, d in transitions(task, st, a):
-                    if not d and s2 not in seen:
-                        seen.add(s2)
-                        order.append(s2)
-        probs = ref_probs([(render(task, st), list(task.moves(st[0]))) for st in order])
-        pi, memo = dict(zip(order, probs)), {}
-
-        def q_of(st, a):
-            return sum(p * (r + (0.0 if d else v_of(s2))) for p, s2, r, d in transitions(task, st, a))
-
-        def v_of(st):
-            if st not in memo:
-                terms = [(pr, q_of(st, a)) for a, pr in pi[st].items() if pr > 0]
-                rest = 1.0 - sum(pi[st].values())
-                if rest > 1e-12:
-                    terms.append((rest, q_of(st, invalid)))
-                m = max(q for _, q in terms)  # log-sum-exp, shifted for stability
-                memo[st] = m + beta * math.log(sum(pr * math.exp((q - m) / beta) for pr, q in terms))
-            return memo[st]
-
-        out = {a: q_of(self.state, a) for a in self.actions()}
-        out[None] = v_of(self.state)
-        return out
+        task = self.task
+        return envs.soft_optimal_q(self.state, lambda st: task.moves(st[0]), lambda st, a: transitions(task, st, a),
+                                   lambda st: render(task, st), ref_probs, beta, invalid="\x00")
 
     def is_irreversible(self, text):
         return not self.done and self.task.irreversible(self.state[0], text)
