@@ -361,7 +361,64 @@ def soft_optimal_q(state, moves_of, transitions_of, render_of, ref_probs, beta, 
     return out
 
 
-class ShopEnv:
+class Env:
+    """What every world's environment shares. A subclass sets self.task, self.state (a hashable tuple whose
+    item 1 is the number of steps left), and defines reset(), obs(), _moves() (available action -> outcomes
+    at the current state), _transitions(action) ([(prob, next_state, reward, done)], also for invalid text:
+    a counted no-op), _timed_out(), _q_table() (action -> (Q*, expected steps)), q_star(text),
+    soft_optimal_q(ref_probs, beta) and is_irreversible(text)."""
+    name = None
+
+    def actions(self):
+        return [] if self.done else list(self._moves())
+
+    def step(self, action):
+        if self.done:  # stepping a finished episode is harmless
+            return self.obs(), 0.0, True, dict(valid=False, truncated=False, success=False, n_outcomes=0)
+        action = action if isinstance(action, str) else str(action)
+        valid = action in self._moves()
+        outs = self._transitions(action)
+        u, i = self.rng.random(), 0  # exactly one uniform per step, so replays with the same seed agree
+        while i < len(outs) - 1 and u >= outs[i][0]:
+            u -= outs[i][0]
+            i += 1
+        _, self.state, reward, self.done = outs[i]
+        info = dict(valid=valid, truncated=self.done and self._timed_out(), success=self.done and reward == 1.0,
+                    n_outcomes=len(outs))
+        return self.obs(), reward, self.done, info
+
+    def clone(self):
+        c = object.__new__(type(self))
+        c.__dict__.update(self.__dict__)  # the task (and its caches) is shared, the state tuple is immutable
+        c.rng = np.random.default_rng()
+        c.rng.bit_generator.state = self.rng.bit_generator.state
+        return c
+
+    # --- oracle views of the current state
+    def optimal_q(self):
+        return {a: q for a, (q, _) in self._q_table().items()} if not self.done else {}
+
+    def optimal_value(self):
+        return max(self.optimal_q().values(), default=0.0)
+
+    @property
+    def steps_left(self):
+        return self.state[1]
+
+    @property
+    def unseen(self):
+        return self.task.unseen
+
+    @property
+    def task_text(self):
+        return self.task.instruction
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(split={self.split!r}, task={self.task_id}, seed={self.seed}, "
+                f"steps_left={self.steps_left}, done={self.done})")
+
+
+class ShopEnv(Env):
     name = "shop"
 
     def __init__(self, split="train", task=0, seed=0, max_steps=MAX_STEPS):
@@ -376,42 +433,19 @@ class ShopEnv:
     def obs(self):
         return render(self.task, self.state)
 
-    def actions(self):
-        return [] if self.done else list(moves(self.task, self.state[0], self.state[3]))
+    def _moves(self):
+        return moves(self.task, self.state[0], self.state[3])
 
-    def step(self, action):
-        if self.done:  # stepping a finished episode is harmless
-            return self.obs(), 0.0, True, dict(valid=False, truncated=False, success=False, n_outcomes=0)
-        action = action if isinstance(action, str) else str(action)
-        valid = action in moves(self.task, self.state[0], self.state[3])
-        outs = transitions(self.task, self.state, action)
-        u, i = self.rng.random(), 0  # exactly one uniform per step, so replays with the same seed agree
-        while i < len(outs) - 1 and u >= outs[i][0]:
-            u -= outs[i][0]
-            i += 1
-        _, self.state, reward, self.done = outs[i]
-        info = dict(valid=valid, truncated=self.state[2] == NOTE_TIMEOUT, success=self.done and reward == 1.0,
-                    n_outcomes=len(outs))
-        return self.obs(), reward, self.done, info
+    def _transitions(self, action):
+        return transitions(self.task, self.state, action)
 
-    def clone(self):
-        c = object.__new__(ShopEnv)
-        c.__dict__.update(self.__dict__)  # the task (and its caches) is shared, the state tuple is immutable
-        c.rng = np.random.default_rng()
-        c.rng.bit_generator.state = self.rng.bit_generator.state
-        return c
+    def _timed_out(self):
+        return self.state[2] == NOTE_TIMEOUT
 
-    # --- oracle views of the current state
     def _q_table(self):
         """action -> (Q*, expected steps to finish), in display order."""
         page, steps, _, args = self.state
         return {a: _q(self.task, steps, outs) for a, outs in moves(self.task, page, args).items()}
-
-    def optimal_q(self):
-        return {a: q for a, (q, _) in self._q_table().items()} if not self.done else {}
-
-    def optimal_value(self):
-        return max(self.optimal_q().values(), default=0.0)
 
     def q_star(self, text):
         if self.done:
@@ -430,22 +464,6 @@ class ShopEnv:
 
     def is_irreversible(self, text):
         return text == BUY and text in self.actions()
-
-    @property
-    def steps_left(self):
-        return self.state[1]
-
-    @property
-    def unseen(self):
-        return self.task.unseen
-
-    @property
-    def task_text(self):
-        return self.task.instruction
-
-    def __repr__(self):
-        return (f"ShopEnv(split={self.split!r}, task={self.task_id}, seed={self.seed}, page={self.state[0]!r}, "
-                f"steps_left={self.steps_left}, done={self.done})")
 
 
 WORLDS = ("shop", "house", "travel")

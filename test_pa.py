@@ -1275,6 +1275,20 @@ def test_two_iteration_pipeline_and_report_run_in_seconds(tmp_path, name):
     assert time.time() - t0 < 90, "a tiny end-to-end run should take seconds"
 
 
+def test_sft_fits_demonstrations_at_temperature_one(tmp_path):
+    """Behaviour cloning is maximum likelihood of the demonstrations; --temperature defines the POLICY
+    sampled from the network afterwards. Training at the policy's temperature would instead make the
+    clone sampled at that temperature reproduce the data, undoing the sharpening a lower one is for."""
+    weights = []
+    for t in ("1.0", "0.5"):
+        cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tmp_path / t}", f"--temperature={t}"]))
+        os.makedirs(cfg.out_dir)
+        train.seed_all(cfg.seed)
+        weights.append(train.train_sft(cfg, train.M.build_tokenizer(cfg.env)).state_dict())
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), f"SFT weights depend on --temperature ({k})"
+
+
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tmp_path):
     train.main(TINY + [f"--out_dir={tmp_path}", "--stage=sft"])
     args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]

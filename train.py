@@ -212,7 +212,9 @@ def train_sft(cfg, enc):
         idx, action_mask = idx.to(cfg.device), action_mask.to(cfg.device)
         returns = torch.tensor([rows[i][2] for i in ix], device=cfg.device)[:, None]
         with M.autocast_ctx(cfg.device):
-            logprobs, values, _ = net.evaluate(idx, cfg.temperature, action_mask=action_mask)
+            # maximum likelihood at temperature 1: the network fits the demonstrations themselves, and
+            # cfg.temperature then defines the reference POLICY (sampling, KL, PPO ratio and PA alike)
+            logprobs, values, _ = net.evaluate(idx, 1.0, action_mask=action_mask)
         n = action_mask.sum()
         ce = -(logprobs * action_mask).sum() / n
         v_loss = 0.5 * (((values - returns) ** 2) * action_mask).sum() / n

@@ -118,10 +118,9 @@ def solve(task, core, steps):
     return hit
 
 
-class WorldEnv:
-    """The env around a task: the same methods as envs.ShopEnv (see INTERFACES: reset/step/actions/clone and
-    the oracle views), written once for every world of this file."""
-    name, max_default = None, None
+class WorldEnv(envs.Env):
+    """The env around a task of this file's worlds: envs.Env's interface, with the task's own moves."""
+    max_default = None
 
     def __init__(self, split="train", task=0, seed=0, max_steps=None):
         self.task, self.split, self.task_id = self.get_task(split, task), split, task
@@ -136,40 +135,18 @@ class WorldEnv:
     def obs(self):
         return render(self.task, self.state)
 
-    def actions(self):
-        return [] if self.done else list(self.task.moves(self.state[0]))
+    def _moves(self):
+        return self.task.moves(self.state[0])
 
-    def step(self, action):
-        if self.done:  # stepping a finished episode is harmless
-            return self.obs(), 0.0, True, dict(valid=False, truncated=False, success=False, n_outcomes=0)
-        action = action if isinstance(action, str) else str(action)
-        valid = action in self.task.moves(self.state[0])
-        outs = transitions(self.task, self.state, action)
-        u, i = self.rng.random(), 0  # exactly one uniform per step, so replays with the same seed agree
-        while i < len(outs) - 1 and u >= outs[i][0]:
-            u -= outs[i][0]
-            i += 1
-        _, self.state, reward, self.done = outs[i]
-        info = dict(valid=valid, truncated=self.done and self.state[2] == self.task.timeout_note,
-                    success=self.done and reward == 1.0, n_outcomes=len(outs))
-        return self.obs(), reward, self.done, info
+    def _transitions(self, action):
+        return transitions(self.task, self.state, action)
 
-    def clone(self):
-        c = object.__new__(type(self))
-        c.__dict__.update(self.__dict__)  # the task (and its caches) is shared, the state tuple is immutable
-        c.rng = np.random.default_rng()
-        c.rng.bit_generator.state = self.rng.bit_generator.state
-        return c
+    def _timed_out(self):
+        return self.state[2] == self.task.timeout_note
 
     def _q_table(self):
         core, steps, _ = self.state
         return {a: _q(self.task, steps, outs) for a, outs in self.task.moves(core).items()}
-
-    def optimal_q(self):
-        return {a: q for a, (q, _) in self._q_table().items()} if not self.done else {}
-
-    def optimal_value(self):
-        return max(self.optimal_q().values(), default=0.0)
 
     def q_star(self, text):
         if self.done:
@@ -187,22 +164,6 @@ class WorldEnv:
 
     def is_irreversible(self, text):
         return not self.done and self.task.irreversible(self.state[0], text)
-
-    @property
-    def steps_left(self):
-        return self.state[1]
-
-    @property
-    def unseen(self):
-        return self.task.unseen
-
-    @property
-    def task_text(self):
-        return self.task.instruction
-
-    def __repr__(self):
-        return (f"{type(self).__name__}(split={self.split!r}, task={self.task_id}, seed={self.seed}, "
-                f"steps_left={self.steps_left}, done={self.done})")
 
 
 def _check_task_id(split, task_id):
