@@ -68,6 +68,19 @@ def outcome(episodes):
     return out
 
 
+def paired_gain(before, after, unseen_of=lambda e: e.unseen):
+    """after - before in success rate over the SAME tasks (episodes in the same task order), per half, with
+    a 95% paired bootstrap interval: tasks are resampled, both outcomes of a task travel together, so
+    the interval reflects the difference, not the two rates' separate spreads."""
+    assert [e.task for e in before] == [e.task for e in after], "paired episodes must be of the same tasks"
+    out = {}
+    for h, idx in halves(list(range(len(before))), lambda i: unseen_of(before[i])).items():
+        d = np.array([float(after[i].success) - float(before[i].success) for i in idx])
+        lo, hi = pa.bootstrap_ci(d, np.mean) if len(d) else (math.nan, math.nan)
+        out[h] = dict(diff=float(d.mean()) if len(d) else math.nan, lo=lo, hi=hi, n=len(d))
+    return out
+
+
 def choose_how(metric):
     """The aggregation with the best validation metric (ties: the order of pa.AGGREGATIONS)."""
     scores = {how: metric(how) for how in pa.AGGREGATIONS}
@@ -130,8 +143,9 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
     # 1. reference, PPO and the oracle's own policy on the test split
     t0 = time.time()
     ref_g = episodes(ref_agent, "test", test, [0], greedy=True)
-    ref_s = episodes(ref_agent, "test", test[:rc.n_bon], [0])
+    ref_s = episodes(ref_agent, "test", test, [0])  # one sample per test task
     ppo_g = episodes(ppo_agent, "test", test, [0], greedy=True)
+    ppo_s = episodes(ppo_agent, "test", test, [0])
     samples = episodes(ppo_agent, "test", test[:rc.n_bon], range(rc.n_samples))
     groups = [samples[i * rc.n_samples:(i + 1) * rc.n_samples] for i in range(rc.n_bon)]
     oracle_eps = []
@@ -141,10 +155,11 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
         while not env.done:
             _, ep.reward, _, _ = env.step(envs.expert_action(env))
         oracle_eps.append(ep)
-    for k, greedy, sampled in (("reference", ref_g, ref_s), ("ppo", ppo_g, [g[0] for g in groups]),
+    for k, greedy, sampled in (("reference", ref_g, ref_s), ("ppo", ppo_g, ppo_s),
                                ("oracle", oracle_eps, oracle_eps)):
         g = outcome(greedy)
         R[k] = dict(success=g["all"]["success"]["rate"], score=g["all"]["score"], greedy=g, sampled=outcome(sampled))
+    R["ppo_minus_reference"] = dict(greedy=paired_gain(ref_g, ppo_g), sampled=paired_gain(ref_s, ppo_s))
     R["oracle"]["v_star_s0"] = float(np.mean([e.steps[0].vstar for e in ppo_g]))
     cost["rollouts_s"] = round(time.time() - t0, 1)
     print(f"[report] rollouts done in {cost['rollouts_s']}s")
@@ -305,7 +320,7 @@ def fmt(x):
 def table(R):
     """The evaluation table as markdown lines (also printed)."""
     L = [f"## {R['env']}: test split ({R['config']['n_test']} tasks; seen / unseen halves), success % [95% CI]", "",
-         "| policy | greedy | seen | unseen | sampled | score (greedy) |", "|---|---:|---:|---:|---:|---:|"]
+         "| policy | greedy | seen | unseen | sampled (1 per task) | score (greedy) |", "|---|---:|---:|---:|---:|---:|"]
     for k in ("reference", "ppo", "oracle"):
         g = R[k]["greedy"]
         s = R[k].get("sampled", g)
@@ -313,6 +328,11 @@ def table(R):
         L.append(f"| {k} | {fmt(c['rate'])} [{fmt(c['lo'])}, {fmt(c['hi'])}] | {fmt(g['seen']['success']['rate'])} "
                  f"| {fmt(g['unseen']['success']['rate'])} | {fmt(s['all']['success']['rate'])} "
                  f"| {fmt(g['all']['score'])} |")
+    L += ["", "PPO minus reference, success points on the same test tasks [95% paired bootstrap CI]", "",
+          "| policies run | all | seen | unseen |", "|---|---:|---:|---:|"]
+    for mode, g in R["ppo_minus_reference"].items():
+        L.append(f"| {mode} | " + " | ".join(f"{100 * g[h]['diff']:+5.1f} [{100 * g[h]['lo']:+5.1f}, "
+                                             f"{100 * g[h]['hi']:+5.1f}]" for h in ("all", "seen", "unseen")) + " |")
     ns = list(R["pass_at_n"])
     L += ["", f"Best-of-N success % (PPO policy, first {R['config']['n_bon']} test tasks; aggregation chosen on "
               f"validation; mc: first {R['mc_subset']['tasks']} tasks, N <= {R['config']['mc_samples']})", "",

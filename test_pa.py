@@ -1268,11 +1268,31 @@ def test_two_iteration_pipeline_and_report_run_in_seconds(tmp_path, name):
     R = report.run(str(tmp_path / "ppo.pt"), str(tmp_path), rc=rc, device="cpu")
     on_disk = json.load(open(tmp_path / "report.json"))
     for key in ("reference", "ppo", "oracle", "bon", "mean_at_n", "pass_at_n", "beam", "auroc", "attribution",
-                "fidelity"):
+                "fidelity", "ppo_minus_reference"):
         assert key in on_disk, f"report.json lacks {key!r}"
     assert on_disk["bon"]["oracle"] == on_disk["pass_at_n"], "the oracle selector is Pass@N"
     assert 0.0 <= R["ppo"]["success"] <= 1.0 and (tmp_path / "report.md").exists()
     assert time.time() - t0 < 90, "a tiny end-to-end run should take seconds"
+
+
+def test_paired_gain_is_the_per_task_difference_with_a_paired_interval():
+    def eps(successes, first=0):
+        return [search.Episode(task=first + i, seed=0, unseen=(first + i) % 2 == 1, reward=float(s))
+                for i, s in enumerate(successes)]
+    rng = np.random.default_rng(0)
+    before = rng.random(400) < 0.4
+    after = before | (rng.random(400) < 0.1)  # the same tasks, a few more solved, none lost
+    g = report.paired_gain(eps(before), eps(after))
+    assert g["all"]["diff"] == pytest.approx(after.mean() - before.mean())
+    assert g["unseen"]["diff"] == pytest.approx(after[1::2].mean() - before[1::2].mean()) and g["unseen"]["n"] == 200
+    assert 0 < g["all"]["lo"] < g["all"]["diff"] < g["all"]["hi"], "a gain on some tasks and a loss on none is > 0"
+    # paired: the interval is far narrower than the two rates' own intervals would suggest
+    lo, hi = pa.wilson(int(after.sum()), 400)
+    assert g["all"]["hi"] - g["all"]["lo"] < (hi - lo) / 2
+    same = report.paired_gain(eps(before), eps(before))
+    assert same["all"] == dict(diff=0.0, lo=0.0, hi=0.0, n=400)
+    with pytest.raises(AssertionError):
+        report.paired_gain(eps(before), eps(after, first=1))
 
 
 def test_sft_fits_demonstrations_at_temperature_one(tmp_path):

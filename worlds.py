@@ -399,9 +399,7 @@ class HouseTask(BaseTask):
         return lines
 
 
-@functools.lru_cache(maxsize=64)
-def get_house_task(split, task_id):
-    return HouseTask(split, task_id)
+get_house_task = functools.lru_cache(maxsize=64)(HouseTask)  # (split, task_id) -> the task, built once
 
 
 class HouseEnv(WorldEnv):
@@ -569,9 +567,7 @@ class TravelTask(BaseTask):
         return lines
 
 
-@functools.lru_cache(maxsize=128)
-def get_travel_task(split, task_id):
-    return TravelTask(split, task_id)
+get_travel_task = functools.lru_cache(maxsize=128)(TravelTask)  # (split, task_id) -> the task, built once
 
 
 class TravelEnv(WorldEnv):
