@@ -174,8 +174,8 @@ def _padded(steps, name):
 def step_scores(ep, selector, beta, rng=None, mc_values=None):
     """Per-step scores of an episode. mc_values: the Monte Carlo V(s_t) of each step (selector "mc")."""
     steps = ep.steps
-    if selector == "random":
-        return [rng.random() for _ in steps]
+    if selector == "random":  # zero-mean, so that a running sum (beam search) does not favour longer paths
+        return [rng.random() - 0.5 for _ in steps]
     if selector == "oracle":  # the true optimal advantage A*(s, a) = Q*(s, a) - V*(s)
         return [s.qstar - s.vstar for s in steps]
     if selector in ("value_td", "mc"):  # "value after minus value before": V(s_t+1) - V(s_t)
@@ -214,6 +214,8 @@ def trajectory_score(ep, selector, how, beta, rng=None, mc_values=None):
     The oracle's trajectory score is the verified outcome itself (so best-of-N by it is Pass@N)."""
     if selector == "oracle":
         return ep.reward
+    if selector == "random":  # one draw per trajectory: any aggregate of per-step draws depends on the length
+        return rng.random()
     return pa.aggregate(step_scores(ep, selector, beta, rng, mc_values), how)
 
 

@@ -1367,6 +1367,24 @@ def test_beam_search_never_executes_a_discarded_candidate(agent, monkeypatch):
     assert all(r.steps_left == r.max_steps for r in roots), "the root environments are only ever cloned"
 
 
+def test_random_selector_does_not_depend_on_trajectory_length():
+    """A random baseline must pick uniformly: here every success is short and every failure long, so
+    any aggregate of per-step draws (sum up, min down) would tilt the pick; one draw per trajectory
+    does not, and zero-mean step draws do not drift a beam's running sum."""
+    def ep(n_steps, reward):
+        steps = [search.Step([1], [2], "a", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                             torch.zeros(1, search.TOPK)) for _ in range(n_steps)]
+        return search.Episode(0, 0, False, steps, reward=reward)
+    rng = random.Random(0)
+    groups = [[ep(2, 1.0), ep(10, 0.0)] for _ in range(4000)]
+    for how in pa.AGGREGATIONS:
+        sc = [[search.trajectory_score(e, "random", how, 0.1, rng) for e in g] for g in groups]
+        picked = search.best_of_n(groups, sc, [2])[0][2]
+        assert abs(picked - 0.5) < 0.03, f"random best-of-2 with {how!r} picks the short success {picked:.3f} of the time"
+    draws = [x for _ in range(2000) for x in search.step_scores(ep(5, 0.0), "random", 0.1, rng)]
+    assert abs(np.mean(draws)) < 0.02 and min(draws) >= -0.5 and max(draws) < 0.5
+
+
 def test_best_of_n_with_the_oracle_selector_achieves_pass_at_n():
     rng = random.Random(0)
     groups = [[search.Episode(t, s, False, reward=rng.choice([0.0, 0.5, 1.0])) for s in range(8)] for t in range(30)]

@@ -446,11 +446,13 @@ def main(argv):
         t0 = time.time()
         train_sft(cfg, enc)
         times["sft_s"] = round(time.time() - t0, 1)
+        print(f"stage sft (demonstrations + behaviour cloning): {times['sft_s']} s")
     if cfg.stage in ("ppo", "all"):
         t0 = time.time()
         ref, _ = load_model(ref_path, cfg, enc, cfg.device)
         train_ppo(cfg, enc, ref)
         times["ppo_s"] = round(time.time() - t0, 1)
+        print(f"stage ppo: {times['ppo_s']} s")
     if cfg.eval and cfg.stage in ("all", "eval"):
         import report
         t0 = time.time()
