@@ -363,21 +363,25 @@ def soft_optimal_q(state, moves_of, transitions_of, render_of, ref_probs, beta, 
 
 class Env:
     """What every world's environment shares. A subclass sets self.task, self.state (a hashable tuple whose
-    item 1 is the number of steps left), and defines reset(), obs(), _moves() (available action -> outcomes
-    at the current state), _transitions(action) ([(prob, next_state, reward, done)], also for invalid text:
-    a counted no-op), _timed_out(), _q_table() (action -> (Q*, expected steps)), q_star(text),
-    soft_optimal_q(ref_probs, beta) and is_irreversible(text)."""
+    item 1 is the number of steps left), and defines the world as functions of a state: _moves_at(state)
+    (available action -> outcomes), _outcomes(state, action) ([(prob, next_state, reward, done)], also for
+    invalid text: a counted no-op) and _render(state) (the prompt); plus reset(), _timed_out(), _q_table()
+    (action -> (Q*, expected steps)), q_star(text) and is_irreversible(text)."""
     name = None
+    invalid = ""  # a text that is never an available action: the no-op in soft_optimal_q
+
+    def obs(self):
+        return self._render(self.state)
 
     def actions(self):
-        return [] if self.done else list(self._moves())
+        return [] if self.done else list(self._moves_at(self.state))
 
     def step(self, action):
         if self.done:  # stepping a finished episode is harmless
             return self.obs(), 0.0, True, dict(valid=False, truncated=False, success=False, n_outcomes=0)
         action = action if isinstance(action, str) else str(action)
-        valid = action in self._moves()
-        outs = self._transitions(action)
+        valid = action in self._moves_at(self.state)
+        outs = self._outcomes(self.state, action)
         u, i = self.rng.random(), 0  # exactly one uniform per step, so replays with the same seed agree
         while i < len(outs) - 1 and u >= outs[i][0]:
             u -= outs[i][0]
@@ -400,6 +404,13 @@ class Env:
 
     def optimal_value(self):
         return max(self.optimal_q().values(), default=0.0)
+
+    def soft_optimal_q(self, ref_probs, beta):
+        """Soft (KL-regularised) optimal Q of every available action, plus key None -> soft V, for the reference
+        policy `ref_probs` (see the module-level soft_optimal_q)."""
+        if self.done:
+            return {None: 0.0}
+        return soft_optimal_q(self.state, self._moves_at, self._outcomes, self._render, ref_probs, beta, self.invalid)
 
     @property
     def steps_left(self):
@@ -430,14 +441,14 @@ class ShopEnv(Env):
         self.state, self.done = ("search", self.max_steps, "", ()), False
         return self.obs()
 
-    def obs(self):
-        return render(self.task, self.state)
+    def _moves_at(self, state):
+        return moves(self.task, state[0], state[3])
 
-    def _moves(self):
-        return moves(self.task, self.state[0], self.state[3])
+    def _outcomes(self, state, action):
+        return transitions(self.task, state, action)
 
-    def _transitions(self, action):
-        return transitions(self.task, self.state, action)
+    def _render(self, state):
+        return render(self.task, state)
 
     def _timed_out(self):
         return self.state[2] == NOTE_TIMEOUT
@@ -452,15 +463,6 @@ class ShopEnv(Env):
             return 0.0
         return sum(p * (r + (0.0 if d else solve(self.task, s[0], s[1], s[3])[0]))
                    for p, s, r, d in transitions(self.task, self.state, text))
-
-    def soft_optimal_q(self, ref_probs, beta):
-        """Soft (KL-regularised) optimal Q of every available action, plus key None -> soft V, for the reference
-        policy `ref_probs` (see soft_optimal_q below). "" is never an available action: it is the no-op."""
-        if self.done:
-            return {None: 0.0}
-        return soft_optimal_q(self.state, lambda st: moves(self.task, st[0], st[3]),
-                              lambda st, a: transitions(self.task, st, a), lambda st: render(self.task, st),
-                              ref_probs, beta, invalid="")
 
     def is_irreversible(self, text):
         return text == BUY and text in self.actions()

@@ -120,7 +120,7 @@ def solve(task, core, steps):
 
 class WorldEnv(envs.Env):
     """The env around a task of this file's worlds: envs.Env's interface, with the task's own moves."""
-    max_default = None
+    max_default, invalid = None, "\x00"
 
     def __init__(self, split="train", task=0, seed=0, max_steps=None):
         self.task, self.split, self.task_id = self.get_task(split, task), split, task
@@ -132,14 +132,14 @@ class WorldEnv(envs.Env):
         self.state, self.done = (self.task.start, self.max_steps, ""), False
         return self.obs()
 
-    def obs(self):
-        return render(self.task, self.state)
+    def _moves_at(self, state):
+        return self.task.moves(state[0])
 
-    def _moves(self):
-        return self.task.moves(self.state[0])
+    def _outcomes(self, state, action):
+        return transitions(self.task, state, action)
 
-    def _transitions(self, action):
-        return transitions(self.task, self.state, action)
+    def _render(self, state):
+        return render(self.task, state)
 
     def _timed_out(self):
         return self.state[2] == self.task.timeout_note
@@ -153,14 +153,6 @@ class WorldEnv(envs.Env):
             return 0.0
         return sum(p * (r + (0.0 if d else solve(self.task, s[0], s[1])[0]))
                    for p, s, r, d in transitions(self.task, self.state, text))
-
-    def soft_optimal_q(self, ref_probs, beta):
-        """Soft (KL-regularised) Q of every available action, plus None -> soft V (envs.soft_optimal_q)."""
-        if self.done:
-            return {None: 0.0}
-        task = self.task
-        return envs.soft_optimal_q(self.state, lambda st: task.moves(st[0]), lambda st, a: transitions(task, st, a),
-                                   lambda st: render(task, st), ref_probs, beta, invalid="\x00")
 
     def is_irreversible(self, text):
         return not self.done and self.task.irreversible(self.state[0], text)
