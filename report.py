@@ -313,6 +313,50 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
     return R
 
 
+def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=200, n_bon=100, seed=0):
+    """A quick look at a run on the VALIDATION split only, for tuning without touching the test split:
+    greedy and one-sample success of the reference and the PPO policy on n tasks, best-of-8 by a few step
+    scorers under each aggregation on the first n_bon tasks (with Mean@8 and Pass@8), and the rank
+    correlation of each sampled step's PA with the oracle's A* (all steps, and the steps where A* != 0).
+    Writes validation.json to out_dir and returns it."""
+    agent, env_name, ref_path, device = S.load_agent(ppo_path, ref_path, device, batch_size)
+    ref = S.Agent(agent.ref, agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens, batch_size)
+    gen, rng, tasks = torch.Generator(device=device).manual_seed(seed), random.Random(seed), list(range(n))
+
+    def episodes(a, tasks, seeds, greedy):
+        return S.rollout(a, S.make_envs(env_name, "valid", tasks, seeds), greedy, gen, oracle=True)
+    V = {"env": env_name, "beta": agent.beta, "n": n, "n_bon": n_bon}
+    for name, a in (("reference", ref), ("ppo", agent)):
+        g, s = episodes(a, tasks, [0], True), episodes(a, tasks, [0], False)
+        V[name] = dict(greedy=float(np.mean([e.success for e in g])), sampled=float(np.mean([e.success for e in s])),
+                       invalid_greedy=float(np.mean([not st.valid for e in g for st in e.steps])))
+    samples = episodes(agent, tasks[:n_bon], range(8), False)
+    groups = [samples[i * 8:(i + 1) * 8] for i in range(n_bon)]
+    V["bon8"] = {sel: {how: S.best_of_n(groups, [[S.trajectory_score(e, sel, how, agent.beta, rng) for e in g]
+                                                 for g in groups], [8])[0][8] for how in pa.AGGREGATIONS}
+                 for sel in ("pa", "logprob", "value_td", "random", "oracle")}
+    V["mean_at_8"] = float(np.mean([e.success for e in samples]))
+    V["pass_at_8"] = float(np.mean([any(e.success for e in g) for g in groups]))
+    p = np.array([x for e in samples for x in S.step_scores(e, "pa", agent.beta)])
+    o = np.array([x for e in samples for x in S.step_scores(e, "oracle", agent.beta)])
+    nz = np.abs(o) > 1e-9
+    V["spearman_pa_astar"] = dict(all=pa.spearman(p, o), nonzero=pa.spearman(p[nz], o[nz]) if nz.sum() > 1 else None,
+                                  steps=len(p), nonzero_steps=int(nz.sum()))
+    print(f"[validation] {env_name}, {n} tasks | greedy: reference {fmt(V['reference']['greedy'])}, "
+          f"ppo {fmt(V['ppo']['greedy'])} | sampled: reference {fmt(V['reference']['sampled'])}, "
+          f"ppo {fmt(V['ppo']['sampled'])}")
+    print(f"[validation] best-of-8 on {n_bon} tasks (Mean@8 {fmt(V['mean_at_8'])}, Pass@8 {fmt(V['pass_at_8'])}): "
+          + "; ".join(f"{sel} " + "/".join(fmt(v).strip() for v in row.values()) for sel, row in V["bon8"].items())
+          + f"  ({'/'.join(pa.AGGREGATIONS)})")
+    sp = V["spearman_pa_astar"]
+    print(f"[validation] Spearman(PA, A*) over {sp['steps']} sampled steps: {sp['all']:+.3f}; "
+          f"where A* != 0 ({sp['nonzero_steps']} steps): " + (f"{sp['nonzero']:+.3f}" if sp["nonzero"] is not None else "-"))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "validation.json"), "w") as f:
+        json.dump(V, f, indent=1, default=float)
+    return V
+
+
 def fmt(x):
     return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:5.1f}"
 

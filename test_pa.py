@@ -1272,6 +1272,11 @@ def test_two_iteration_pipeline_and_report_run_in_seconds(tmp_path, name):
         assert key in on_disk, f"report.json lacks {key!r}"
     assert on_disk["bon"]["oracle"] == on_disk["pass_at_n"], "the oracle selector is Pass@N"
     assert 0.0 <= R["ppo"]["success"] <= 1.0 and (tmp_path / "report.md").exists()
+    V = report.validation_check(str(tmp_path / "ppo.pt"), str(tmp_path), device="cpu", n=4, n_bon=3)
+    assert V == json.loads(json.dumps(V, default=float)) and (tmp_path / "validation.json").exists()
+    assert all(v == V["pass_at_8"] for v in V["bon8"]["oracle"].values()), "best-of-8 by the outcome is Pass@8"
+    assert all(0 <= V[k][m] <= 1 for k in ("reference", "ppo") for m in ("greedy", "sampled", "invalid_greedy"))
+    assert V["mean_at_8"] <= V["pass_at_8"] and V["spearman_pa_astar"]["steps"] >= 3 * 8
     assert time.time() - t0 < 90, "a tiny end-to-end run should take seconds"
 
 
