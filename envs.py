@@ -326,38 +326,70 @@ def solve(task, page, steps, args):
 # -----------------------------------------------------------------------------
 # the environment
 
-def soft_optimal_q(state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
-    """Soft (KL-regularised) optimal Q at `state` of every available action, plus key None -> soft V, for any
-    world given as functions of a state: its moves, its transitions [(p, next, r, done)] and its prompt.
-    ref_probs is called once with [(prompt, actions)] of every state reachable from here and returns
-    [{action: prob}]; the leftover mass 1 - sum goes to the no-op (the `invalid` text). Soft Bellman recursion:
-        Q(s,a) = r + E[V(s')],   V(s) = beta * log sum_a pi_ref(a|s) exp(Q(s,a) / beta),   V(end) = 0.
+class SoftSolution:
+    """The soft (KL-regularised) optimum of every state reachable from `state`, for any world given as functions
+    of a state: its moves, its transitions [(p, next, r, done)] and its prompt. ref_probs is called once with
+    [(prompt, actions)] of every reachable non-terminal state and returns [{action: prob}]; the leftover mass
+    1 - sum goes to the no-op (the `invalid` text, standing for every text that is not an action). Soft Bellman:
+        Q(s,a) = r + E[V(s')],   V(s) = beta * log sum_a pi_ref(a|s) exp(Q(s,a) / beta),   V(end) = 0,
+    and the optimal policy is pi*(a|s) = pi_ref(a|s) exp((Q(s,a) - V(s)) / beta).
     States include their note, because the note changes the prompt the reference sees."""
-    order, seen = [state], {state}
-    for st in order:  # every non-terminal state reachable from here, breadth first
-        for a in list(moves_of(st)) + [invalid]:
-            for _, s2, _, d in transitions_of(st, a):
-                if not d and s2 not in seen:
-                    seen.add(s2)
-                    order.append(s2)
-    probs = ref_probs([(render_of(st), list(moves_of(st))) for st in order])
-    pi, memo = dict(zip(order, probs)), {}
 
-    def q_of(st, a):
-        return sum(p * (r + (0.0 if d else v_of(s2))) for p, s2, r, d in transitions_of(st, a))
+    def __init__(self, state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
+        self.transitions_of, self.beta, self.invalid, self.memo = transitions_of, beta, invalid, {}
+        order, seen = [state], {state}
+        for st in order:  # every non-terminal state reachable from here, breadth first
+            for a in list(moves_of(st)) + [invalid]:
+                for _, s2, _, d in transitions_of(st, a):
+                    if not d and s2 not in seen:
+                        seen.add(s2)
+                        order.append(s2)
+        self.states = order
+        self.pi_ref = dict(zip(order, ref_probs([(render_of(st), list(moves_of(st))) for st in order])))
 
-    def v_of(st):
-        if st not in memo:
-            terms = [(pr, q_of(st, a)) for a, pr in pi[st].items() if pr > 0]
-            rest = 1.0 - sum(pi[st].values())
-            if rest > 1e-12:
-                terms.append((rest, q_of(st, invalid)))
+    def ref_terms(self, st):
+        """[(action, pi_ref)] at st, the no-op (self.invalid) carrying the leftover mass."""
+        terms = [(a, p) for a, p in self.pi_ref[st].items() if p > 0]
+        rest = 1.0 - sum(self.pi_ref[st].values())
+        return terms + ([(self.invalid, rest)] if rest > 1e-12 else [])
+
+    def q(self, st, a):
+        return sum(p * (r + (0.0 if d else self.v(s2))) for p, s2, r, d in self.transitions_of(st, a))
+
+    def v(self, st):
+        if st not in self.memo:
+            terms = [(pr, self.q(st, a)) for a, pr in self.ref_terms(st)]
             m = max(q for _, q in terms)  # log-sum-exp, shifted for stability
-            memo[st] = m + beta * math.log(sum(pr * math.exp((q - m) / beta) for pr, q in terms))
+            self.memo[st] = m + self.beta * math.log(sum(pr * math.exp((q - m) / self.beta) for pr, q in terms))
+        return self.memo[st]
+
+    def log_ratio(self, st, a):
+        """log pi*(a|s) / pi_ref(a|s) = (Q(s,a) - V(s)) / beta; any text that is not an action is the no-op."""
+        return (self.q(st, a if a in self.pi_ref[st] else self.invalid) - self.v(st)) / self.beta
+
+    def expect(self, st, optimal=True, memo=None):
+        """(success probability, expected reward, expected sum of log pi/pi_ref) of an episode from st under
+        pi* (optimal=True) or pi_ref (the last is then 0). Under pi*, beta * KL = E[reward] - V(st) exactly."""
+        memo = {} if memo is None else memo
+        if st not in memo:
+            out = [0.0, 0.0, 0.0]
+            for a, pr in self.ref_terms(st):
+                lr = self.log_ratio(st, a) if optimal else 0.0
+                w = pr * math.exp(lr)
+                for p, s2, r, d in self.transitions_of(st, a):
+                    nxt = (float(r == 1.0), 0.0, 0.0) if d else self.expect(s2, optimal, memo)
+                    out[0] += w * p * nxt[0]
+                    out[1] += w * p * (r + nxt[1])
+                    out[2] += w * p * (lr + nxt[2])
+            memo[st] = tuple(out)
         return memo[st]
 
-    out = {a: q_of(state, a) for a in moves_of(state)}
-    out[None] = v_of(state)
+
+def soft_optimal_q(state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
+    """Soft optimal Q at `state` of every available action, plus key None -> soft V (see SoftSolution)."""
+    sol = SoftSolution(state, moves_of, transitions_of, render_of, ref_probs, beta, invalid)
+    out = {a: sol.q(state, a) for a in moves_of(state)}
+    out[None] = sol.v(state)
     return out
 
 
@@ -411,6 +443,10 @@ class Env:
         if self.done:
             return {None: 0.0}
         return soft_optimal_q(self.state, self._moves_at, self._outcomes, self._render, ref_probs, beta, self.invalid)
+
+    def soft_solution(self, ref_probs, beta):
+        """The soft optimum of every state reachable from here (SoftSolution)."""
+        return SoftSolution(self.state, self._moves_at, self._outcomes, self._render, ref_probs, beta, self.invalid)
 
     @property
     def steps_left(self):

@@ -390,6 +390,8 @@ if __name__ == "__main__":
     p.add_argument("--out_dir", default=None, help="where report.json / report.md go (default: the ckpt's folder)")
     p.add_argument("--show", type=int, default=0, help="print N test episodes step by step instead of the report")
     p.add_argument("--valid", action="store_true", help="a quick check on the validation split only (for tuning)")
+    p.add_argument("--optimum", type=int, default=0, help="solve the KL-regularised optimum exactly on N validation "
+                   "tasks and compare PPO with it (costly: minutes per shop task on a CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=256)
     args = p.parse_args()
@@ -397,6 +399,9 @@ if __name__ == "__main__":
     out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.ckpt))
     if args.show:
         show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0))
+    elif args.optimum:
+        import report
+        report.optimum_check(args.ckpt, out_dir, ref_path, device, args.batch_size, n=args.optimum)
     elif args.valid:
         import report
         report.validation_check(args.ckpt, out_dir, ref_path, device, args.batch_size)

@@ -535,6 +535,39 @@ def test_soft_q_matches_brute_force_with_uniform_reference(name, split, task, wa
     assert out[None] == pytest.approx(soft_v(env.state), abs=1e-10), "soft V differs from brute force"
 
 
+@pytest.mark.parametrize("name,split,task,warmup,steps", [("shop", "train", 2, 0, 5), ("house", "valid", 1, 3, 4),
+                                                        ("travel", "test", 3, 2, 5)])
+def test_soft_solution_expectations_match_simulation(name, split, task, warmup, steps):
+    """SoftSolution.expect (exact success, reward and KL under pi* and pi_ref) against episodes sampled from
+    those policies, and beta * KL(pi* || pi_ref) = E*[reward] - V(s0), the identity behind V."""
+    beta, rng = 0.1, random.Random(task)
+    env = small_budget_env(name, split, task, warmup, steps)
+    sol = env.soft_solution(lopsided_reference, beta)
+    for optimal in (True, False):
+        succ, reward, kl = sol.expect(env.state, optimal)
+        if optimal:
+            assert beta * kl == pytest.approx(reward - sol.v(env.state), abs=1e-9), "beta KL = E[R] - V"
+        else:
+            assert kl == 0.0
+        runs = []
+        for i in range(3000):
+            e = env.clone()
+            e.rng = np.random.default_rng(i)
+            lr_sum, r, info = 0.0, 0.0, {}
+            while not e.done:
+                terms = sol.ref_terms(e.state)
+                w = [p * (math.exp(sol.log_ratio(e.state, a)) if optimal else 1.0) for a, p in terms]
+                a = rng.choices([a for a, _ in terms], weights=w)[0]
+                lr_sum += sol.log_ratio(e.state, a) if optimal else 0.0
+                _, r, _, info = e.step(a)
+            runs.append((info["success"], r, lr_sum))
+        sim = np.array(runs, dtype=float)
+        for k, exact in enumerate((succ, reward, kl)):
+            se = sim[:, k].std() / math.sqrt(len(sim)) + 1e-9
+            assert abs(sim[:, k].mean() - exact) < 4 * se + 1e-6, f"optimal={optimal}, quantity {k}: " \
+                f"simulated {sim[:, k].mean():.4f} vs exact {exact:.4f}"
+
+
 # ----------------------------------------------------------------------------- actions, prompts, vocabulary
 
 SHOP_PIECES = ["click[", "]", "search[", "[", "buy now", "é", "日本", "\n", "\x00", " ", "next >", "<", "p07", "🙂"]
@@ -1277,6 +1310,10 @@ def test_two_iteration_pipeline_and_report_run_in_seconds(tmp_path, name):
     assert all(v == V["pass_at_8"] for v in V["bon8"]["oracle"].values()), "best-of-8 by the outcome is Pass@8"
     assert all(0 <= V[k][m] <= 1 for k in ("reference", "ppo") for m in ("greedy", "sampled", "invalid_greedy"))
     assert V["mean_at_8"] <= V["pass_at_8"] and V["spearman_pa_astar"]["steps"] >= 3 * 8
+    O = report.optimum_check(str(tmp_path / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
+    assert O["max_identity_err"] < 1e-9 and all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success"))
+    assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9
+    assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists()
     assert time.time() - t0 < 90, "a tiny end-to-end run should take seconds"
 
 
