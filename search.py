@@ -400,11 +400,11 @@ if __name__ == "__main__":
     if args.show:
         show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0))
     elif args.optimum:
-        import report
-        report.optimum_check(args.ckpt, out_dir, ref_path, device, args.batch_size, n=args.optimum)
+        import checks
+        checks.optimum_check(args.ckpt, out_dir, ref_path, device, args.batch_size, n=args.optimum)
     elif args.valid:
-        import report
-        report.validation_check(args.ckpt, out_dir, ref_path, device, args.batch_size)
+        import checks
+        checks.validation_check(args.ckpt, out_dir, ref_path, device, args.batch_size)
     else:
         import report
         report.run(args.ckpt, out_dir, ref_path, device, args.batch_size)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+import checks
 import envs
 import model
 import pa
@@ -1305,12 +1306,12 @@ def test_two_iteration_pipeline_and_report_run_in_seconds(tmp_path, name):
         assert key in on_disk, f"report.json lacks {key!r}"
     assert on_disk["bon"]["oracle"] == on_disk["pass_at_n"], "the oracle selector is Pass@N"
     assert 0.0 <= R["ppo"]["success"] <= 1.0 and (tmp_path / "report.md").exists()
-    V = report.validation_check(str(tmp_path / "ppo.pt"), str(tmp_path), device="cpu", n=4, n_bon=3)
+    V = checks.validation_check(str(tmp_path / "ppo.pt"), str(tmp_path), device="cpu", n=4, n_bon=3)
     assert V == json.loads(json.dumps(V, default=float)) and (tmp_path / "validation.json").exists()
     assert all(v == V["pass_at_8"] for v in V["bon8"]["oracle"].values()), "best-of-8 by the outcome is Pass@8"
     assert all(0 <= V[k][m] <= 1 for k in ("reference", "ppo") for m in ("greedy", "sampled", "invalid_greedy"))
     assert V["mean_at_8"] <= V["pass_at_8"] and V["spearman_pa_astar"]["steps"] >= 3 * 8
-    O = report.optimum_check(str(tmp_path / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
+    O = checks.optimum_check(str(tmp_path / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     assert O["max_identity_err"] < 1e-9 and all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success"))
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists()
