@@ -87,9 +87,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
             p = agent.encode(prompt)
             prompts += [p] * len(acts)
             actions += [M.encode_action(agent.enc, a) for a in acts]
-        rows = []
-        for c in range(0, len(prompts), batch_size):
-            rows += agent.score(prompts[c:c + batch_size], actions[c:c + batch_size], ("ref",))
+        rows = agent.score(prompts, actions, ("ref",))
         probs, k = [], 0
         for _, acts in batch:
             probs.append({a: math.exp(float(rows[k + j]["ref_logprobs"].sum())) for j, a in enumerate(acts)})

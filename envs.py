@@ -336,7 +336,7 @@ class SoftSolution:
     States include their note, because the note changes the prompt the reference sees."""
 
     def __init__(self, state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
-        self.transitions_of, self.beta, self.invalid, self.memo = transitions_of, beta, invalid, {}
+        self.transitions_of, self.beta, self.invalid, self.memo, self.qmemo = transitions_of, beta, invalid, {}, {}
         order, seen = [state], {state}
         for st in order:  # every non-terminal state reachable from here, breadth first
             for a in list(moves_of(st)) + [invalid]:
@@ -354,7 +354,9 @@ class SoftSolution:
         return terms + ([(self.invalid, rest)] if rest > 1e-12 else [])
 
     def q(self, st, a):
-        return sum(p * (r + (0.0 if d else self.v(s2))) for p, s2, r, d in self.transitions_of(st, a))
+        if (st, a) not in self.qmemo:
+            self.qmemo[st, a] = sum(p * (r + (0.0 if d else self.v(s2))) for p, s2, r, d in self.transitions_of(st, a))
+        return self.qmemo[st, a]
 
     def v(self, st):
         if st not in self.memo:

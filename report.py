@@ -105,9 +105,7 @@ def fidelity_top1(agent, states, beta):
             prompts.append(p)
             actions.append(M.encode_action(agent.enc, a))
             owner.append((i, a))
-    rows = []
-    for c in range(0, len(prompts), agent.batch_size):
-        rows += agent.score(prompts[c:c + agent.batch_size], actions[c:c + agent.batch_size])
+    rows = agent.score(prompts, actions)
     per_state = [[] for _ in states]
     for (i, a), p, act, row in zip(owner, prompts, actions, rows):
         per_state[i].append(S.Step(p, act, a, **row))

@@ -95,7 +95,11 @@ class Agent:
     @torch.no_grad()
     def score(self, prompts, actions, models=("policy", "ref")):
         """Teacher-forced per-token records of each (prompt, action) row, from one forward per model:
-        the same evaluate() that PPO trains with, so old and new log-probs agree exactly."""
+        the same evaluate() that PPO trains with, so old and new log-probs agree exactly. More rows than
+        batch_size are scored batch_size at a time."""
+        if len(prompts) > self.batch_size:
+            return [r for c in range(0, len(prompts), self.batch_size)
+                    for r in self.score(prompts[c:c + self.batch_size], actions[c:c + self.batch_size], models)]
         idx, action_mask = M.pack(prompts, actions, self.pad)
         idx, action_mask = idx.to(self.device), action_mask.to(self.device)
         rows = [dict() for _ in prompts]
