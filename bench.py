@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 import model
+import train
 
 BENCHES = {}  # name -> function(args, results) -> dict, in the order they run
 
@@ -63,7 +64,8 @@ def compute_dtype(device):
 def make_model(args):
     preset = "cpu" if args.device == "cpu" else "gpu"
     torch.manual_seed(0)
-    cfg = model.GPTConfig(**model.PRESETS[preset], vocab_size=model.MAX_VOCAB)  # ids only, no tokenizer needed
+    sizes = {k: train.PRESETS[preset][k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+    cfg = model.GPTConfig(**sizes, vocab_size=model.MAX_VOCAB)  # ids only, no tokenizer needed
     return preset, cfg, model.GPT(cfg).to(args.device)
 
 
@@ -170,7 +172,7 @@ def bench_envs(args, results):
     return out
 
 
-def main():
+def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {list(BENCHES)}")
     p.add_argument("--out", default="bench.json", help="where the JSON results go")
@@ -178,8 +180,11 @@ def main():
     p.add_argument("--device", default="auto", help="cuda, mps, cpu, or auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for the training benchmark")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
-    args = p.parse_args()
-    args.device = model.get_device(args.device)
+    args = p.parse_args(argv)
+    try:
+        args.device = model.get_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(args.threads)
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in BENCHES]
@@ -201,4 +206,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    main(sys.argv[1:])

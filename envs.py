@@ -1,7 +1,11 @@
 """
-envs.py: a small WebShop-like shopping world with an exact optimal-value oracle.
+envs.py: the environment every world shares (one Env, its dynamics, prompt, exact oracle and soft solver,
+written once), the experts, and the WebShop-like shop world. House and travel are in worlds.py.
 
-A task is an instruction in WebShop's synthetic style ("find a leather waterproof jacket with color: black,
+    env = make_env("shop", split="valid", task=3, seed=0)      # or "house", "travel"
+    obs = env.reset(); obs, reward, done, info = env.step("search[leather jacket]")
+
+The shop: a task is an instruction in WebShop's synthetic style ("find a leather waterproof jacket with color: black,
 and size: large, and price lower than 60 dollars") plus a catalog of 16-24 products: two full matches,
 near-misses (over the price, one attribute wrong, another type of the same category, required colour or
 size missing, a sponsored near-miss) and fillers. The agent sees one page at a time, in WebShop's grammar:
@@ -22,9 +26,10 @@ Randomness is exogenous and enumerable, so an oracle can take exact expectations
     re-ranked, so a full match can fall off page 1),
   - every item-page load draws whether the item's one "fragile" colour is out of stock (shown on the page;
     buying an out-of-stock variant fails with reward 0).
-The dynamics are a pure function `transitions(task, state, action) -> [(prob, next_state, reward, done)]` of a
-small hashable state (page, steps_left, note, page arguments); the prompt is a pure function of the state.
-The oracle solves V*/Q* by memoised expectimax over states, with the memo stored on the shared Task object.
+For every world the dynamics are a pure function `transitions(task, state, action) -> [(prob, next_state,
+reward, done)]` of a small hashable state (core, steps_left, note), where the task's core is the page and what
+the agent has done (the shop's: page and page arguments); the prompt is a pure function of the state. The
+oracle solves V*/Q* by memoised expectimax over states, with the memo stored on the shared Task object.
 
 Splits: "train" takes any task id; "valid" (200) and "test" (500) are fixed. Test tasks with an ODD id are
 "unseen": their target uses a (type, attribute) pair from HELD_OUT, which never appears in a train/valid
@@ -39,9 +44,12 @@ import collections
 import functools
 import math
 import random
-import re
+import sys
 
 import numpy as np
+
+import worlds
+from worlds import N_TASKS, NOTE_INVALID, TIE, WORD_RE
 
 # -----------------------------------------------------------------------------
 # the world's words (kept small on purpose: the tokenizer is built from them)
@@ -64,18 +72,15 @@ MAX_STEPS = 10        # visible step budget; the best path takes 4 (colour only)
 PER_PAGE = 4          # results per page; lists hold 9-12 results, so 3 pages
 LIST_PROBS = (0.4, 0.2, 0.2, 0.2)  # draw 0 is the clean ranking, draws 1-3 are noisy re-rankings
 P_OOS = 0.3           # chance, at each item-page load, that the item's fragile colour is out of stock
-N_TASKS = {"valid": 200, "test": 500}
 DEFAULT_EPS = 0.3     # noisy expert: ~5 decisions per episode; measured on valid: 1 in 3 episodes succeeds
 # A step is a "critical mistake" when it loses more than DELTA of optimal value. The cheapest irreversible
 # error (one option, one attribute or the price wrong) scores 0.75-0.8 where 1.0 was available, so a wrong
 # purchase loses >= 0.2 (measured along expert paths on valid: all of them, median 0.25); a wasted step only
 # shrinks the slack that guards against stock-outs (median loss 0.04, 84% under 0.1). 0.1 separates the two.
 DELTA = 0.1
-TIE = 1e-9
 BACK, BUY = "click[back to search]", "click[buy now]"
-NOTE_INVALID, NOTE_TIMEOUT = "invalid action, nothing happened", "out of steps, nothing was bought"
+NOTE_TIMEOUT = "out of steps, nothing was bought"
 AD_TEXT = "ad: deal of the day! 50% off on selected items."
-WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # how vocabulary() splits text into words
 
 
 def _held_out():
@@ -92,15 +97,16 @@ def _title(attrs, t):
     return " ".join(attrs) + " " + t
 
 
-class Task:
-    """One task: instruction, catalog and result lists, fixed by (split, task_id). Immutable, except for the
-    two caches (`moves`: page -> outgoing transitions, `memo`: state -> (V*, expected steps)) that every env
-    and clone of this task share."""
+class ShopTask(worlds.Task):
+    """One shop task: instruction, catalog and result lists, fixed by (split, task_id). core = (page, args):
+    page "search" | "results" (args: query, list draw, page number) | "item" (product id, out-of-stock draw,
+    selected options) | "desc" (the item's args) | "ad"."""
+    invalid_note, timeout_note, end_line = NOTE_INVALID, NOTE_TIMEOUT, "page: episode over"
 
     def __init__(self, split, task_id):
         rng = random.Random(f"shop/{split}/{task_id}")  # task identity; transitions use the env's own seed
         self.split, self.task_id = split, task_id
-        self.unseen = split == "test" and task_id % 2 == 1
+        self.unseen = worlds.check_task_id(split, task_id)
         ok = (lambda t, a: True) if self.unseen else (lambda t, a: (t, a) not in HELD_OUT)
         self.cat = cat = rng.choice(sorted(CATEGORIES))
         types, attrs = CATEGORIES[cat]
@@ -180,7 +186,12 @@ class Task:
         article = "an" if a[0][0] in "aeiou" else "a"
         opts = ", and ".join(f"{d}: {v}" for d, v in self.required)
         self.instruction = f"find {article} {_title(a, t)} with {opts}, and price lower than {self.cap} dollars"
-        self.moves, self.memo = {}, {}
+        self.start = ("search", ())
+        self.init_caches()
+
+    @property
+    def head(self):
+        return "instruction: " + self.instruction
 
     def score(self, p, sel):
         """WebShop's reward for buying product p with the selected options sel (aligned with p.options)."""
@@ -189,142 +200,136 @@ class Task:
         hits = len(set(p.attrs) & set(self.attrs)) + sum(chosen.get(d) == v for d, v in self.required)
         return tf * (hits + (p.price < self.cap)) / (len(self.attrs) + len(self.required) + 1)
 
+    def _moves(self, core):
+        """action -> [(prob, next_core, reward, note, done)], in display order."""
+        page, args = core
+        m = {}
+        if page == "search":
+            for i, q in enumerate(self.queries):
+                m[f"search[{q}]"] = [(p, ("results", (i, k, 0)), 0.0, "", False) for k, p in enumerate(LIST_PROBS)]
+        elif page == "results":
+            q, k, pg = args
+            lst = self.lists[q][k]
+            for pid in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+                sel = (None,) * len(self.products[pid].options)
+                m[f"click[{pid}]"] = [(1 - P_OOS, ("item", (pid, 0, sel)), 0.0, "", False),
+                                      (P_OOS, ("item", (pid, 1, sel)), 0.0, "", False)]
+            if (pg + 1) * PER_PAGE < len(lst):
+                m["click[next >]"] = [(1.0, ("results", (q, k, pg + 1)), 0.0, "", False)]
+            if pg > 0:
+                m["click[< prev]"] = [(1.0, ("results", (q, k, pg - 1)), 0.0, "", False)]
+            m["click[deal of the day]"] = [(1.0, ("ad", ()), 0.0, "", False)]
+            m[BACK] = [(1.0, ("search", ()), 0.0, "", False)]
+        elif page == "item":
+            pid, stock, sel = args
+            p = self.products[pid]
+            for d, (_, values) in enumerate(p.options):
+                for v in values:
+                    m[f"click[{v}]"] = [(1.0, ("item", (pid, stock, sel[:d] + (v,) + sel[d + 1:])), 0.0, "", False)]
+            m["click[description]"] = [(1.0, ("desc", args), 0.0, "", False)]
+            if stock and p.fragile in sel:
+                m[BUY] = [(1.0, None, 0.0, f"purchase failed, {p.fragile} {p.pid} is out of stock", True)]
+            else:
+                m[BUY] = [(1.0, None, self.score(p, sel), f"you bought {p.pid}", True)]
+            m[BACK] = [(1.0, ("search", ()), 0.0, "", False)]
+        elif page == "desc":
+            m["click[< prev]"] = [(1.0, ("item", args), 0.0, "", False)]
+        elif page == "ad":
+            m[BACK] = [(1.0, ("search", ()), 0.0, "", False)]
+        return m
 
-@functools.lru_cache(maxsize=128)  # a fully solved task holds ~2 MB of oracle memo
-def get_task(split, task_id):
-    if split not in ("train", "valid", "test") or task_id < 0 or task_id >= N_TASKS.get(split, math.inf):
-        raise ValueError(f"no task {task_id} in split {split!r} (sizes: {N_TASKS}, train: any id >= 0)")
-    return Task(split, task_id)
+    def irreversible(self, core, text):
+        return text == BUY and text in self.moves(core)
 
+    def page(self, core):
+        page, args = core
+        if page == "search":
+            return ["page: search"]
+        if page == "results":
+            q, k, pg = args
+            lst = self.lists[q][k]
+            lines = [f"results for: {self.queries[q]} (page {pg + 1} of {-(-len(lst) // PER_PAGE)})"]
+            for pid in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+                p = self.products[pid]
+                lines.append(f"{pid} {'(sponsored) ' if p.sponsored else ''}{p.title}, {p.price} dollars")
+            return lines
+        if page == "ad":
+            return [AD_TEXT]
+        pid, stock, sel = args  # the item page or its description
+        p = self.products[pid]
+        lines = [f"item {pid}: {p.title}, {p.price} dollars"]
+        if page == "desc":
+            return lines + [f"description: a {p.title} from our {p.cat} range, in " + ", ".join(p.options[0][1]) + "."]
+        for dim, values in p.options:
+            out = lambda v: " (out of stock)" if stock and v == p.fragile else ""
+            lines.append(f"{dim}: " + ", ".join(v + out(v) for v in values))
+        return lines + ["selected: " + (", ".join(v for v in sel if v) or "nothing")]
+
+
+get_shop_task = functools.lru_cache(maxsize=128)(ShopTask)  # a fully solved task holds ~2 MB of oracle memo
 
 # -----------------------------------------------------------------------------
-# dynamics: pure functions of (task, state). state = (page, steps_left, note, args)
-
-def moves(task, page, args):
-    """action -> [(prob, next_page, next_args, reward, next_note)], in display order; cached per page."""
-    key = (page, args)
-    m = task.moves.get(key)
-    if m is not None:
-        return m
-    m = {}
-    if page == "search":
-        for i, q in enumerate(task.queries):
-            m[f"search[{q}]"] = [(p, "results", (i, k, 0), 0.0, "") for k, p in enumerate(LIST_PROBS)]
-    elif page == "results":
-        q, k, pg = args
-        lst = task.lists[q][k]
-        for pid in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
-            sel = (None,) * len(task.products[pid].options)
-            m[f"click[{pid}]"] = [(1 - P_OOS, "item", (pid, 0, sel), 0.0, ""), (P_OOS, "item", (pid, 1, sel), 0.0, "")]
-        if (pg + 1) * PER_PAGE < len(lst):
-            m["click[next >]"] = [(1.0, "results", (q, k, pg + 1), 0.0, "")]
-        if pg > 0:
-            m["click[< prev]"] = [(1.0, "results", (q, k, pg - 1), 0.0, "")]
-        m["click[deal of the day]"] = [(1.0, "ad", (), 0.0, "")]
-        m[BACK] = [(1.0, "search", (), 0.0, "")]
-    elif page == "item":
-        pid, stock, sel = args
-        p = task.products[pid]
-        for d, (_, values) in enumerate(p.options):
-            for v in values:
-                m[f"click[{v}]"] = [(1.0, "item", (pid, stock, sel[:d] + (v,) + sel[d + 1:]), 0.0, "")]
-        m["click[description]"] = [(1.0, "desc", args, 0.0, "")]
-        if stock and p.fragile in sel:
-            m[BUY] = [(1.0, "end", (), 0.0, f"purchase failed, {p.fragile} {p.pid} is out of stock")]
-        else:
-            m[BUY] = [(1.0, "end", (), task.score(p, sel), f"you bought {p.pid}")]
-        m[BACK] = [(1.0, "search", (), 0.0, "")]
-    elif page == "desc":
-        m["click[< prev]"] = [(1.0, "item", args, 0.0, "")]
-    elif page == "ad":
-        m[BACK] = [(1.0, "search", (), 0.0, "")]
-    task.moves[key] = m
-    return m
+# every world's dynamics, prompt and oracle, written once. state = (core, steps_left, note); core None = the end
 
 
 def transitions(task, state, action):
     """[(prob, next_state, reward, done)] for any string `action` (not an available action = a no-op)."""
-    page, steps, _, args = state
-    outs = moves(task, page, args).get(action)
+    core, steps, _ = state
+    outs = task.moves(core).get(action) if core is not None else None
     if outs is None:
-        outs = [(1.0, page, args, 0.0, NOTE_INVALID)]
+        outs = [(1.0, core, 0.0, task.invalid_note, False)]
     res = []
-    for p, page2, args2, r, note in outs:
-        if page2 == "end":
-            res.append((p, ("end", steps - 1, note, ()), r, True))
-        elif steps == 1:  # the budget is spent without a purchase: truncation, scored 0
-            res.append((p, ("end", 0, NOTE_TIMEOUT, ()), 0.0, True))
+    for p, core2, r, note, done in outs:
+        if done:
+            res.append((p, (None, steps - 1, note), r, True))
+        elif steps == 1:  # the budget is spent: truncation, scored 0
+            res.append((p, (None, 0, task.timeout_note), 0.0, True))
         else:
-            res.append((p, (page2, steps - 1, note, args2), r, False))
+            res.append((p, (core2, steps - 1, note), r, False))
     return res
 
 
 def render(task, state):
     """The Markov prompt: instruction, note on the last action, page, steps left, available actions."""
-    page, steps, note, args = state
-    lines = ["instruction: " + task.instruction] + (["note: " + note] if note else [])
-    if page == "search":
-        lines.append("page: search")
-    elif page == "results":
-        q, k, pg = args
-        lst = task.lists[q][k]
-        lines.append(f"results for: {task.queries[q]} (page {pg + 1} of {-(-len(lst) // PER_PAGE)})")
-        for pid in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
-            p = task.products[pid]
-            lines.append(f"{pid} {'(sponsored) ' if p.sponsored else ''}{p.title}, {p.price} dollars")
-    elif page in ("item", "desc"):
-        pid, stock, sel = args
-        p = task.products[pid]
-        lines.append(f"item {pid}: {p.title}, {p.price} dollars")
-        if page == "item":
-            for dim, values in p.options:
-                out = lambda v: " (out of stock)" if stock and v == p.fragile else ""
-                lines.append(f"{dim}: " + ", ".join(v + out(v) for v in values))
-            lines.append("selected: " + (", ".join(v for v in sel if v) or "nothing"))
-        else:
-            lines.append(f"description: a {p.title} from our {p.cat} range, in " + ", ".join(p.options[0][1]) + ".")
-    elif page == "ad":
-        lines.append(AD_TEXT)
-    else:
-        lines.append("page: episode over")
+    core, steps, note = state
+    lines = [task.head] + (["note: " + note] if note else [])
+    lines += task.page(core) if core is not None else [task.end_line]
     lines.append(f"steps left: {steps}")
-    lines.append("actions: " + " | ".join(moves(task, page, args)))
+    lines.append("actions: " + (" | ".join(task.moves(core)) if core is not None else ""))
     return "\n".join(lines)
 
-
-# -----------------------------------------------------------------------------
-# the oracle: exact V*(s) and Q*(s, a) by memoised expectimax
 
 def _q(task, steps, outs):
     """(Q*, expected steps to the end under the tie-broken greedy policy) of one action's outcomes."""
     q = length = 0.0
-    for p, page2, args2, r, _ in outs:
-        if page2 == "end" or steps == 1:
-            q += p * (r if page2 == "end" else 0.0)
+    for p, core2, r, _, done in outs:
+        if done or steps == 1:
+            q += p * (r if done else 0.0)
             length += p
         else:
-            v, l = solve(task, page2, steps - 1, args2)
+            v, l = solve(task, core2, steps - 1)
             q += p * (r + v)
             length += p * (1.0 + l)
     return q, length
 
 
-def solve(task, page, steps, args):
-    """(V*, expected steps to finish) of a non-terminal state; the note does not change values."""
-    key = (page, steps, args)
+def solve(task, core, steps):
+    """(V*, expected steps to finish) of a non-terminal state by memoised expectimax; the note does not
+    change values, so the memo (on the task, shared by every env and clone of it) is keyed by (core, steps)."""
+    key = (core, steps)
     hit = task.memo.get(key)
     if hit is None:
-        hit = (-1.0, 0.0)
-        for outs in moves(task, page, args).values():  # a no-op is never better: V* grows with steps
-            q, length = _q(task, steps, outs)
-            if q > hit[0] + TIE or (q > hit[0] - TIE and length < hit[1] - TIE):
-                hit = (q, length)
+        if steps < task.bound(core):
+            hit = (0.0, float(steps))  # nothing can pay in time: every action runs into truncation
+        else:
+            hit = (-1.0, 0.0)
+            for outs in task.moves(core).values():  # a no-op is never better: V* grows with steps
+                q, length = _q(task, steps, outs)
+                if q > hit[0] + TIE or (q > hit[0] - TIE and length < hit[1] - TIE):
+                    hit = (q, length)
         task.memo[key] = hit
     return hit
 
-
-# -----------------------------------------------------------------------------
-# the environment
 
 class SoftSolution:
     """The soft (KL-regularised) optimum of every state reachable from `state`, for any world given as functions
@@ -387,42 +392,50 @@ class SoftSolution:
         return memo[st]
 
 
-def soft_optimal_q(state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
-    """Soft optimal Q at `state` of every available action, plus key None -> soft V (see SoftSolution)."""
-    sol = SoftSolution(state, moves_of, transitions_of, render_of, ref_probs, beta, invalid)
-    out = {a: sol.q(state, a) for a in moves_of(state)}
-    out[None] = sol.v(state)
-    return out
+WORLDS = {  # name -> (the task of (split, task_id), the step budget)
+    "shop": (get_shop_task, MAX_STEPS),
+    "house": (worlds.get_house_task, worlds.HOUSE_MAX_STEPS),
+    "travel": (worlds.get_travel_task, worlds.TRAVEL_MAX_STEPS),
+}
 
 
 class Env:
-    """What every world's environment shares. A subclass sets self.task, self.state (a hashable tuple whose
-    item 1 is the number of steps left), and defines the world as functions of a state: _moves_at(state)
-    (available action -> outcomes), _outcomes(state, action) ([(prob, next_state, reward, done)], also for
-    invalid text: a counted no-op) and _render(state) (the prompt); plus reset(), _timed_out(), _q_table()
-    (action -> (Q*, expected steps)), q_star(text) and is_irreversible(text)."""
-    name = None
-    invalid = ""  # a text that is never an available action: the no-op in soft_optimal_q
+    """One episode of any world: reset / step / actions / clone, and the oracle's views of the current state.
+    An invalid action is a counted no-op; exactly one uniform draw per step from the env's own generator."""
+    invalid = "\x00"  # a text that is never an available action: the no-op in the soft solver
+
+    def __init__(self, name="shop", split="train", task=0, seed=0, max_steps=None):
+        if name not in WORLDS:
+            raise ValueError(f"unknown environment {name!r} (available: {', '.join(WORLDS)})")
+        get_task, budget = WORLDS[name]
+        self.name, self.task, self.split, self.task_id = name, get_task(split, task), split, task
+        self.max_steps = max_steps or budget
+        self.seed, self.rng = seed, np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self):
+        self.state, self.done = (self.task.start, self.max_steps, ""), False
+        return self.obs()
 
     def obs(self):
-        return self._render(self.state)
+        return render(self.task, self.state)
 
     def actions(self):
-        return [] if self.done else list(self._moves_at(self.state))
+        return [] if self.done else list(self.task.moves(self.state[0]))
 
     def step(self, action):
         if self.done:  # stepping a finished episode is harmless
             return self.obs(), 0.0, True, dict(valid=False, truncated=False, success=False, n_outcomes=0)
         action = action if isinstance(action, str) else str(action)
-        valid = action in self._moves_at(self.state)
-        outs = self._outcomes(self.state, action)
+        valid = action in self.task.moves(self.state[0])
+        outs = transitions(self.task, self.state, action)
         u, i = self.rng.random(), 0  # exactly one uniform per step, so replays with the same seed agree
         while i < len(outs) - 1 and u >= outs[i][0]:
             u -= outs[i][0]
             i += 1
         _, self.state, reward, self.done = outs[i]
-        info = dict(valid=valid, truncated=self.done and self._timed_out(), success=self.done and reward == 1.0,
-                    n_outcomes=len(outs))
+        info = dict(valid=valid, truncated=self.done and self.state[2] == self.task.timeout_note,
+                    success=self.done and reward == 1.0, n_outcomes=len(outs))
         return self.obs(), reward, self.done, info
 
     def clone(self):
@@ -433,22 +446,42 @@ class Env:
         return c
 
     # --- oracle views of the current state
+    def q_table(self):
+        """action -> (Q*, expected steps to finish), in display order."""
+        if self.done:
+            return {}
+        core, steps, _ = self.state
+        return {a: _q(self.task, steps, outs) for a, outs in self.task.moves(core).items()}
+
     def optimal_q(self):
-        return {a: q for a, (q, _) in self._q_table().items()} if not self.done else {}
+        return {a: q for a, (q, _) in self.q_table().items()}
 
     def optimal_value(self):
         return max(self.optimal_q().values(), default=0.0)
 
-    def soft_optimal_q(self, ref_probs, beta):
-        """Soft (KL-regularised) optimal Q of every available action, plus key None -> soft V, for the reference
-        policy `ref_probs` (see the module-level soft_optimal_q)."""
+    def q_star(self, text):
+        """Q*(s, text) for any string (one that is not an available action is the no-op)."""
         if self.done:
-            return {None: 0.0}
-        return soft_optimal_q(self.state, self._moves_at, self._outcomes, self._render, ref_probs, beta, self.invalid)
+            return 0.0
+        return sum(p * (r + (0.0 if d else solve(self.task, s[0], s[1])[0]))
+                   for p, s, r, d in transitions(self.task, self.state, text))
+
+    def is_irreversible(self, text):
+        return not self.done and self.task.irreversible(self.state[0], text)
 
     def soft_solution(self, ref_probs, beta):
-        """The soft optimum of every state reachable from here (SoftSolution)."""
-        return SoftSolution(self.state, self._moves_at, self._outcomes, self._render, ref_probs, beta, self.invalid)
+        """The soft (KL-regularised) optimum of every state reachable from here, for the reference policy
+        `ref_probs` (see SoftSolution)."""
+        return SoftSolution(self.state, lambda st: self.task.moves(st[0]),
+                            lambda st, a: transitions(self.task, st, a), lambda st: render(self.task, st),
+                            ref_probs, beta, self.invalid)
+
+    def soft_optimal_q(self, ref_probs, beta):
+        """Soft optimal Q of every available action, plus key None -> soft V."""
+        if self.done:
+            return {None: 0.0}
+        sol = self.soft_solution(ref_probs, beta)
+        return {**{a: sol.q(self.state, a) for a in self.actions()}, None: sol.v(self.state)}
 
     @property
     def steps_left(self):
@@ -458,65 +491,14 @@ class Env:
     def unseen(self):
         return self.task.unseen
 
-    @property
-    def task_text(self):
-        return self.task.instruction
-
     def __repr__(self):
-        return (f"{type(self).__name__}(split={self.split!r}, task={self.task_id}, seed={self.seed}, "
+        return (f"Env({self.name!r}, split={self.split!r}, task={self.task_id}, seed={self.seed}, "
                 f"steps_left={self.steps_left}, done={self.done})")
-
-
-class ShopEnv(Env):
-    name = "shop"
-
-    def __init__(self, split="train", task=0, seed=0, max_steps=MAX_STEPS):
-        self.task, self.split, self.task_id, self.max_steps = get_task(split, task), split, task, max_steps
-        self.seed, self.rng = seed, np.random.default_rng(seed)
-        self.reset()
-
-    def reset(self):
-        self.state, self.done = ("search", self.max_steps, "", ()), False
-        return self.obs()
-
-    def _moves_at(self, state):
-        return moves(self.task, state[0], state[3])
-
-    def _outcomes(self, state, action):
-        return transitions(self.task, state, action)
-
-    def _render(self, state):
-        return render(self.task, state)
-
-    def _timed_out(self):
-        return self.state[2] == NOTE_TIMEOUT
-
-    def _q_table(self):
-        """action -> (Q*, expected steps to finish), in display order."""
-        page, steps, _, args = self.state
-        return {a: _q(self.task, steps, outs) for a, outs in moves(self.task, page, args).items()}
-
-    def q_star(self, text):
-        if self.done:
-            return 0.0
-        return sum(p * (r + (0.0 if d else solve(self.task, s[0], s[1], s[3])[0]))
-                   for p, s, r, d in transitions(self.task, self.state, text))
-
-    def is_irreversible(self, text):
-        return text == BUY and text in self.actions()
-
-
-WORLDS = ("shop", "house", "travel")
 
 
 def make_env(name="shop", split="train", task=0, seed=0, max_steps=None):
     """max_steps=None: the world's own budget (shop 10, house 12, travel 10)."""
-    if name not in WORLDS:
-        raise ValueError(f"unknown environment {name!r} (available: {', '.join(map(repr, WORLDS))})")
-    if name != "shop":
-        import worlds  # the other worlds live in worlds.py (imported here: worlds.py imports this module)
-        return worlds.make_env(name, split, task, seed, max_steps)
-    return ShopEnv(split, task, seed, max_steps or MAX_STEPS)
+    return Env(name, split, task, seed, max_steps)
 
 
 # -----------------------------------------------------------------------------
@@ -527,7 +509,7 @@ def expert_action(env):
     words of the instruction (a tie-break a learner can see: search[full query] over search[part of it]),
     then display order."""
     words, best, key = set(WORD_RE.findall(env.task.instruction)), None, None
-    for a, (q, length) in env._q_table().items():
+    for a, (q, length) in env.q_table().items():
         k = (q, -length, len(words & set(WORD_RE.findall(a))))
         if best is None or k[0] > key[0] + TIE or (k[0] > key[0] - TIE and (
                 k[1] > key[1] + TIE or (k[1] > key[1] - TIE and k[2] > key[2]))):
@@ -562,9 +544,10 @@ def first_critical_mistake(env, actions, delta=DELTA):
 
 
 def vocabulary(name="shop"):
-    """Every word the env can emit (WORD_RE split of any prompt or action), sorted."""
+    """Every word the world can emit (WORD_RE split of any prompt or action), sorted."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown environment {name!r} (available: {', '.join(WORLDS)})")
     if name != "shop":
-        import worlds
         return worlds.vocabulary(name)
     fixed = ["instruction: find a an with color: size: , and price lower than dollars", "note: " + NOTE_INVALID,
              NOTE_TIMEOUT, "purchase failed, is out of stock you bought", "page: search episode over",
@@ -597,18 +580,29 @@ def sample_texts(name="shop", n=200):
     return out[:n]
 
 
+def tokenizer_texts(name="shop"):
+    """What the world's tokenizer is trained on (model.build_tokenizer): sample prompts and actions, and
+    every word the world can emit at the start of a line and (twice: merges need a pair seen at least
+    twice) after a space, as words mostly appear, so that most words become one token."""
+    words = vocabulary(name)
+    return list(sample_texts(name, 200)) + words + [" " + w for w in words] * 2
+
+
 # -----------------------------------------------------------------------------
 # command line: play, demo
 
-if __name__ == "__main__":
+def main(argv):
     ap = argparse.ArgumentParser(description="play a task at the keyboard, or watch the expert (--demo)")
-    ap.add_argument("--env", default="shop", help="shop, house or travel")
-    ap.add_argument("--split", default="train")
+    ap.add_argument("--env", default="shop", choices=list(WORLDS))
+    ap.add_argument("--split", default="train", choices=["train", "valid", "test"])
     ap.add_argument("--task", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--demo", action="store_true", help="print an expert episode with Q* beside every action")
-    args = ap.parse_args()
-    env = make_env(args.env, split=args.split, task=args.task, seed=args.seed)
+    args = ap.parse_args(argv)
+    try:
+        env = make_env(args.env, split=args.split, task=args.task, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"envs.py: {e}")
     print(env.reset())
     while not env.done:
         if args.demo:
@@ -626,3 +620,7 @@ if __name__ == "__main__":
         print("\n" + obs)
         if done:
             print(f"reward {r:.3f} | success {info['success']} | truncated {info['truncated']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -10,7 +10,7 @@ log-probs and checkpoint save/load for nanoPA.
 - generate(): batched sampling over prompts of different lengths with a preallocated KV cache.
 - evaluate(): per-token log-probs / values / entropies of given tokens, aligned to the tokens.
 
-Check it with: python -m pytest -q test_model.py    Benchmark it with: python bench.py
+Tested in test_pa.py (the model.py section); benchmarked by python bench.py. Sizes: train.PRESETS.
 """
 
 import contextlib
@@ -102,30 +102,20 @@ def tokenizer_from_spec(spec):
                              special_tokens=special, explicit_n_vocab=len(ranks) + len(special))
 
 
-_TOKENIZERS = {}  # (name, vocab_size) -> Encoding, so that building it costs once per process
+_TOKENIZERS = {}  # (name, vocab_size, texts) -> Encoding, so that building one costs once per process
 
 
-def build_tokenizer(name="shop", texts=None, vocab_size=MAX_VOCAB):
-    """A tiktoken Encoding trained on environment `name`'s text (envs.vocabulary + envs.sample_texts),
-    or on `texts` when given. Same inputs -> same ids, every run."""
-    if texts is None and (name, vocab_size) in _TOKENIZERS:
-        return _TOKENIZERS[name, vocab_size]
-    if texts is None:
-        import envs  # imported here so that model.py stands alone when texts are given
-        words = envs.vocabulary(name)
-        # every word the env can emit, at the start of a line and (twice: merges need a pair seen at
-        # least twice) after a space, as words mostly appear, so that most words become one token
-        train_texts = list(envs.sample_texts(name, 200)) + words + [" " + w for w in words] * 2
-    else:
-        train_texts = list(texts)
-    merged = train_bpe(train_texts, vocab_size - 256 - 2)
-    tokens = [bytes([i]) for i in range(256)] + merged
-    spec = {"name": f"nanopa-{name}", "pat_str": PAT_STR, "tokens": [b.hex() for b in tokens],
-            "special_tokens": {END: len(tokens), PAD: len(tokens) + 1}}
-    enc = tokenizer_from_spec(spec)
-    if texts is None:
-        _TOKENIZERS[name, vocab_size] = enc
-    return enc
+def build_tokenizer(texts, name="custom", vocab_size=MAX_VOCAB):
+    """A tiktoken Encoding trained on `texts` (for a world: envs.tokenizer_texts(name)) and called
+    nanopa-<name>. Same inputs -> same ids, every run."""
+    key = (name, vocab_size, tuple(texts))
+    if key not in _TOKENIZERS:
+        merged = train_bpe(key[2], vocab_size - 256 - 2)
+        tokens = [bytes([i]) for i in range(256)] + merged
+        spec = {"name": f"nanopa-{name}", "pat_str": PAT_STR, "tokens": [b.hex() for b in tokens],
+                "special_tokens": {END: len(tokens), PAD: len(tokens) + 1}}
+        _TOKENIZERS[key] = tokenizer_from_spec(spec)
+    return _TOKENIZERS[key]
 
 
 def end_id(enc):
@@ -161,12 +151,6 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0  # 0 keeps the PPO ratio exactly 1 on the first minibatch
     bias: bool = False  # biases in Linear and LayerNorm (GPT-2 had them; slightly faster without)
-
-
-PRESETS = {
-    "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),  # ~0.95M parameters
-    "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024),  # ~26M parameters
-}
 
 
 class KVCache:
@@ -444,22 +428,40 @@ def save_checkpoint(path, payload):
     os.replace(path + ".tmp", path)
 
 
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint here; the message says why (the command lines print it)."""
+
+
 def load_checkpoint(path, env_name=None, tokenizer_spec=None, map_location="cpu"):
-    """Load a checkpoint; refuse (ValueError) one made for another environment or tokenizer."""
-    # weights_only=False: our own checkpoints also hold optimizer and numpy RNG states
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    """Load a checkpoint; refuse (CheckpointError) a missing, truncated or foreign file, and one made for
+    another environment or tokenizer."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path} (train one with: python train.py)")
+    try:  # weights_only=False: our own checkpoints also hold optimizer and numpy RNG states
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many kinds here: a zip error, an unpickling error, a bad magic number
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or another kind of file: "
+                              f"{type(e).__name__})") from e
+    if not isinstance(ckpt, dict) or not {"model", "config", "tokenizer", "env_name"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not a nanoPA checkpoint (it lacks model, config, tokenizer, env_name)")
     if env_name is not None and ckpt.get("env_name") != env_name:
-        raise ValueError(f"checkpoint {path} was trained on environment {ckpt.get('env_name')!r}, "
-                         f"not {env_name!r}")
+        raise CheckpointError(f"checkpoint {path} was trained on environment {ckpt.get('env_name')!r}, "
+                              f"not {env_name!r}")
     if tokenizer_spec is not None and ckpt.get("tokenizer") != tokenizer_spec:
-        raise ValueError(f"checkpoint {path} was trained with a different tokenizer "
+        raise CheckpointError(f"checkpoint {path} was trained with a different tokenizer "
                          f"({(ckpt.get('tokenizer') or {}).get('name')!r}); its token ids mean other "
                          f"things here: retrain or rebuild the tokenizer from the checkpoint")
     return _strip_compile_prefix(ckpt)
 
 
 def get_device(name="auto"):
+    """auto: cuda, then mps, then cpu. A named device must exist here (ValueError otherwise)."""
     if name != "auto":
+        try:
+            torch.empty(0, device=name)
+        except (RuntimeError, AssertionError):
+            raise ValueError(f"device {name!r} is not available here (valid: auto, cpu, cuda, cuda:N, mps, "
+                             f"where the machine has one)") from None
         return name
     if torch.cuda.is_available():
         return "cuda"

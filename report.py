@@ -1,12 +1,17 @@
 """
-report.py: the evaluation table. Reference vs PPO, best-of-N and beam search by every step scorer,
-failure prediction (AUROC), failure attribution and fidelity to the oracle's A*, on the test split with
-its seen and unseen halves apart, intervals on every rate.
+report.py: the evaluation of a trained run. The report (run): reference vs PPO, best-of-N and beam search by
+every step scorer, failure prediction (AUROC), failure attribution and fidelity to the oracle's A*, on the
+test split with its seen and unseen halves apart, intervals on every rate. The checks, on the VALIDATION
+split only, for tuning and diagnosis: validation_check (success, best-of-8 by several scorers, PA vs A*)
+and optimum_check (PPO against the exact optimum of its own KL-regularised objective).
 
 Protocol, fixed before looking at test results: every choice (the trajectory aggregation of each
 selector, the beam width) is made on the VALIDATION split; the test split is only measured.
 
-    python search.py --ckpt out/ppo.pt         # (train.py calls run() at the end of a run)
+    python report.py --ckpt out/ppo.pt               # the full report (train.py runs the quick one at its end)
+    python report.py --ckpt out/ppo.pt --quick       # the quick report: fewer tasks where it samples
+    python report.py --ckpt out/ppo.pt --valid       # the validation check (about two minutes on a CPU)
+    python report.py --ckpt out/ppo.pt --optimum 8   # PPO against the exact optimum on 8 validation tasks
 """
 import json
 import math
@@ -16,7 +21,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 import envs
 import model as M
@@ -43,7 +47,7 @@ class ReportConfig:
 
 
 # The report that `python train.py` prints at the end of a CPU run: every section, on fewer tasks where
-# the work is sampling (about 5 minutes on 2 cores instead of about 15). The full one: search.py --ckpt.
+# the work is sampling (about 5 minutes on 2 cores instead of about 15). The full one: report.py --ckpt.
 QUICK = dict(n_valid=100, n_bon=120, n_beam=100, n_beam_valid=50, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50)
 
 
@@ -110,7 +114,7 @@ def fidelity_top1(agent, states, beta):
     for (i, a), p, act, row in zip(owner, prompts, actions, rows):
         per_state[i].append(S.Step(p, act, a, **row))
     rng, out = random.Random(0), {}
-    for sel in ("pa", "logprob", "logprob_mean", "ref_logprob", "confidence", "entropy", "random"):
+    for sel in [s for s, x in S.SELECTORS.items() if x.before_acting and s != "oracle"]:
         hits = []
         for env, cands in zip(states, per_state):
             sc = [S.step_scores(S.Episode(0, 0, False, [c]), sel, beta, rng)[0] for c in cands]
@@ -123,31 +127,45 @@ def fidelity_top1(agent, states, beta):
 
 
 def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None, timings=None):
-    """Write the evaluation report of a PPO checkpoint (and its reference) to out_dir."""
+    """Write the evaluation report of a PPO checkpoint (and its reference) to out_dir. Every section below
+    fills its part of the report R; they run in this order, which fixes each one's random draws."""
     rc = rc or ReportConfig()
     t_start = time.time()
-    ppo_agent, env_name, ref_path, device = S.load_agent(ppo_path, ref_path, device, batch_size)
-    ref_agent = S.Agent(ppo_agent.ref, ppo_agent.ref, ppo_agent.enc, ppo_agent.beta, ppo_agent.temperature,
-                        ppo_agent.max_action_tokens, batch_size)
-    beta = ppo_agent.beta
-    gen = torch.Generator(device=device).manual_seed(rc.seed)
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, rc.seed)
+    R = {"env": run_.env_name, "beta": run_.ppo.beta, "config": {k: v for k, v in vars(rc).items()}}
     test, valid = list(range(rc.n_test)), list(range(rc.n_valid))
-    R, cost = {"env": env_name, "beta": beta, "config": {k: v for k, v in vars(rc).items()}}, {}
-
-    def episodes(agent, split, tasks, seeds, greedy=False, keep_states=False):
-        return S.rollout(agent, S.make_envs(env_name, split, tasks, seeds), greedy, gen, oracle=True,
-                         keep_states=keep_states)
-
-    # 1. reference, PPO and the oracle's own policy on the test split
+    cost, t0 = {}, time.time()
+    eps = policies_section(R, run_, rc, test)
+    cost["rollouts_s"] = round(time.time() - t0, 1)
+    print(f"[report] rollouts done in {cost['rollouts_s']}s")
+    t0, rng = time.time(), random.Random(rc.seed)
+    how_bon, how_auroc = validation_section(R, run_, valid, rng)
+    cost["validation_s"] = round(time.time() - t0, 1)
+    best_of_n_section(R, rc, eps, how_bon, rng, test)
+    failure_section(R, rc, eps["ppo_g"], how_auroc, rng)
+    attribution_section(R, eps["groups"], run_.ppo.beta, rng)
+    fidelity_section(R, run_, rc, eps["groups"], rng, test)
+    monte_carlo_section(R, run_, rc, eps, how_bon["pa"], test)
     t0 = time.time()
-    ref_g = episodes(ref_agent, "test", test, [0], greedy=True)
-    ref_s = episodes(ref_agent, "test", test, [0])  # one sample per test task
-    ppo_g = episodes(ppo_agent, "test", test, [0], greedy=True)
-    ppo_s = episodes(ppo_agent, "test", test, [0])
-    samples = episodes(ppo_agent, "test", test[:rc.n_bon], range(rc.n_samples))
+    beam_section(R, run_, rc, eps["samples"], rng, test, valid)
+    cost["beam_s"] = round(time.time() - t0, 1)
+    cost["total_s"] = round(time.time() - t_start, 1)
+    R["timings"] = {**(timings or {}), **cost}
+    write(R, out_dir)
+    return R
+
+
+def policies_section(R, run_, rc, test):
+    """1. The reference, PPO and the oracle's own policy on the test split: greedy, and one sample per task;
+    n_samples samples per task of the first n_bon tasks for the sections that select among samples."""
+    ref_g = run_.episodes(run_.ref, "test", test, [0], greedy=True)
+    ref_s = run_.episodes(run_.ref, "test", test, [0])  # one sample per test task
+    ppo_g = run_.episodes(run_.ppo, "test", test, [0], greedy=True)
+    ppo_s = run_.episodes(run_.ppo, "test", test, [0])
+    samples = run_.episodes(run_.ppo, "test", test[:rc.n_bon], range(rc.n_samples))
     groups = [samples[i * rc.n_samples:(i + 1) * rc.n_samples] for i in range(rc.n_bon)]
     oracle_eps = []
-    for env in S.make_envs(env_name, "test", test, [0]):
+    for env in S.make_envs(run_.env_name, "test", test, [0]):
         env.reset()
         ep = S.Episode(env.task_id, env.seed, env.unseen)
         while not env.done:
@@ -159,18 +177,22 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
         R[k] = dict(success=g["all"]["success"]["rate"], score=g["all"]["score"], greedy=g, sampled=outcome(sampled))
     R["ppo_minus_reference"] = dict(greedy=paired_gain(ref_g, ppo_g), sampled=paired_gain(ref_s, ppo_s))
     R["oracle"]["v_star_s0"] = float(np.mean([e.steps[0].vstar for e in ppo_g]))
-    cost["rollouts_s"] = round(time.time() - t0, 1)
-    print(f"[report] rollouts done in {cost['rollouts_s']}s")
+    return dict(ppo_g=ppo_g, samples=samples, groups=groups)
 
-    # 2. validation: every selector's aggregation, for best-of-8 and for failure prediction
-    t0 = time.time()
-    v_samples = episodes(ppo_agent, "valid", valid, range(8))
+
+def _selectors():
+    return [s for s in S.SELECTORS if s != "mc"]  # Monte Carlo is costly: its own section, on a subset
+
+
+def validation_section(R, run_, valid, rng):
+    """2. On the VALIDATION split, each selector's aggregation (sum, mean, min, last) for best-of-8 and for
+    failure prediction. Returns the two choices {selector: how}."""
+    beta = run_.ppo.beta
+    v_samples = run_.episodes(run_.ppo, "valid", valid, range(8))
     v_groups = [v_samples[i * 8:(i + 1) * 8] for i in range(len(valid))]
-    v_greedy = episodes(ppo_agent, "valid", valid, [0], greedy=True)
-    rng = random.Random(rc.seed)
-    sels = [s for s in S.SELECTORS if s != "mc"]
+    v_greedy = run_.episodes(run_.ppo, "valid", valid, [0], greedy=True)
     how_bon, how_auroc, R["validation"] = {}, {}, {}
-    for sel in sels:
+    for sel in _selectors():
         def bon8(how):
             sc = [[S.trajectory_score(e, sel, how, beta, rng) for e in g] for g in v_groups]
             return S.best_of_n(v_groups, sc, [8])[0][8]
@@ -182,11 +204,15 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
         how_auroc[sel], auc_scores = choose_how(auc)
         R["validation"][sel] = dict(bon8=bon_scores, auroc=auc_scores, how_bon=how_bon[sel],
                                     how_auroc=how_auroc[sel])
-    cost["validation_s"] = round(time.time() - t0, 1)
+    return how_bon, how_auroc
 
-    # 3. best-of-N on test, each selector with its validation-chosen aggregation
+
+def best_of_n_section(R, rc, eps, how_bon, rng, test):
+    """3. Best-of-N on the test samples, each selector with its validation-chosen aggregation, per half;
+    with Mean@N, Pass@N and the cost of each selector."""
+    groups, beta = eps["groups"], R["beta"]
     R["bon"], R["bon_halves"], R["cost"] = {}, {}, {}
-    for sel in sels:
+    for sel in _selectors():
         t0 = time.time()
         sc = [[S.trajectory_score(e, sel, how_bon[sel], beta, rng) for e in g] for g in groups]
         R["cost"][sel] = dict(score_s=round(time.time() - t0, 3))
@@ -197,16 +223,20 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
                 R["bon"][sel] = {str(n): v for n, v in sel_rate.items()}
                 R["mean_at_n"] = {str(n): v for n, v in mean_n.items()}
                 R["pass_at_n"] = {str(n): v for n, v in pass_n.items()}
-    steps_per_ep = float(np.mean([len(e.steps) for e in samples]))
-    for sel in sels:  # extra forward passes per trajectory beyond sampling it
-        R["cost"][sel]["extra_forward_per_traj"] = steps_per_ep if sel == "pa" or sel == "ref_logprob" else 0.0
+    steps_per_ep = float(np.mean([len(e.steps) for e in eps["samples"]]))
+    for sel in _selectors():  # extra forward passes per trajectory beyond sampling it
+        R["cost"][sel]["extra_forward_per_traj"] = steps_per_ep if S.SELECTORS[sel].needs_ref else 0.0
     R["cost"]["oracle"]["note"] = "exact dynamic programming over environment states: not available in practice"
 
-    # 4. failure prediction (AUROC, Spearman) on the PPO policy's greedy test trajectories
+
+def failure_section(R, rc, ppo_g, how_auroc, rng):
+    """4. Failure prediction (AUROC with a bootstrap interval, from the first k steps too; Spearman with the
+    reward) on the PPO policy's greedy test trajectories."""
+    beta = R["beta"]
     R["auroc"], R["auroc_ci"], R["auroc_first_k"], R["spearman_outcome"] = {}, {}, {}, {}
     labels = [e.success for e in ppo_g]
-    for sel in sels:
-        if sel == "oracle":
+    for sel in _selectors():
+        if sel == "oracle":  # the sum of A*, not the outcome itself
             x = [pa.aggregate(S.step_scores(e, sel, beta), how_auroc[sel]) for e in ppo_g]
         else:
             x = [S.trajectory_score(e, sel, how_auroc[sel], beta, rng) for e in ppo_g]
@@ -218,12 +248,15 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
                              labels) for k in rc.first_k}
     R["n_failures_greedy"] = int(len(labels) - sum(labels))
 
-    # 5. failure attribution on failed sampled trajectories that have a first critical mistake
+
+def attribution_section(R, groups, beta, rng):
+    """5. Failure attribution (argmin of the cumulative step score) on failed sampled trajectories that have
+    a first critical mistake; and the three attribution rules applied to PA."""
     failed = [e for g in groups for e in g[:4] if not e.success]
     labelled = [(e, attribution_steps(e)) for e in failed]
     labelled = [(e, t) for e, t in labelled if t is not None]
     R["attribution"], R["attribution_predictors"] = {}, {}
-    for sel in sels:
+    for sel in _selectors():
         preds = [pa.argmin_cumsum(S.step_scores(e, sel, beta, rng)) for e, _ in labelled]
         acc, mae = pa.attribution_metrics(preds, [t for _, t in labelled])
         R["attribution"][sel] = dict(accuracy=acc, mae=mae, n=len(labelled))
@@ -234,82 +267,207 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
         R["attribution_predictors"][name] = dict(accuracy=acc, mae=mae)
     R["attribution_counts"] = dict(failed=len(failed), with_critical_mistake=len(labelled))
 
-    # 6. fidelity to A*: step scores along sampled trajectories, and top-1 over all candidates of a state
+
+def fidelity_section(R, run_, rc, groups, rng, test):
+    """6. Fidelity to A*: step scores along sampled trajectories (Spearman, sign agreement), and top-1 over
+    every candidate action of the states of greedy episodes."""
+    beta = R["beta"]
     steps_eps = [g[0] for g in groups]
     astar = [s.qstar - s.vstar for e in steps_eps for s in e.steps]
     R["fidelity"] = {}
-    for sel in sels:
+    for sel in _selectors():
         x = [v for e in steps_eps for v in S.step_scores(e, sel, beta, rng)]
         R["fidelity"][sel] = dict(spearman=pa.spearman(x, astar), sign=pa.sign_agreement(x, astar))
-    states = [s.env for e in episodes(ppo_agent, "test", test[:rc.n_fidelity], [0], greedy=True, keep_states=True)
-              for s in e.steps]
-    for sel, t1 in fidelity_top1(ppo_agent, states, beta).items():
+    states = [s.env for e in run_.episodes(run_.ppo, "test", test[:rc.n_fidelity], [0], greedy=True,
+                                           keep_states=True) for s in e.steps]
+    for sel, t1 in fidelity_top1(run_.ppo, states, beta).items():
         R["fidelity"].setdefault(sel, {})["top1"] = t1
     R["fidelity"]["value_td"]["top1"] = None  # needs the action executed: not a pre-action scorer
 
-    # 7. Monte Carlo value estimates (costly: a subset of the test tasks)
-    t0 = time.time()
-    mc_tasks = test[:rc.n_mc]
-    mc_groups = [g[:rc.mc_samples] for g in groups[:rc.n_mc]]
+
+def monte_carlo_section(R, run_, rc, eps, how_pa, test):
+    """7. Monte Carlo value estimates (costly: mc_rollouts rollouts from every state of the first
+    mc_samples samples of the first n_mc test tasks): best-of-N by them, and their fidelity to A*."""
+    beta, agent, t0 = R["beta"], run_.ppo, time.time()
+    mc_groups = [g[:rc.mc_samples] for g in eps["groups"][:rc.n_mc]]
     mc_eps = [e for g in mc_groups for e in g]
     for e in mc_eps:  # re-run the recorded actions on clones to get the states back (cheap, exact)
-        env = envs.make_env(env_name, "test", e.task, e.seed)
+        env = envs.make_env(run_.env_name, "test", e.task, e.seed)
         env.reset()
         for s in e.steps:
             s.env = env.clone()
             env.step(s.text)
-    fp0 = ppo_agent.forward_passes
-    mcv = S.mc_state_values(ppo_agent, mc_eps, rc.mc_rollouts, gen)
-    mc_fp = ppo_agent.forward_passes - fp0
+    fp0 = agent.forward_passes
+    mcv = S.mc_state_values(agent, mc_eps, rc.mc_rollouts, run_.gen)
+    mc_fp = agent.forward_passes - fp0
     k, mc_sc = 0, []
     for g in mc_groups:
         mc_sc.append([pa.aggregate(S.step_scores(e, "mc", beta, mc_values=mcv[k + j]), "sum")
                       for j, e in enumerate(g)])
         k += len(g)
-    pa_sc = [[S.trajectory_score(e, "pa", how_bon["pa"], beta) for e in g] for g in mc_groups]
+    pa_sc = [[S.trajectory_score(e, "pa", how_pa, beta) for e in g] for g in mc_groups]
     ns = [n for n in rc.ns if n <= rc.mc_samples]
     R["bon"]["mc"] = {str(n): v for n, v in S.best_of_n(mc_groups, mc_sc, ns)[0].items()}
-    R["mc_subset"] = dict(tasks=len(mc_tasks), pa={str(n): v for n, v in S.best_of_n(mc_groups, pa_sc, ns)[0].items()},
+    R["mc_subset"] = dict(tasks=len(test[:rc.n_mc]),
+                          pa={str(n): v for n, v in S.best_of_n(mc_groups, pa_sc, ns)[0].items()},
                           pass_at_n={str(n): v for n, v in S.best_of_n(mc_groups, mc_sc, ns)[2].items()})
     mc_x = [v for j, e in enumerate(mc_eps) for v in S.step_scores(e, "mc", beta, mc_values=mcv[j])]
     mc_a = [s.qstar - s.vstar for e in mc_eps for s in e.steps]
     R["fidelity"]["mc"] = dict(spearman=pa.spearman(mc_x, mc_a), sign=pa.sign_agreement(mc_x, mc_a), top1=None)
-    R["cost"]["mc"] = dict(score_s=round(time.time() - t0, 1),
-                           extra_forward_per_traj=mc_fp / max(len(mc_eps), 1))
-    for e in samples:
+    R["cost"]["mc"] = dict(score_s=round(time.time() - t0, 1), extra_forward_per_traj=mc_fp / max(len(mc_eps), 1))
+    for e in eps["samples"]:
         for s in e.steps:
             s.env = None
 
-    # 8. beam search at matched compute: B beams x K candidates = the best-of-N budget
-    t0 = time.time()
+
+def beam_section(R, run_, rc, samples, rng, test, valid):
+    """8. Step-level beam search at matched compute (B beams x K candidates = the best-of-N budget), its
+    shape (B, K) chosen on validation with PA; every beam selector on the test tasks."""
+    agent, env_name = run_.ppo, run_.env_name
     grid = [(b, rc.beam_budget // b) for b in (1, 2, 4, 8) if rc.beam_budget % b == 0]
     vb = {}
     for B, K in grid:
-        best, _ = S.beam_search(ppo_agent, S.make_envs(env_name, "valid", valid[:rc.n_beam_valid], [0]), B, K, "pa",
-                                gen, rng)
+        best, _ = S.beam_search(agent, S.make_envs(env_name, "valid", valid[:rc.n_beam_valid], [0]), B, K, "pa",
+                                run_.gen, rng)
         vb[f"{B}x{K}"] = float(np.mean([b.success for b in best]))
     B, K = max(grid, key=lambda g: vb[f"{g[0]}x{g[1]}"])
     R["beam_choice"] = dict(B=B, K=K, valid=vb)
     R["beam"] = {}
     for sel in S.BEAM_SELECTORS:
-        fp0 = ppo_agent.forward_passes
+        fp0 = agent.forward_passes
         roots = S.make_envs(env_name, "test", test[:rc.n_beam], [0])
-        best, executed = S.beam_search(ppo_agent, roots, B, K, sel, gen, rng)
+        best, executed = S.beam_search(agent, roots, B, K, sel, run_.gen, rng)
         succ = [b.success for b in best]
         R["beam"][sel] = dict(success=float(np.mean(succ)), ci=rate(succ), B=B, K=K,
-                              forward_passes=(ppo_agent.forward_passes - fp0) / len(roots),
+                              forward_passes=(agent.forward_passes - fp0) / len(roots),
                               env_steps=executed / len(roots),
                               halves={h: float(np.mean([b.success for b, t in v])) for h, v in halves(
                                   list(zip(best, test)), lambda x: x[1] % 2 == 1).items()})
     # forward passes of best-of-N at the same N, for the matched-compute comparison
+    steps_per_ep = float(np.mean([len(e.steps) for e in samples]))
     fp_sample = float(np.mean([sum(len(s.action) for s in e.steps) for e in samples]))
     R["bon_forward_passes"] = {str(n): n * (fp_sample + steps_per_ep) for n in rc.ns}
-    cost["beam_s"] = round(time.time() - t0, 1)
-    cost["total_s"] = round(time.time() - t_start, 1)
-    R["timings"] = {**(timings or {}), **cost}
-    write(R, out_dir)
-    return R
 
+
+# -----------------------------------------------------------------------------
+# the validation-only checks (for tuning and diagnosis without touching the test split)
+
+def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=200, n_bon=100, seed=0):
+    """A quick look at a run on the VALIDATION split only, for tuning without touching the test split:
+    greedy and one-sample success of the reference and the PPO policy on n tasks, best-of-8 by a few step
+    scorers under each aggregation on the first n_bon tasks (with Mean@8 and Pass@8), and the rank
+    correlation of each sampled step's PA with the oracle's A* (all steps, and the steps where A* != 0).
+    Writes validation.json to out_dir and returns it."""
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
+    agent, env_name, rng, tasks = run_.ppo, run_.env_name, random.Random(seed), list(range(n))
+    V = {"env": env_name, "beta": agent.beta, "n": n, "n_bon": n_bon}
+    for name, a in (("reference", run_.ref), ("ppo", agent)):
+        g, s = run_.episodes(a, "valid", tasks, [0], True), run_.episodes(a, "valid", tasks, [0], False)
+        V[name] = dict(greedy=float(np.mean([e.success for e in g])), sampled=float(np.mean([e.success for e in s])),
+                       invalid_greedy=float(np.mean([not st.valid for e in g for st in e.steps])))
+    samples = run_.episodes(agent, "valid", tasks[:n_bon], range(8))
+    groups = [samples[i * 8:(i + 1) * 8] for i in range(n_bon)]
+    V["bon8"] = {sel: {how: S.best_of_n(groups, [[S.trajectory_score(e, sel, how, agent.beta, rng) for e in g]
+                                                 for g in groups], [8])[0][8] for how in pa.AGGREGATIONS}
+                 for sel in ("pa", "logprob", "value_td", "random", "oracle")}
+    V["mean_at_8"] = float(np.mean([e.success for e in samples]))
+    V["pass_at_8"] = float(np.mean([any(e.success for e in g) for g in groups]))
+    p = np.array([x for e in samples for x in S.step_scores(e, "pa", agent.beta)])
+    o = np.array([x for e in samples for x in S.step_scores(e, "oracle", agent.beta)])
+    nz = np.abs(o) > 1e-9
+    V["spearman_pa_astar"] = dict(all=pa.spearman(p, o), nonzero=pa.spearman(p[nz], o[nz]) if nz.sum() > 1 else None,
+                                  steps=len(p), nonzero_steps=int(nz.sum()))
+    print(f"[validation] {env_name}, {n} tasks | greedy: reference {fmt(V['reference']['greedy'])}, "
+          f"ppo {fmt(V['ppo']['greedy'])} | sampled: reference {fmt(V['reference']['sampled'])}, "
+          f"ppo {fmt(V['ppo']['sampled'])}")
+    print(f"[validation] best-of-8 on {n_bon} tasks (Mean@8 {fmt(V['mean_at_8'])}, Pass@8 {fmt(V['pass_at_8'])}): "
+          + "; ".join(f"{sel} " + "/".join(fmt(v).strip() for v in row.values()) for sel, row in V["bon8"].items())
+          + f"  ({'/'.join(pa.AGGREGATIONS)})")
+    sp = V["spearman_pa_astar"]
+    print(f"[validation] Spearman(PA, A*) over {sp['steps']} sampled steps: {sp['all']:+.3f}; "
+          f"where A* != 0 ({sp['nonzero_steps']} steps): " + (f"{sp['nonzero']:+.3f}" if sp["nonzero"] is not None else "-"))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "validation.json"), "w") as f:
+        json.dump(V, f, indent=1, default=float)
+    return V
+
+
+def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=8, n_samples=8, seed=0,
+                  max_steps=None):
+    """How far is PPO from the optimum of its own objective? On n validation tasks, solve the KL-regularised
+    objective exactly (envs.SoftSolution over every state reachable from the start, pi_ref = the reference
+    network's probability of each action's text, the rest of its mass on the no-op) and measure:
+      - the optimum's success probability, expected reward and KL(pi* || pi_ref) per episode, and the
+        reference's own success probability (exact: a check of the solver against sampled success);
+      - at every step of n_samples PPO samples per task: PPO's log-ratio log pi/pi_ref against the optimum's
+        log pi*/pi_ref = (Q - V) / beta for the same action (Pearson and Spearman);
+      - PA of the optimum (beta times its log-ratio: the soft advantage) as a process reward on those samples,
+        next to PPO's PA: Spearman with the hard A*, and AUROC of the trajectory sum for success.
+    Writes optimum.json to out_dir and returns it. Costly: every reachable state is scored by the reference
+    (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests)."""
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
+    agent, env_name, beta = run_.ppo, run_.env_name, run_.ppo.beta
+
+    def ref_probs(batch):
+        prompts, actions = [], []
+        for prompt, acts in batch:
+            p = agent.encode(prompt)
+            prompts += [p] * len(acts)
+            actions += [M.encode_action(agent.enc, a) for a in acts]
+        rows = agent.score(prompts, actions, ("ref",))
+        probs, k = [], 0
+        for _, acts in batch:
+            probs.append({a: math.exp(float(rows[k + j]["ref_logprobs"].sum())) for j, a in enumerate(acts)})
+            k += len(acts)
+        return probs
+
+    T, steps, trajs = [], dict(ppo=[], opt=[], astar=[]), dict(ppo=[], opt=[], success=[])
+    for task in range(n):
+        t0, env = time.time(), envs.make_env(env_name, "valid", task=task, seed=0, max_steps=max_steps)
+        sol = env.soft_solution(ref_probs, beta)
+        s0 = env.state
+        opt_s, opt_r, opt_kl = sol.expect(s0)
+        T.append(dict(task=task, states=len(sol.states), v_soft=sol.v(s0), v_star=env.optimal_value(),
+                      opt_success=opt_s, opt_reward=opt_r, opt_kl=opt_kl, identity_err=beta * opt_kl - (opt_r - sol.v(s0)),
+                      ref_success=sol.expect(s0, optimal=False)[0], seconds=round(time.time() - t0, 1)))
+        samples = [envs.make_env(env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
+        for ep in S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True):
+            ppo = [float((st.logprobs - st.ref_logprobs).sum()) for st in ep.steps]
+            opt = [sol.log_ratio(st.env.state, st.text) for st in ep.steps]
+            steps["ppo"] += ppo
+            steps["opt"] += opt
+            steps["astar"] += [st.qstar - st.vstar for st in ep.steps]
+            trajs["ppo"].append(beta * sum(ppo))
+            trajs["opt"].append(beta * sum(opt))
+            trajs["success"].append(ep.success)
+        print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {fmt(opt_s)}% with KL {opt_kl:.2f} "
+              f"nats/episode, pi_ref {fmt(T[-1]['ref_success'])}% ({T[-1]['seconds']} s)")
+    p, o, a = (np.array(steps[k]) for k in ("ppo", "opt", "astar"))
+    O = {"env": env_name, "beta": beta, "n": n, "n_samples": n_samples, "tasks": T,
+         "optimum": {k: float(np.mean([t[k] for t in T])) for k in ("opt_success", "opt_reward", "opt_kl",
+                                                                      "ref_success", "v_soft", "v_star")},
+         "max_identity_err": float(max(abs(t["identity_err"]) for t in T)),
+         "ppo": dict(sampled_success=float(np.mean(trajs["success"])), kl=float(np.mean(trajs["ppo"])) / beta),
+         "log_ratio": dict(pearson=float(np.corrcoef(p, o)[0, 1]) if p.std() > 0 and o.std() > 0 else math.nan,
+                           spearman=pa.spearman(p, o), steps=len(p)),  # nan: a constant side (no reward reachable)
+         "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
+         "auroc": dict(ppo=pa.auroc(trajs["ppo"], trajs["success"]), optimum=pa.auroc(trajs["opt"], trajs["success"]))}
+    m = O["optimum"]
+    print(f"[optimum] {n} validation tasks, beta {beta}: pi* succeeds {fmt(m['opt_success'])}% "
+          f"(KL {m['opt_kl']:.2f} nats/episode), pi_ref {fmt(m['ref_success'])}%; PPO samples "
+          f"{fmt(O['ppo']['sampled_success'])}% (KL {O['ppo']['kl']:.2f})")
+    print(f"[optimum] PPO's log-ratio vs the optimum's on {len(p)} steps: Pearson {O['log_ratio']['pearson']:+.3f}, "
+          f"Spearman {O['log_ratio']['spearman']:+.3f} | Spearman with A*: PPO's PA {O['pa_vs_astar']['ppo']:+.3f}, "
+          f"the optimum's {O['pa_vs_astar']['optimum']:+.3f} | failure AUROC: PPO's PA {O['auroc']['ppo']:.3f}, "
+          f"the optimum's {O['auroc']['optimum']:.3f}")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "optimum.json"), "w") as f:
+        json.dump(O, f, indent=1, default=float)
+    return O
+
+
+# -----------------------------------------------------------------------------
+# the tables
 
 def fmt(x):
     return "  -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:5.1f}"
@@ -371,3 +529,45 @@ def write(R, out_dir):
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {out_dir}/report.json and report.md")
+
+
+# -----------------------------------------------------------------------------
+# the evaluation command line
+
+def main(argv):
+    import argparse
+    p = argparse.ArgumentParser(description="Evaluate a trained PPO checkpoint: the test-split report, or a "
+                                            "validation-only check (--valid, --optimum N).")
+    p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint (its reference: ref.pt beside it)")
+    p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
+    p.add_argument("--out_dir", default=None, help="where the JSON (and report.md) go (default: the ckpt's folder)")
+    p.add_argument("--quick", action="store_true", help="the quick report (what train.py writes on a CPU)")
+    p.add_argument("--valid", action="store_true", help="a quick check on the validation split only (for tuning)")
+    p.add_argument("--optimum", type=int, default=0, help="solve the KL-regularised optimum exactly on N "
+                   "validation tasks and compare PPO with it (costly: minutes per shop task on a CPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch_size", type=int, default=256)
+    args = p.parse_args(argv)
+    if not 0 <= args.optimum <= envs.N_TASKS["valid"]:
+        p.error(f"--optimum takes 1 to {envs.N_TASKS['valid']} validation tasks, not {args.optimum}")
+    if args.batch_size < 1:
+        p.error(f"--batch_size must be at least 1, not {args.batch_size}")
+    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.ckpt))
+    try:
+        M.get_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        if args.optimum:
+            optimum_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size, n=args.optimum)
+        elif args.valid:
+            validation_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size)
+        else:
+            run(args.ckpt, out_dir, args.ref, args.device, args.batch_size, ReportConfig(**(QUICK if args.quick else {})))
+    except M.CheckpointError as e:
+        raise SystemExit(f"report.py: {e}")
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])

@@ -10,10 +10,13 @@ so best-of-N, failure prediction and attribution never run the model again.
 Compute is counted as model forward passes per sequence (a prefill or a one-token decode of one row = 1)
 plus environment steps, so that search methods can be compared at matched compute.
 
-    python search.py --ckpt out/ppo.pt            # the evaluation report (report.json, report.md)
-    python search.py --ckpt out/ppo.pt --show 3   # the "progress meter": 3 episodes step by step
+    python search.py --ckpt out/ppo.pt --show 3   # the "progress meter": 3 test episodes step by step
+    python report.py --ckpt out/ppo.pt            # the evaluation report, which uses all of this
 """
 import math
+import os
+import sys
+from collections import namedtuple
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -157,60 +160,65 @@ def make_envs(env_name, split, tasks, seeds):
     return [envs.make_env(env_name, split=split, task=t, seed=s) for t in tasks for s in seeds]
 
 # -----------------------------------------------------------------------------
-# step scores: one float per step of an episode, for every selector
-
-SELECTORS = ("pa", "logprob", "logprob_mean", "ref_logprob", "confidence", "entropy", "value_td", "mc",
-             "random", "oracle")
+# step scores: one float per step of an episode, for every selector, from one table
 
 
-def _padded(steps, name):
-    """Stack a per-step field into a right-padded (S, k) tensor plus the action mask (S, k)."""
-    xs = [getattr(s, name) for s in steps]
-    k = max(len(x) for x in xs)
-    out = torch.zeros((len(xs), k) + tuple(xs[0].shape[1:]))
-    mask = torch.zeros(len(xs), k)
-    for i, x in enumerate(xs):
-        out[i, :len(x)] = x
-        mask[i, :len(x)] = 1.0
-    return out, mask
+def _tokens(steps, *names):
+    """Per-token fields of the steps, right-padded to (S, k), followed by the action mask (S, k)."""
+    k = max(len(s.action) for s in steps)
+    mask = torch.zeros(len(steps), k)
+    for i, s in enumerate(steps):
+        mask[i, :len(s.action)] = 1.0
+    out = []
+    for name in names:
+        xs = [getattr(s, name) for s in steps]
+        x = torch.zeros((len(xs), k) + tuple(xs[0].shape[1:]))
+        for i, v in enumerate(xs):
+            x[i, :len(v)] = v
+        out.append(x)
+    return out + [mask]
+
+
+def _value_td(steps, mc_values=None, **_):
+    """ "Value after minus value before", V(s_t+1) - V(s_t), by the critic or by Monte Carlo (mc_values).
+    Without the environment's reward r_t: a selector does not know the outcome (with it, the sum over a
+    trajectory telescopes to the final reward minus V(s_0): an outcome oracle in disguise). After the final
+    action there is no next state: the critic's value at the action's last token (it has read the whole
+    action: ~Q(s, a)) stands in; Monte Carlo has nothing there without executing it."""
+    if mc_values is None:
+        v, last = [float(s.values[0]) for s in steps], float(steps[-1].values[-1])
+    else:
+        v = list(mc_values)
+        last = v[-1]
+    return pa.value_td(torch.zeros(len(v)), torch.tensor(v), torch.tensor(v[1:] + [last]))
+
+
+Selector = namedtuple("Selector", "score needs_ref before_acting")  # score(steps, beta=, rng=, mc_values=)
+SELECTORS = {  # name -> how it scores each step; whether it needs the reference; can it score unexecuted actions
+    "pa": Selector(lambda st, beta, **_: pa.progress_advantage(*_tokens(st, "logprobs", "ref_logprobs"), beta),
+                   True, True),
+    "logprob": Selector(lambda st, **_: pa.logprob_sum(*_tokens(st, "logprobs")), False, True),
+    "logprob_mean": Selector(lambda st, **_: pa.logprob_mean(*_tokens(st, "logprobs")), False, True),
+    "ref_logprob": Selector(lambda st, **_: pa.ref_logprob_sum(*_tokens(st, "ref_logprobs")), True, True),
+    "confidence": Selector(lambda st, **_: pa.confidence(*_tokens(st, "topk")), False, True),
+    # negative mean entropy: higher = more certain
+    "entropy": Selector(lambda st, **_: -pa.logprob_mean(*_tokens(st, "entropy")), False, True),
+    "value_td": Selector(lambda st, **_: _value_td(st), False, False),
+    "mc": Selector(lambda st, mc_values, **_: _value_td(st, mc_values), False, False),
+    # zero-mean, so that a running sum (beam search) does not favour longer paths
+    "random": Selector(lambda st, rng, **_: [rng.random() - 0.5 for _ in st], False, True),
+    # the true optimal advantage A*(s, a) = Q*(s, a) - V*(s)
+    "oracle": Selector(lambda st, **_: [s.qstar - s.vstar for s in st], False, True),
+}
+BEAM_SELECTORS = ("pa", "logprob", "ref_logprob", "confidence", "random", "oracle")
 
 
 def step_scores(ep, selector, beta, rng=None, mc_values=None):
     """Per-step scores of an episode. mc_values: the Monte Carlo V(s_t) of each step (selector "mc")."""
-    steps = ep.steps
-    if selector == "random":  # zero-mean, so that a running sum (beam search) does not favour longer paths
-        return [rng.random() - 0.5 for _ in steps]
-    if selector == "oracle":  # the true optimal advantage A*(s, a) = Q*(s, a) - V*(s)
-        return [s.qstar - s.vstar for s in steps]
-    if selector in ("value_td", "mc"):  # "value after minus value before": V(s_t+1) - V(s_t)
-        # Without the environment's reward r_t: a selector does not know the outcome (with it, the sum over
-        # a trajectory telescopes to the final reward minus V(s_0): an outcome oracle in disguise). After
-        # the final action there is no next state: the critic's value at the action's last token (it has
-        # read the whole action: ~Q(s, a)) stands in; Monte Carlo has nothing there without executing it.
-        if selector == "value_td":
-            v, last = [float(s.values[0]) for s in steps], float(steps[-1].values[-1])
-        else:
-            v = list(mc_values)
-            last = v[-1]
-        return pa.value_td(torch.zeros(len(v)), torch.tensor(v), torch.tensor(v[1:] + [last])).tolist()
-    lp, mask = _padded(steps, "logprobs")
-    if selector == "pa":
-        ref, _ = _padded(steps, "ref_logprobs")
-        return pa.progress_advantage(lp, ref, mask, beta).tolist()
-    if selector == "logprob":
-        return pa.logprob_sum(lp, mask).tolist()
-    if selector == "logprob_mean":
-        return pa.logprob_mean(lp, mask).tolist()
-    if selector == "ref_logprob":
-        ref, _ = _padded(steps, "ref_logprobs")
-        return pa.ref_logprob_sum(ref, mask).tolist()
-    if selector == "confidence":
-        topk, _ = _padded(steps, "topk")
-        return pa.confidence(topk, mask).tolist()
-    if selector == "entropy":  # negative mean entropy: higher = more certain
-        ent, _ = _padded(steps, "entropy")
-        return (-pa.logprob_mean(ent, mask)).tolist()
-    raise ValueError(f"unknown selector {selector!r}; valid: {', '.join(SELECTORS)}")
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}; valid: {', '.join(SELECTORS)}")
+    out = SELECTORS[selector].score(ep.steps, beta=beta, rng=rng, mc_values=mc_values)
+    return out.tolist() if isinstance(out, torch.Tensor) else out
 
 
 def trajectory_score(ep, selector, how, beta, rng=None, mc_values=None):
@@ -284,9 +292,6 @@ class Beam:
         return self.reward == 1.0
 
 
-BEAM_SELECTORS = ("pa", "logprob", "ref_logprob", "confidence", "random", "oracle")
-
-
 def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
     """Step-level beam search over many tasks at once. At each depth every live beam samples K candidate
     actions from the policy (more while a task has fewer than B live beams, so that each depth costs
@@ -310,7 +315,7 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
         owner = [(t, b) for t, b in live for _ in range(max(K, (B * K) // n_live[t]))]
         prompts = [agent.encode(b.env.obs()) for _, b in owner]
         actions, rows = agent.act(prompts, greedy=False, generator=generator)
-        if selector in ("pa", "ref_logprob"):  # the only scorers that need the reference: one more forward
+        if SELECTORS[selector].needs_ref:  # one more forward, of the reference
             for row, ref in zip(rows, agent.score(prompts, actions, ("ref",))):
                 row.update(ref)
         cands = [[(b.score, b, None, None) for b in bs if b.done] for bs in beams]  # finished beams stay
@@ -343,14 +348,53 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
     return best, executed
 
 # -----------------------------------------------------------------------------
-# the progress meter and the command line
+# loading a trained run, the progress meter, the command line
+
+
+def load_agent(ckpt, ref=None, device="auto", batch_size=256):
+    """The PPO policy of a checkpoint, its reference (ref.pt beside it unless given) and its beta.
+    Returns (agent, env_name, ref_path, device); a bad file raises model.CheckpointError."""
+    device = M.get_device(device)
+    ck = M.load_checkpoint(ckpt)
+    ref = ref or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ref.pt")
+    nets = []
+    for path in (ckpt, ref):
+        c = M.load_checkpoint(path, env_name=ck["env_name"], tokenizer_spec=ck["tokenizer"])
+        net = M.GPT(M.GPTConfig(**c["config"])).to(device).eval()
+        net.load_state_dict(c["model"])
+        nets.append(net)
+    tc = ck.get("train_config", {})
+    agent = Agent(nets[0], nets[1], M.tokenizer_from_spec(ck["tokenizer"]), ck["beta"], tc.get("temperature", 1.0),
+                  tc.get("max_action_tokens", 16), batch_size)
+    return agent, ck["env_name"], ref, device
+
+
+@dataclass
+class Run:
+    """A trained run, ready to evaluate: the PPO agent, its reference as an agent of its own (the reference
+    acting, scored against itself), the world, and one sampling generator shared by every rollout."""
+    ppo: Agent
+    ref: Agent
+    env_name: str
+    device: str
+    gen: torch.Generator
+
+    def episodes(self, agent, split, tasks, seeds, greedy=False, keep_states=False):
+        """Oracle-annotated episodes of `agent` on (task, seed) pairs of a split, task-major."""
+        return rollout(agent, make_envs(self.env_name, split, tasks, seeds), greedy, self.gen, oracle=True,
+                       keep_states=keep_states)
+
+
+def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0):
+    agent, env_name, _, device = load_agent(ckpt, ref, device, batch_size)
+    ref_agent = Agent(agent.ref, agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens,
+                      batch_size)
+    return Run(agent, ref_agent, env_name, device, torch.Generator(device=device).manual_seed(seed))
 
 
 def show(agent, env_name, n, split="test", generator=None):
     """Print n greedy episodes step by step with each step's PA beside the oracle's A*: the press
     article's "progress meter". Green = progress (PA > 0), red = regress (PA < 0), on a terminal."""
-    import os
-    import sys
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     paint = lambda x, s: (f"\033[{32 if x > 0 else 31}m{s}\033[0m" if color and abs(x) > 1e-3 else s)
     for ep in rollout(agent, make_envs(env_name, split, range(n), [0]), greedy=True, generator=generator,
@@ -367,48 +411,28 @@ def show(agent, env_name, n, split="test", generator=None):
               f"{' (out of steps)' if ep.truncated else ''}")
 
 
-def load_agent(ckpt, ref=None, device="auto", batch_size=256):
-    """The PPO policy of a checkpoint, its reference (ref.pt beside it unless given) and its beta."""
-    import os
-    device = M.get_device(device)
-    ck = M.load_checkpoint(ckpt)
-    ref = ref or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ref.pt")
-    nets = []
-    for path in (ckpt, ref):
-        c = M.load_checkpoint(path, env_name=ck["env_name"], tokenizer_spec=ck["tokenizer"])
-        net = M.GPT(M.GPTConfig(**c["config"])).to(device).eval()
-        net.load_state_dict(c["model"])
-        nets.append(net)
-    tc = ck.get("train_config", {})
-    agent = Agent(nets[0], nets[1], M.tokenizer_from_spec(ck["tokenizer"]), ck["beta"], tc.get("temperature", 1.0),
-                  tc.get("max_action_tokens", 16), batch_size)
-    return agent, ck["env_name"], ref, device
+def main(argv):
+    import argparse
+    p = argparse.ArgumentParser(description="The progress meter: test episodes of a trained PPO checkpoint step "
+                                            "by step, each step's PA beside the oracle's A*. (The evaluation "
+                                            "report and checks: python report.py.)")
+    p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint (its reference: ref.pt beside it)")
+    p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
+    p.add_argument("--show", type=int, default=3, help="how many test episodes to print")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    if not 1 <= args.show <= envs.N_TASKS["test"]:
+        p.error(f"--show takes 1 to {envs.N_TASKS['test']} episodes, not {args.show}")
+    try:
+        M.get_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        agent, env_name, _, device = load_agent(args.ckpt, args.ref, args.device)
+    except M.CheckpointError as e:
+        raise SystemExit(f"search.py: {e}")
+    show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0))
 
 
 if __name__ == "__main__":
-    import argparse
-    import os
-    p = argparse.ArgumentParser(description="Evaluation report or progress meter of a trained PPO checkpoint.")
-    p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint (its reference: ref.pt beside it)")
-    p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
-    p.add_argument("--out_dir", default=None, help="where report.json / report.md go (default: the ckpt's folder)")
-    p.add_argument("--show", type=int, default=0, help="print N test episodes step by step instead of the report")
-    p.add_argument("--valid", action="store_true", help="a quick check on the validation split only (for tuning)")
-    p.add_argument("--optimum", type=int, default=0, help="solve the KL-regularised optimum exactly on N validation "
-                   "tasks and compare PPO with it (costly: minutes per shop task on a CPU)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch_size", type=int, default=256)
-    args = p.parse_args()
-    agent, env_name, ref_path, device = load_agent(args.ckpt, args.ref, args.device, args.batch_size)
-    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.ckpt))
-    if args.show:
-        show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0))
-    elif args.optimum:
-        import checks
-        checks.optimum_check(args.ckpt, out_dir, ref_path, device, args.batch_size, n=args.optimum)
-    elif args.valid:
-        import checks
-        checks.validation_check(args.ckpt, out_dir, ref_path, device, args.batch_size)
-    else:
-        import report
-        report.run(args.ckpt, out_dir, ref_path, device, args.batch_size)
+    main(sys.argv[1:])

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import envs
 import model as M
+import report
 import search as S
 
 
@@ -73,14 +74,16 @@ class Config:
     minibatch: int = 128             # steps per minibatch
     target_kl: float = 0.05          # stop the epoch loop early when approx_kl exceeds this
     max_grad_norm: float = 1.0
-    # evaluation (search.py / report.py)
+    # evaluation (report.py)
     report: str = "auto"             # quick (fewer tasks where it samples), full, or auto: quick on CPU
     batch_size: int = 256            # rows per model call in rollouts
 
 
 PRESETS = {  # sizes chosen so that `python train.py` on a 2-core CPU finishes in about 15 minutes
-    "cpu": dict(sft_episodes=2000, sft_iters=1000, ppo_iters=20, episodes_per_iter=128),
-    "gpu": dict(sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512),
+    "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256,  # ~0.92M parameters
+                sft_episodes=2000, sft_iters=1000, ppo_iters=20, episodes_per_iter=128),
+    "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024,  # ~26M parameters
+                sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512),
 }
 STAGES, INITS = ("sft", "ppo", "all", "eval"), ("scratch", "resume")
 
@@ -111,6 +114,8 @@ def parse_args(argv, cfg=None):
         except ValueError:
             raise SystemExit(f"bad value for --{key}: {val!r} is not a {typ.__name__}")
         setattr(cfg, key, val)
+    if cfg.env not in envs.WORLDS:
+        raise SystemExit(f"bad value for --env: {cfg.env!r}; valid: {', '.join(envs.WORLDS)}")
     if cfg.stage not in STAGES:
         raise SystemExit(f"bad value for --stage: {cfg.stage!r}; valid: {', '.join(STAGES)}")
     if cfg.init_from not in INITS:
@@ -124,9 +129,12 @@ def parse_args(argv, cfg=None):
 
 def resolve(cfg):
     """Fill the 0 = preset fields from the device's preset."""
-    cfg.device = M.get_device(cfg.device)
+    try:
+        cfg.device = M.get_device(cfg.device)
+    except ValueError as e:
+        raise SystemExit(f"bad value for --device: {e}")
     preset = cfg.preset if cfg.preset != "auto" else ("gpu" if cfg.device.startswith("cuda") else "cpu")
-    for k, v in {**M.PRESETS[preset], **PRESETS[preset]}.items():
+    for k, v in PRESETS[preset].items():
         if hasattr(cfg, k) and getattr(cfg, k) == 0:
             setattr(cfg, k, v)
     return cfg
@@ -439,7 +447,7 @@ def main(argv):
     cfg = resolve(parse_args(argv))
     os.makedirs(cfg.out_dir, exist_ok=True)
     seed_all(cfg.seed)
-    enc = M.build_tokenizer(cfg.env)
+    enc = M.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)
     ref_path, ppo_path = os.path.join(cfg.out_dir, "ref.pt"), os.path.join(cfg.out_dir, "ppo.pt")
     times = {}
     if cfg.stage in ("sft", "all") and not (cfg.init_from == "resume" and os.path.exists(ref_path)):
@@ -454,7 +462,6 @@ def main(argv):
         times["ppo_s"] = round(time.time() - t0, 1)
         print(f"stage ppo: {times['ppo_s']} s")
     if cfg.eval and cfg.stage in ("all", "eval"):
-        import report
         t0 = time.time()
         quick = cfg.report == "quick" or (cfg.report == "auto" and not cfg.device.startswith("cuda"))
         rc = report.ReportConfig(**(report.QUICK if quick else {}))
@@ -463,4 +470,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except M.CheckpointError as e:  # a missing, truncated or foreign checkpoint: say which, no traceback
+        raise SystemExit(f"train.py: {e}")

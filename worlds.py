@@ -1,11 +1,15 @@
 """
-worlds.py: two more text worlds with the shop's interface and guarantees (see envs.py): an ALFWorld-like
-household ("house") and the travel booking of the article ("travel"). Create them with envs.make_env.
+worlds.py: what a world is, and two of them: an ALFWorld-like household ("house") and the travel booking of
+the article ("travel"). The third world, the WebShop-like shop, is in envs.py, which turns any world's Task
+into an environment with an exact oracle (envs.make_env). This file imports nothing of ours.
 
-Both follow the shop's recipe: a Task fixed by (split, task_id) and shared by every env and clone of it; the
-dynamics a pure function `transitions(task, state, action) -> [(prob, next_state, reward, done)]` of a small
-hashable state (core, steps_left, note); the prompt a pure function of the state; an exact oracle by memoised
-expectimax whose memo lives on the Task; one uniform draw per env step from the env's own numpy Generator.
+A world is a Task fixed by (split, task_id) and shared by every env and clone of it. It is three functions of
+a small hashable `core` (the page and what the agent has done; the env adds the steps left and the last note):
+    _moves(core) -> {action: [(prob, next_core, reward, note, done)]}   in display order (cached by moves())
+    page(core)   -> the lines of the prompt that describe the page
+    irreversible(core, action) -> whether taking it can lose value for good
+plus `start` (the first core), `instruction`, and the notes shown after an invalid action and at the end of
+the step budget. envs.py writes the dynamics, the prompt, the oracle and the soft solver once, for every world.
 
 house: one room (a kitchen or a living room) with 7 receptacles and the six ALFWorld task types: put an object
     somewhere, put two of them somewhere, put a clean / hot / cool one somewhere, examine one under the lamp.
@@ -30,20 +34,37 @@ travel: "book a direct flight to tokyo and a hotel near shibuya with a pool, tot
 import functools
 import math
 import random
-
-import numpy as np
-
-import envs
-
-TIE, WORD_RE = envs.TIE, envs.WORD_RE
+import re
 
 # -----------------------------------------------------------------------------
-# shared machinery: a task supplies moves(core) -> {action: [(prob, core2, reward, note, done)]} (display
-# order), page(core) -> list of page lines, and the notes; everything below is world-agnostic.
+# what every world shares
+
+N_TASKS = {"valid": 200, "test": 500}  # fixed split sizes; "train" takes any task id >= 0
+TIE = 1e-9  # values closer than this are equal (the oracle's tie-breaks)
+WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # how vocabulary() splits text into words
+NOTE_INVALID = "invalid action, nothing happened"  # the shop's and travel's note after an invalid action
 
 
-class BaseTask:
+def check_task_id(split, task_id):
+    """Refuses a task id outside its split; returns whether the task is in the unseen half (odd test ids)."""
+    if split not in ("train", "valid", "test") or task_id < 0 or task_id >= N_TASKS.get(split, math.inf):
+        raise ValueError(f"no task {task_id} in split {split!r} (sizes: {N_TASKS}, train: any id >= 0)")
+    return split == "test" and task_id % 2 == 1
+
+
+class Task:
+    """The base of every world's task: caches of the moves of each core, of the oracle's values (memo, filled
+    by envs.solve) and of lower bounds on the steps still needed. A subclass sets the fields named in the
+    module docstring and calls self.init_caches()."""
     invalid_note = timeout_note = ""
+    end_line = "episode over"  # the page line of a finished episode
+
+    def init_caches(self):
+        self.cache, self.memo, self.bounds = {}, {}, {}
+
+    @property
+    def head(self):  # the prompt's first line
+        return self.instruction
 
     def moves(self, core):
         m = self.cache.get(core)
@@ -59,109 +80,6 @@ class BaseTask:
 
     def lower_bound(self, core):
         return 0  # steps needed to score anything at all (a world may prune hopeless states with it)
-
-
-def transitions(task, state, action):
-    """[(prob, next_state, reward, done)] for any string `action` (not an available action = a no-op)."""
-    core, steps, _ = state
-    outs = task.moves(core).get(action) if core is not None else None
-    if outs is None:
-        outs = [(1.0, core, 0.0, task.invalid_note, False)]
-    res = []
-    for p, core2, r, note, done in outs:
-        if done:
-            res.append((p, (None, steps - 1, note), r, True))
-        elif steps == 1:  # the budget is spent: truncation, scored 0
-            res.append((p, (None, 0, task.timeout_note), 0.0, True))
-        else:
-            res.append((p, (core2, steps - 1, note), r, False))
-    return res
-
-
-def render(task, state):
-    core, steps, note = state
-    lines = [task.instruction] + (["note: " + note] if note else [])
-    lines += task.page(core) if core is not None else ["episode over"]
-    lines.append(f"steps left: {steps}")
-    lines.append("actions: " + (" | ".join(task.moves(core)) if core is not None else ""))
-    return "\n".join(lines)
-
-
-def _q(task, steps, outs):
-    """(Q*, expected steps to the end under the tie-broken greedy policy) of one action's outcomes."""
-    q = length = 0.0
-    for p, core2, r, _, done in outs:
-        if done or steps == 1:
-            q += p * (r if done else 0.0)
-            length += p
-        else:
-            v, l = solve(task, core2, steps - 1)
-            q += p * (r + v)
-            length += p * (1.0 + l)
-    return q, length
-
-
-def solve(task, core, steps):
-    """(V*, expected steps to finish) of a non-terminal state; the note does not change values."""
-    key = (core, steps)
-    hit = task.memo.get(key)
-    if hit is None:
-        if steps < task.bound(core):
-            hit = (0.0, float(steps))  # nothing can pay in time: every action runs into truncation
-        else:
-            hit = (-1.0, 0.0)
-            for outs in task.moves(core).values():  # a no-op is never better: V* grows with steps
-                q, length = _q(task, steps, outs)
-                if q > hit[0] + TIE or (q > hit[0] - TIE and length < hit[1] - TIE):
-                    hit = (q, length)
-        task.memo[key] = hit
-    return hit
-
-
-class WorldEnv(envs.Env):
-    """The env around a task of this file's worlds: envs.Env's interface, with the task's own moves."""
-    max_default, invalid = None, "\x00"
-
-    def __init__(self, split="train", task=0, seed=0, max_steps=None):
-        self.task, self.split, self.task_id = self.get_task(split, task), split, task
-        self.max_steps = max_steps or self.max_default
-        self.seed, self.rng = seed, np.random.default_rng(seed)
-        self.reset()
-
-    def reset(self):
-        self.state, self.done = (self.task.start, self.max_steps, ""), False
-        return self.obs()
-
-    def _moves_at(self, state):
-        return self.task.moves(state[0])
-
-    def _outcomes(self, state, action):
-        return transitions(self.task, state, action)
-
-    def _render(self, state):
-        return render(self.task, state)
-
-    def _timed_out(self):
-        return self.state[2] == self.task.timeout_note
-
-    def _q_table(self):
-        core, steps, _ = self.state
-        return {a: _q(self.task, steps, outs) for a, outs in self.task.moves(core).items()}
-
-    def q_star(self, text):
-        if self.done:
-            return 0.0
-        return sum(p * (r + (0.0 if d else solve(self.task, s[0], s[1])[0]))
-                   for p, s, r, d in transitions(self.task, self.state, text))
-
-    def is_irreversible(self, text):
-        return not self.done and self.task.irreversible(self.state[0], text)
-
-
-def _check_task_id(split, task_id):
-    if split not in ("train", "valid", "test") or task_id < 0 or task_id >= envs.N_TASKS.get(split, math.inf):
-        raise ValueError(f"no task {task_id} in split {split!r} (sizes: {envs.N_TASKS}, train: any id >= 0)")
-    return split == "test" and task_id % 2 == 1  # unseen
 
 
 # -----------------------------------------------------------------------------
@@ -219,7 +137,7 @@ def _prep(rec):
     return "in" if rec.split()[0] in OPENABLE + ("sinkbasin", "garbagecan") else "on"
 
 
-class HouseTask(BaseTask):
+class HouseTask(Task):
     """core = (loc, is_open, searched, objs, decoy): loc a receptacle index (or START), is_open whether the
     receptacle at loc is open (doors swing shut when you walk away: one bit instead of one per door),
     searched a bitmask of plausible receptacles already looked into while a wanted object is still unknown,
@@ -228,7 +146,7 @@ class HouseTask(BaseTask):
 
     def __init__(self, split, task_id):
         rng = random.Random(f"house/{split}/{task_id}")
-        self.split, self.task_id, self.unseen = split, task_id, _check_task_id(split, task_id)
+        self.split, self.task_id, self.unseen = split, task_id, check_task_id(split, task_id)
         self.kind = kind = rng.choice(KINDS)
         room = "living" if kind == "look" else "kitchen" if kind in COND else rng.choice(["kitchen", "living"])
         pool = LIVING_OBJECTS if room == "living" else KITCHEN_OBJECTS
@@ -256,7 +174,7 @@ class HouseTask(BaseTask):
             what = {"put": "some ", "two": "two "}.get(kind, f"a {COND.get(kind, '')} ")
             self.instruction = f"your task is to: put {what}{self.obj} {_prep(self.target)} {self.target}."
         self.start = (START, False, 0, ((UNK, ""),) * n, decoy_at)
-        self.cache, self.memo, self.bounds = {}, {}, {}
+        self.init_caches()
 
     def visible(self, loc, is_open):
         return loc >= 0 and (is_open or not self.closed[loc])
@@ -394,10 +312,6 @@ class HouseTask(BaseTask):
 get_house_task = functools.lru_cache(maxsize=64)(HouseTask)  # (split, task_id) -> the task, built once
 
 
-class HouseEnv(WorldEnv):
-    name, max_default, get_task = "house", HOUSE_MAX_STEPS, staticmethod(get_house_task)
-
-
 # -----------------------------------------------------------------------------
 # travel: the article's flight + hotel booking under one budget
 
@@ -416,14 +330,14 @@ HELD_OUT_TRAVEL = frozenset((a, random.Random(f"travel/held-out/{a}").choice(FEA
 R10 = lambda x: int(round(x / 10.0)) * 10  # whole dollars, multiples of 10 (a small vocabulary of numbers)
 
 
-class TravelTask(BaseTask):
+class TravelTask(Task):
     """core = (page, args, flight, hotel, sold): page "home" | "flights" (args: query) | "hotels" (args: query,
     price draw, page number); flight / hotel: None or (id, price paid); sold: the 2-seats flight sold out."""
-    invalid_note, timeout_note = envs.NOTE_INVALID, "out of steps, the trip is not booked"
+    invalid_note, timeout_note = NOTE_INVALID, "out of steps, the trip is not booked"
 
     def __init__(self, split, task_id):
         rng = random.Random(f"travel/{split}/{task_id}")
-        self.split, self.task_id, self.unseen = split, task_id, _check_task_id(split, task_id)
+        self.split, self.task_id, self.unseen = split, task_id, check_task_id(split, task_id)
         city = self.city = rng.choice(sorted(CITIES))
         while True:
             area, feat = rng.choice(CITIES[city]), rng.choice(FEATURES)
@@ -478,7 +392,7 @@ class TravelTask(BaseTask):
         self.instruction = (f"instruction: book a {self.need} flight to {city} and a hotel near {area} {with_}, "
                             f"total at most {self.budget} dollars")
         self.start = ("home", (), None, None, False)
-        self.cache, self.memo, self.bounds = {}, {}, {}
+        self.init_caches()
 
     def score(self, flight, hotel):
         """WebShop-style partial credit: the fraction of the five requirements the trip meets."""
@@ -562,22 +476,11 @@ class TravelTask(BaseTask):
 get_travel_task = functools.lru_cache(maxsize=128)(TravelTask)  # (split, task_id) -> the task, built once
 
 
-class TravelEnv(WorldEnv):
-    name, max_default, get_task = "travel", TRAVEL_MAX_STEPS, staticmethod(get_travel_task)
-
-
 # -----------------------------------------------------------------------------
-# what envs.py dispatches to: make_env and vocabulary
-
-ENVS = {"house": HouseEnv, "travel": TravelEnv}
-
-
-def make_env(name, split="train", task=0, seed=0, max_steps=None):
-    return ENVS[name](split, task, seed, max_steps)
-
+# the words of each world (for the tokenizer)
 
 def vocabulary(name):
-    """Every word the world can emit (envs.WORD_RE split of any prompt or action), sorted."""
+    """Every word the house or travel world can emit (WORD_RE split of any prompt or action), sorted."""
     if name == "house":
         fixed = ["your task is to: put some a two clean hot cool in on examine the with desklamp 1 2 .",
                  "note: " + HouseTask.invalid_note, HouseTask.timeout_note, "you pick up the open close again ruined",
@@ -586,9 +489,8 @@ def vocabulary(name):
                  "go to take from put use steps left actions | episode over"]
         words = {w for s in fixed + KITCHEN + LIVING + KITCHEN_OBJECTS + LIVING_OBJECTS for w in WORD_RE.findall(s)}
         return sorted(words | {str(i) for i in range(41)})
-    assert name == "travel", name
     fixed = ["instruction: book a flight to and hotel near with total at most dollars flights hotels in",
-             "note: " + envs.NOTE_INVALID,
+             "note: " + NOTE_INVALID,
              TravelTask.timeout_note, "sorry, just sold out . you booked for the trip is", "booked: ( $ ) budget left",
              "over by page: search of :", "(top pick) morning evening direct 1 stop 2 seats left",
              "search[ ] book[ ] click[ next > < prev back to search ] steps actions | episode over"]
