@@ -1,7 +1,7 @@
 """
 Progress advantage (PA) and everything we compare it with, as a page of math.
 
-    PA(s, a) = beta * log( pi_theta(a|s) / pi_ref(a|s) )          (PAPER.md section 1)
+    PA(s, a) = beta * log( pi_theta(a|s) / pi_ref(a|s) )     (Oh et al. 2026, arXiv 2606.26080)
 
 summed over the tokens of one agent action. Proposition 1: after KL-regularised RL the optimal policy
 is pi* = pi_ref * exp((Q* - V*) / beta), so PA of pi* is exactly the soft optimal advantage Q* - V*.
@@ -13,7 +13,7 @@ The file holds pure functions only, in three groups:
 Masks are named after what 1 means: action_mask is 1 on tokens the policy produced (action tokens,
 including the stop token) and 0 on prompt, observation and padding tokens.
 
-Tests: python -m pytest -q test_pafns.py
+Tests: the pa.py section of test_pa.py (python -m pytest -q test_pa.py)
 """
 import math
 
@@ -75,8 +75,8 @@ def value_td(rewards, v_before, v_after):
 AGGREGATIONS = ("sum", "mean", "min", "last")
 
 def aggregate(step_scores, how="sum"):
-    """One trajectory score from its step scores: sum, mean, min or last (PAPER.md section 2.1).
-    With PA, "sum" = return - V*(s0) + zero-mean transition noise. step_scores: list of floats -> float"""
+    """One trajectory score from its step scores: sum, mean, min or last (the paper's aggregations of step
+    PA for best-of-N). With PA, "sum" = return - V*(s0) + zero-mean transition noise. step_scores: list of floats -> float"""
     s = np.asarray(step_scores, dtype=np.float64)
     if s.size == 0:
         raise ValueError("aggregate needs at least one step score")

@@ -29,6 +29,7 @@ import envs
 import model
 import pa
 import report
+import results
 import search
 import train
 import worlds
@@ -1277,10 +1278,16 @@ def test_tiny_run_logs_each_iteration_and_checkpoints_beta(tiny_run):
     assert ck["beta"] == 0.05 and ck["iter"] == 1, "beta and the iteration travel in the checkpoint"
 
 
-def test_report_of_a_tiny_run(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_report(tiny_run):
+    """The evaluation report of the tiny run, on a handful of tasks, written into its folder."""
     rc = report.ReportConfig(n_valid=4, n_test=6, n_bon=4, n_samples=2, ns=(1, 2), beam_budget=2, n_beam=2,
                              n_beam_valid=2, n_mc=1, mc_rollouts=1, mc_samples=2, n_fidelity=1, first_k=(1,))
-    R = report.run(str(tiny_run / "ppo.pt"), str(tmp_path), rc=rc, device="cpu")
+    return report.run(str(tiny_run / "ppo.pt"), str(tiny_run), rc=rc, device="cpu")
+
+
+def test_report_of_a_tiny_run(tiny_run, tiny_report):
+    R, tmp_path = tiny_report, tiny_run
     on_disk = json.load(open(tmp_path / "report.json"))
     for key in ("reference", "ppo", "oracle", "bon", "mean_at_n", "pass_at_n", "beam", "auroc", "attribution",
                 "fidelity", "ppo_minus_reference"):
@@ -1293,6 +1300,16 @@ def test_report_of_a_tiny_run(tiny_run, tmp_path):
     assert R["fidelity"]["oracle"]["spearman"] == pytest.approx(1.0), "A* ranks steps exactly like A*"
     g = R["ppo_minus_reference"]["greedy"]["all"]
     assert g["lo"] <= g["diff"] <= g["hi"], f"the paired interval must contain the difference: {g}"
+
+
+def test_results_md_is_written_from_the_saved_report(tiny_run, tiny_report, tmp_path):
+    results.main(["--runs", f"shop={tiny_run}", "travel=" + str(tmp_path / "nothing"), "--out", str(tmp_path / "R.md")])
+    text = (tmp_path / "R.md").read_text()
+    assert "\n# shop\n" in text and "# travel" not in text, "one section per run that has a report.json"
+    pa_bon = report.fmt(tiny_report["bon"]["pa"]["2"]).strip()
+    assert f"**Best-of-2**: by PA {pa_bon}%" in text, "the reading quotes the report's own numbers"
+    with pytest.raises(SystemExit, match="no report.json found"):
+        results.main(["--runs", "shop=" + str(tmp_path / "nothing"), "--out", str(tmp_path / "R2.md")])
 
 
 def test_validation_check_of_a_tiny_run(tiny_run, tmp_path):

@@ -8,7 +8,7 @@ stage 2 runs PPO with GAE and a per-token KL penalty to that frozen reference; t
     python train.py --help                           # every option
 
 The PPO math is written out by hand below (gae, ppo_losses), to be read next to CleanRL's ppo.py.
-Deliberate departures from textbook PPO, each for the theory in PAPER.md:
+Deliberate departures from textbook PPO, each for Proposition 1 of the paper (README.md):
   - the reward is per token: r_t = -beta * (log pi - log pi_ref) on every action token, plus the
     environment's reward on the last token of the action that earned it. beta is fixed (no adaptive KL
     controller): Proposition 1 needs one known beta, and it is saved in the checkpoint for scoring;
