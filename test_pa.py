@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import bench
+import diagnose
 import envs
 import model
 import pa
@@ -1452,6 +1453,33 @@ def test_command_line_arguments_are_checked(capsys):
         assert "error:" in err and "Traceback" not in err, f"{main.__module__} {argv}: one clear line: {err}"
     with pytest.raises(SystemExit, match="no task 200 in split 'valid'"):
         envs.main(["--split=valid", "--task=200"])
+
+
+# ==================== diagnose.py: PPO against the exact optimum ============================================
+
+def test_tabular_ppo_moves_the_log_ratio_to_the_optimums():
+    """train.py's PPO math on a tabular policy: its log-ratio must approach log pi*/pi_ref (Proposition 1's
+    premise) and its regularised value V*(s0), where one parameter per (state, action) leaves nothing else."""
+    P, R, pi_ref = diagnose.make_mdp(seed=1)
+    log = diagnose.run(P, R, pi_ref, diagnose.Recipe(iters=30, seed=1))
+    v_ref = diagnose.policy_values(P, R, pi_ref, pi_ref, 0.1)[0]
+    assert log[-1]["corr"] > 0.8, f"log-ratio correlation with the optimum's after 30 iterations: {log[-1]['corr']:.2f}"
+    assert log[-1]["value"] > v_ref + 0.5 * (log[-1]["v_star"] - v_ref), \
+        f"PPO should close most of the gap from V^ref(s0) {v_ref:.3f} to V*(s0) {log[-1]['v_star']:.3f}: {log[-1]['value']:.3f}"
+
+
+def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
+    out = diagnose.kl_split(str(tiny_run / "ppo.pt"), n_tasks=2, n_samples=2)
+    assert out["episodes"] == 4 and out["states"] > 0, f"2 tasks x 2 samples, visited states: {out}"
+    assert set(out["kl_per_episode"]) <= {"invalid", "search", "buy", "back", "item", "page", "detour", "option",
+                                           "other"}, f"unknown kinds of step: {out['kl_per_episode']}"
+    assert -1 <= out["spearman_logratio_vs_astar"] <= 1 and 0 <= out["argmax_moved"] <= 1, out
+
+
+def test_step_kinds_of_the_shop():
+    acts = ["search[red mug]", "click[p07]", "click[red]", "click[buy now]", "click[back to search]", "click[next >]"]
+    kinds = [diagnose.step_kind(a, acts) for a in acts + ["click[nothing]"]]
+    assert kinds == ["search", "item", "option", "buy", "back", "page", "invalid"], kinds
 
 
 # ==================== search.py: agent loop, best-of-N, beam search =========================================

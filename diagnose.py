@@ -1,0 +1,267 @@
+"""
+diagnose.py: does our PPO reach the optimum of its own objective where everything else is exact?
+
+The RL stage is meant to solve  max_pi E[sum_t r_t - beta * log(pi/pi_ref)(a_t|s_t)],  whose optimum
+pi* = pi_ref * exp((Q* - V*) / beta) makes PA the soft advantage (Proposition 1). In the shop, PPO spends
+the optimum's KL budget elsewhere (LOG.md). This file takes the network, the tokenizer and the world out of
+the question: the same PPO math as train.py (per-step KL in the reward, GAE, whitening, clipped losses, Adam)
+on a tabular softmax policy in a small stochastic MDP whose pi* is solved exactly by pa.soft_value_iteration.
+Each variant changes one thing, so the log shows which one matters.
+
+    python diagnose.py                                  # tabular PPO: the table of variants (minutes on a CPU)
+    python diagnose.py --ckpt out/ppo.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
+"""
+import argparse
+import math
+import sys
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+import pa
+import train
+
+
+def make_mdp(seed=0, S=8, A=4, p_end=0.25, rare=True):
+    """A stochastic MDP with an absorbing terminal state (the last one), reached with probability >= p_end at
+    every step, rewards in [0, 1] paid by actions, and a reference that often puts little mass on the best
+    action (rare=True: one action per state gets 5% of the reference's mass), as in the shop, where pi* must
+    lift actions the reference seldom takes. Returns P (S, A, S), R (S, A), pi_ref (S, A)."""
+    rng = np.random.default_rng(seed)
+    term = S - 1
+    P = (1 - p_end) * rng.dirichlet(np.ones(S - 1) * 0.5, size=(S, A))
+    P = np.concatenate([P, np.full((S, A, 1), p_end)], axis=2)
+    P[term] = 0.0
+    P[term, :, term] = 1.0
+    R = rng.uniform(size=(S, A)) ** 3  # a few actions pay well, most little
+    R[term] = 0.0
+    pi_ref = rng.dirichlet(np.ones(A) * 2.0, size=S)
+    if rare:
+        best = R.argmax(axis=1)
+        pi_ref[np.arange(S), best] = 0.0
+        pi_ref = 0.95 * pi_ref / pi_ref.sum(axis=1, keepdims=True)
+        pi_ref[np.arange(S), best] = 0.05
+    return P, R, pi_ref
+
+
+@dataclass
+class Recipe:
+    iters: int = 200               # PPO iterations
+    episodes: int = 64             # episodes per iteration
+    beta: float = 0.1
+    lr: float = 0.05               # Adam on the logits table (and the critic table)
+    epochs: int = 2
+    minibatch: int = 128           # steps per minibatch
+    clip: float = 0.2
+    lam: float = 0.95
+    critic: str = "learned"        # learned (a value table fit to the GAE returns) or exact (V^pi each iteration)
+    target_kl: float = math.inf    # stop an iteration's epochs past this approx_kl (train.py: 0.05)
+    seed: int = 0
+
+
+def policy_values(P, R, pi, pi_ref, beta, n_iters=200):
+    """V^pi of the KL-regularised reward r - beta * log(pi/pi_ref), by iterating its Bellman equation."""
+    r = R - beta * (np.log(pi) - np.log(pi_ref))
+    V = np.zeros(P.shape[0])
+    for _ in range(n_iters):
+        V = (pi * (r + P @ V)).sum(axis=1)
+    return V
+
+
+def sample_episodes(P, pi, n, rng, max_len=60):
+    """n episodes from state 0 under pi, stepped together: lists of (s, a)."""
+    term, S = P.shape[0] - 1, P.shape[0]
+    s, out = np.zeros(n, dtype=int), [[] for _ in range(n)]
+    for _ in range(max_len):
+        live = np.flatnonzero(s != term)
+        if not len(live):
+            break
+        a = (rng.random((len(live), 1)) > np.cumsum(pi[s[live]], axis=1)).sum(axis=1)
+        a = np.minimum(a, pi.shape[1] - 1)
+        nxt = (rng.random((len(live), 1)) > np.cumsum(P[s[live], a], axis=1)).sum(axis=1)
+        for i, si, ai in zip(live, s[live], a):
+            out[i].append((si, ai))
+        s[live] = np.minimum(nxt, S - 1)
+    return out
+
+
+def run(P, R, pi_ref, rc):
+    """Train a tabular policy from pi_ref with train.py's PPO math; returns the log of each iteration:
+    the per-(s, a) log-ratio's Pearson correlation with pi*'s (weighted by pi*'s state-action visits),
+    the objective's value V^pi(s0) against V*(s0), and the KL per episode."""
+    rng, gen = np.random.default_rng(rc.seed), torch.Generator().manual_seed(rc.seed)
+    S, A = R.shape
+    _, V_star, pi_star = pa.soft_value_iteration(P, R, pi_ref, rc.beta, n_iters=300)
+    target = np.log(pi_star) - np.log(pi_ref)
+    occ = pi_star * _occupancy(P, pi_star)[:, None]  # where pi* spends its time, per (s, a)
+    logits = torch.tensor(np.log(pi_ref), requires_grad=True)
+    values = torch.zeros(S, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([logits, values], lr=rc.lr)
+    log_ref = torch.tensor(np.log(pi_ref))
+    out = []
+    for it in range(rc.iters):
+        with torch.no_grad():
+            pi = torch.softmax(logits, 1).numpy()
+        eps = sample_episodes(P, pi, rc.episodes, rng)
+        V_pi = policy_values(P, R, pi, pi_ref, rc.beta)
+        lr_now = np.log(pi) - np.log(pi_ref)
+        out.append(dict(iter=it, corr=_wcorr(lr_now, target, occ), value=V_pi[0], v_star=V_star[0],
+                        kl=float(np.mean([sum(lr_now[s, a] for s, a in ep) for ep in eps]))))
+        _update(rc, eps, P, R, pi, lr_now, V_pi, logits, values, log_ref, opt, gen)
+    return out
+
+
+def _update(rc, eps, P, R, pi, lr_now, V_pi, logits, values, log_ref, opt, gen):
+    """One PPO iteration on the episodes: rewards, GAE, whitening, clipped epochs, as train.ppo_update does."""
+    L = max(len(ep) for ep in eps)
+    E = len(eps)
+    r, v, mask = (torch.zeros(E, L, dtype=torch.float64) for _ in range(3))
+    s_idx, a_idx = torch.zeros(E, L, dtype=torch.long), torch.zeros(E, L, dtype=torch.long)
+    for e, ep in enumerate(eps):
+        for t, (s, a) in enumerate(ep):
+            s_idx[e, t], a_idx[e, t], mask[e, t] = s, a, 1.0
+            r[e, t] = R[s, a] - rc.beta * lr_now[s, a]  # the per-step KL penalty, as train.episode_tensors
+            v[e, t] = V_pi[s] if rc.critic == "exact" else float(values[s].detach())
+    adv, ret = train.gae(r, v, mask, 1.0, rc.lam)
+    adv = train.whiten(adv, mask)
+    old_lp = (torch.log_softmax(logits, 1)[s_idx, a_idx]).detach()
+    rows = mask.flatten() > 0
+    flat = [x.flatten()[rows] for x in (s_idx, a_idx, old_lp, adv, ret, v)]
+    n = int(rows.sum())
+    for _ in range(rc.epochs):
+        perm = torch.randperm(n, generator=gen)
+        kls = []
+        for start in range(0, n, rc.minibatch):
+            mb = perm[start:start + rc.minibatch]
+            s, a, mb_old, mb_adv, mb_ret, mb_v = (x[mb] for x in flat)
+            new_lp = torch.log_softmax(logits, 1)[s, a]
+            one = torch.ones_like(new_lp)
+            pg_loss, v_loss, d = train.ppo_losses(new_lp, mb_old, mb_adv, values[s], mb_v, mb_ret, one, rc.clip, 1e9)
+            loss = pg_loss + (0.5 * v_loss if rc.critic == "learned" else 0.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            kls.append(d["approx_kl"])
+        if np.mean(kls) > rc.target_kl:
+            break
+
+
+def _occupancy(P, pi, n_iters=200):
+    """Expected visits to each state from state 0 before the end, under pi."""
+    term = P.shape[0] - 1
+    d, total = np.eye(P.shape[0])[0], np.zeros(P.shape[0])
+    for _ in range(n_iters):
+        d[term] = 0.0
+        total += d
+        d = np.einsum("s,sa,sat->t", d, pi, P)
+    return total
+
+
+def _wcorr(x, y, w):
+    w = w / w.sum()
+    mx, my = (w * x).sum(), (w * y).sum()
+    cov = (w * (x - mx) * (y - my)).sum()
+    return float(cov / math.sqrt((w * (x - mx) ** 2).sum() * (w * (y - my) ** 2).sum()))
+
+
+VARIANTS = {  # one change each from train.py's recipe, as far as a table can have it
+    "train.py's recipe": dict(target_kl=0.05),
+    "no target_kl": dict(),
+    "exact critic": dict(critic="exact"),
+    "4x episodes": dict(episodes=256),
+    "4x iterations": dict(iters=800),
+}
+
+
+def step_kind(text, actions):
+    """The kind of an action in the shop's grammar (house and travel actions fall under "other")."""
+    if text not in actions:
+        return "invalid"
+    for kind, test in (("search", lambda t: t.startswith("search[")), ("buy", lambda t: t == "click[buy now]"),
+                       ("back", lambda t: t == "click[back to search]"), ("item", lambda t: t.startswith("click[p")),
+                       ("page", lambda t: t in ("click[next >]", "click[< prev]")),
+                       ("detour", lambda t: t in ("click[description]", "click[deal of the day]")),
+                       ("option", lambda t: t.startswith("click["))):
+        if test(text):
+            return kind
+    return "other"
+
+
+def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
+    """Where a trained policy's KL to its reference goes, on sampled episodes of n_tasks validation tasks:
+    the sampled log-ratio summed per kind of step (per episode), and, at every visited state, over ALL its
+    available actions, whether log pi/pi_ref follows the reference's own preferences (sharpening: Spearman with
+    log pi_ref) or the oracle's advantage (reweighting: Spearman with A*), plus how often the argmax moved."""
+    import model as M
+    import search as S
+    agent, env_name, _, _ = S.load_agent(ckpt, device=device)
+    gen = torch.Generator().manual_seed(0)
+    eps = S.rollout(agent, S.make_envs(env_name, "valid", range(n_tasks), range(n_samples)), generator=gen,
+                    oracle=True, keep_states=True)
+    per_kind = {}
+    for ep in eps:
+        for st in ep.steps:
+            kind = step_kind(st.text, st.env.actions())
+            per_kind[kind] = per_kind.get(kind, 0.0) + float((st.logprobs - st.ref_logprobs).sum()) / len(eps)
+    states = [st.env for ep in eps for st in ep.steps]
+    prompts, actions, owner = [], [], []
+    for i, env in enumerate(states):
+        p = agent.encode(env.obs())
+        for a in env.actions():
+            prompts.append(p)
+            actions.append(M.encode_action(agent.enc, a))
+            owner.append((i, a))
+    rows = agent.score(prompts, actions)
+    by_state = {}
+    for (i, a), row in zip(owner, rows):
+        lp, ref = float(row["logprobs"].sum()), float(row["ref_logprobs"].sum())
+        by_state.setdefault(i, []).append((lp - ref, ref, lp, states[i].q_star(a) - states[i].optimal_value()))
+    sharpen, reweight, moved = [], [], []
+    for i, xs in by_state.items():
+        lr, ref, lp, adv = (np.array(c) for c in zip(*xs))
+        if len(xs) > 1 and lr.std() > 0:
+            if ref.std() > 0:
+                sharpen.append(pa.spearman(lr, ref))
+            if adv.std() > 0:
+                reweight.append(pa.spearman(lr, adv))
+        moved.append(lp.argmax() != ref.argmax())
+    out = dict(env=env_name, episodes=len(eps), kl_per_episode=per_kind, states=len(by_state),
+               spearman_logratio_vs_ref_logprob=float(np.mean(sharpen)),
+               spearman_logratio_vs_astar=float(np.mean(reweight)), argmax_moved=float(np.mean(moved)))
+    return out
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description="PPO against the exact optimum, in tabular MDPs.")
+    p.add_argument("--seeds", type=int, default=3, help="MDPs (and training seeds) per variant")
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--ckpt", default=None, help="with --kl_split: the trained PPO checkpoint to look at")
+    p.add_argument("--kl_split", type=int, default=0, help="where the checkpoint's KL goes, on N validation tasks")
+    args = p.parse_args(argv)
+    if args.kl_split:
+        out = kl_split(args.ckpt or "out/ppo.pt", args.kl_split)
+        kinds = sorted(out["kl_per_episode"].items(), key=lambda kv: -abs(kv[1]))
+        print(f"{out['env']}, {out['episodes']} sampled episodes: KL per episode by kind of step: "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in kinds))
+        print(f"over every available action of {out['states']} visited states: Spearman(log pi/pi_ref, log pi_ref) "
+              f"{out['spearman_logratio_vs_ref_logprob']:+.2f}, Spearman(log pi/pi_ref, A*) "
+              f"{out['spearman_logratio_vs_astar']:+.2f}; the argmax moved in {100 * out['argmax_moved']:.0f}%")
+        return
+    print("| variant | corr(log pi/pi_ref, log pi*/pi_ref) at 25% / 100% of iterations | V^pi(s0) / V*(s0) | KL nats/episode |")
+    print("|---|---:|---:|---:|")
+    for name, change in VARIANTS.items():
+        c25, c100, val, kl = [], [], [], []
+        for seed in range(args.seeds):
+            P, R, pi_ref = make_mdp(seed)
+            rc = replace(Recipe(iters=args.iters, seed=seed), **change)
+            log = run(P, R, pi_ref, rc)
+            c25.append(log[len(log) // 4]["corr"])
+            c100.append(log[-1]["corr"])
+            val.append(log[-1]["value"] / log[-1]["v_star"])
+            kl.append(log[-1]["kl"])
+        print(f"| {name} | {np.mean(c25):+.2f} / {np.mean(c100):+.2f} | {np.mean(val):.3f} | {np.mean(kl):.2f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
