@@ -199,7 +199,8 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
     gen = torch.Generator().manual_seed(0)
     eps = S.rollout(agent, S.make_envs(env_name, "valid", range(n_tasks), range(n_samples)), generator=gen,
                     oracle=True, keep_states=True)
-    per_kind = {}
+    per_kind, total = {}, float(np.mean([sum(float((st.logprobs - st.ref_logprobs).sum()) for st in ep.steps)
+                                          for ep in eps]))
     for ep in eps:
         for st in ep.steps:
             kind = step_kind(st.text, st.env.actions())
@@ -226,7 +227,7 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
             if adv.std() > 0:
                 reweight.append(pa.spearman(lr, adv))
         moved.append(lp.argmax() != ref.argmax())
-    out = dict(env=env_name, episodes=len(eps), kl_per_episode=per_kind, states=len(by_state),
+    out = dict(env=env_name, episodes=len(eps), kl_per_episode=per_kind, kl_total=total, states=len(by_state),
                spearman_logratio_vs_ref_logprob=float(np.mean(sharpen)),
                spearman_logratio_vs_astar=float(np.mean(reweight)), argmax_moved=float(np.mean(moved)))
     return out

@@ -13,6 +13,7 @@ selector, the beam width) is made on the VALIDATION split; the test split is onl
     python report.py --ckpt out/ppo.pt --valid       # the validation check (about two minutes on a CPU)
     python report.py --ckpt out/ppo.pt --optimum 8   # PPO against the exact optimum on 8 validation tasks
 """
+import hashlib
 import json
 import math
 import os
@@ -392,6 +393,62 @@ def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size
     return V
 
 
+def reference_probs(agent, cache=None):
+    """ref_probs for envs.SoftSolution: at each state of a batch [(prompt, actions)], the reference network's
+    probability of each action's own tokens. With a cache path the answer is saved there once and reloaded after,
+    so that the costly scoring of every reachable state is paid once per reference, not once per check."""
+    def ref_probs(batch):
+        if cache and os.path.exists(cache):
+            with open(cache) as f:
+                return json.load(f)
+        prompts, actions = [], []
+        for prompt, acts in batch:
+            p = agent.encode(prompt)
+            prompts += [p] * len(acts)
+            actions += [M.encode_action(agent.enc, a) for a in acts]
+        rows = agent.score(prompts, actions, ("ref",))
+        probs, k = [], 0
+        for _, acts in batch:
+            probs.append({a: math.exp(float(rows[k + j]["ref_logprobs"].sum())) for j, a in enumerate(acts)})
+            k += len(acts)
+        if cache:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            with open(cache + ".tmp", "w") as f:
+                json.dump(probs, f)
+            os.replace(cache + ".tmp", cache)
+        return probs
+    return ref_probs
+
+
+def _optimum_task(run_, task, n_samples, max_steps, cache):
+    """Solve one validation task exactly and compare PPO's samples with the optimum there."""
+    agent, beta, t0 = run_.ppo, run_.ppo.beta, time.time()
+    env = envs.make_env(run_.env_name, "valid", task=task, seed=0, max_steps=max_steps)
+    sol = env.soft_solution(reference_probs(agent, cache), beta)
+    s0 = env.state
+    opt_s, opt_r, opt_kl = sol.expect(s0)
+    row = dict(task=task, states=len(sol.states), v_soft=sol.v(s0), v_star=env.optimal_value(), opt_success=opt_s,
+               opt_reward=opt_r, opt_kl=opt_kl, identity_err=beta * opt_kl - (opt_r - sol.v(s0)),
+               ref_success=sol.expect(s0, optimal=False)[0])
+    samples = [envs.make_env(run_.env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
+    eps = S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
+    row["steps"] = dict(ppo=[float((st.logprobs - st.ref_logprobs).sum()) for ep in eps for st in ep.steps],
+                        opt=[sol.log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
+                        astar=[st.qstar - st.vstar for ep in eps for st in ep.steps])
+    row["trajs"] = dict(ppo=[beta * sum(float((st.logprobs - st.ref_logprobs).sum()) for st in ep.steps) for ep in eps],
+                        opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
+                        success=[ep.success for ep in eps])
+    row["seconds"] = round(time.time() - t0, 1)
+    print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {fmt(opt_s)}% with KL {opt_kl:.2f} "
+          f"nats/episode, pi_ref {fmt(row['ref_success'])}% ({row['seconds']} s)")
+    return row
+
+
+def _pearson(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
+
+
 def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=8, n_samples=8, seed=0,
                   max_steps=None):
     """How far is PPO from the optimum of its own objective? On n validation tasks, solve the KL-regularised
@@ -403,63 +460,42 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         log pi*/pi_ref = (Q - V) / beta for the same action (Pearson and Spearman);
       - PA of the optimum (beta times its log-ratio: the soft advantage) as a process reward on those samples,
         next to PPO's PA: Spearman with the hard A*, and AUROC of the trajectory sum for success.
-    Writes optimum.json to out_dir and returns it. Costly: every reachable state is scored by the reference
-    (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests)."""
+    Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
+    optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
+    reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
+    scores are cached in out_dir/optimum_cache/ under the reference file's hash, so later checks of other
+    policies with the same reference only sample and compare."""
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
-    agent, env_name, beta = run_.ppo, run_.env_name, run_.ppo.beta
-
-    def ref_probs(batch):
-        prompts, actions = [], []
-        for prompt, acts in batch:
-            p = agent.encode(prompt)
-            prompts += [p] * len(acts)
-            actions += [M.encode_action(agent.enc, a) for a in acts]
-        rows = agent.score(prompts, actions, ("ref",))
-        probs, k = [], 0
-        for _, acts in batch:
-            probs.append({a: math.exp(float(rows[k + j]["ref_logprobs"].sum())) for j, a in enumerate(acts)})
-            k += len(acts)
-        return probs
-
-    T, steps, trajs = [], dict(ppo=[], opt=[], astar=[]), dict(ppo=[], opt=[], success=[])
-    for task in range(n):
-        t0, env = time.time(), envs.make_env(env_name, "valid", task=task, seed=0, max_steps=max_steps)
-        sol = env.soft_solution(ref_probs, beta)
-        s0 = env.state
-        opt_s, opt_r, opt_kl = sol.expect(s0)
-        T.append(dict(task=task, states=len(sol.states), v_soft=sol.v(s0), v_star=env.optimal_value(),
-                      opt_success=opt_s, opt_reward=opt_r, opt_kl=opt_kl, identity_err=beta * opt_kl - (opt_r - sol.v(s0)),
-                      ref_success=sol.expect(s0, optimal=False)[0], seconds=round(time.time() - t0, 1)))
-        samples = [envs.make_env(env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
-        for ep in S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True):
-            ppo = [float((st.logprobs - st.ref_logprobs).sum()) for st in ep.steps]
-            opt = [sol.log_ratio(st.env.state, st.text) for st in ep.steps]
-            steps["ppo"] += ppo
-            steps["opt"] += opt
-            steps["astar"] += [st.qstar - st.vstar for st in ep.steps]
-            trajs["ppo"].append(beta * sum(ppo))
-            trajs["opt"].append(beta * sum(opt))
-            trajs["success"].append(ep.success)
-        print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {fmt(opt_s)}% with KL {opt_kl:.2f} "
-              f"nats/episode, pi_ref {fmt(T[-1]['ref_success'])}% ({T[-1]['seconds']} s)")
-    p, o, a = (np.array(steps[k]) for k in ("ppo", "opt", "astar"))
-    O = {"env": env_name, "beta": beta, "n": n, "n_samples": n_samples, "tasks": T,
+    with open(run_.ref_path, "rb") as f:
+        ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
+    cache = lambda t: os.path.join(out_dir, "optimum_cache", f"{ref_hash}-valid{t}-steps{max_steps or 0}.json")
+    T = [_optimum_task(run_, t, n_samples, max_steps, cache(t)) for t in range(n)]
+    cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
+    p, o, a = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar"))
+    ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
+    beta = run_.ppo.beta
+    O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
+         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs")} for t in T],
          "optimum": {k: float(np.mean([t[k] for t in T])) for k in ("opt_success", "opt_reward", "opt_kl",
                                                                       "ref_success", "v_soft", "v_star")},
          "max_identity_err": float(max(abs(t["identity_err"]) for t in T)),
-         "ppo": dict(sampled_success=float(np.mean(trajs["success"])), kl=float(np.mean(trajs["ppo"])) / beta),
-         "log_ratio": dict(pearson=float(np.corrcoef(p, o)[0, 1]) if p.std() > 0 and o.std() > 0 else math.nan,
-                           spearman=pa.spearman(p, o), steps=len(p)),  # nan: a constant side (no reward reachable)
+         "ppo": dict(sampled_success=float(np.mean(cat("trajs", "success"))),
+                     kl=float(np.mean(cat("trajs", "ppo"))) / beta),
+         "log_ratio": dict(pearson=_pearson(p, o), spearman=pa.spearman(p, o), steps=len(p),  # nan: a constant side
+                           pearson_ci=ci(lambda idx: _pearson(cat("steps", "ppo", idx), cat("steps", "opt", idx)))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
-         "auroc": dict(ppo=pa.auroc(trajs["ppo"], trajs["success"]), optimum=pa.auroc(trajs["opt"], trajs["success"]))}
-    m = O["optimum"]
+         "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt")},
+         "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
+                      for k in ("ppo", "opt")}}
+    O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
+    m, lr = O["optimum"], O["log_ratio"]
     print(f"[optimum] {n} validation tasks, beta {beta}: pi* succeeds {fmt(m['opt_success'])}% "
           f"(KL {m['opt_kl']:.2f} nats/episode), pi_ref {fmt(m['ref_success'])}%; PPO samples "
           f"{fmt(O['ppo']['sampled_success'])}% (KL {O['ppo']['kl']:.2f})")
-    print(f"[optimum] PPO's log-ratio vs the optimum's on {len(p)} steps: Pearson {O['log_ratio']['pearson']:+.3f}, "
-          f"Spearman {O['log_ratio']['spearman']:+.3f} | Spearman with A*: PPO's PA {O['pa_vs_astar']['ppo']:+.3f}, "
-          f"the optimum's {O['pa_vs_astar']['optimum']:+.3f} | failure AUROC: PPO's PA {O['auroc']['ppo']:.3f}, "
-          f"the optimum's {O['auroc']['optimum']:.3f}")
+    print(f"[optimum] PPO's log-ratio vs the optimum's on {len(p)} steps: Pearson {lr['pearson']:+.3f} "
+          f"[{lr['pearson_ci'][0]:+.2f}, {lr['pearson_ci'][1]:+.2f}], Spearman {lr['spearman']:+.3f} | Spearman with "
+          f"A*: PPO's PA {O['pa_vs_astar']['ppo']:+.3f}, the optimum's {O['pa_vs_astar']['optimum']:+.3f} | failure "
+          f"AUROC: PPO's PA {O['auroc']['ppo']:.3f}, the optimum's {O['auroc']['optimum']:.3f}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "optimum.json"), "w") as f:
         json.dump(O, f, indent=1, default=float)

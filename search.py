@@ -378,6 +378,7 @@ class Run:
     env_name: str
     device: str
     gen: torch.Generator
+    ref_path: str = None
 
     def episodes(self, agent, split, tasks, seeds, greedy=False, keep_states=False):
         """Oracle-annotated episodes of `agent` on (task, seed) pairs of a split, task-major."""
@@ -386,10 +387,10 @@ class Run:
 
 
 def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0):
-    agent, env_name, _, device = load_agent(ckpt, ref, device, batch_size)
+    agent, env_name, ref_path, device = load_agent(ckpt, ref, device, batch_size)
     ref_agent = Agent(agent.ref, agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens,
                       batch_size)
-    return Run(agent, ref_agent, env_name, device, torch.Generator(device=device).manual_seed(seed))
+    return Run(agent, ref_agent, env_name, device, torch.Generator(device=device).manual_seed(seed), ref_path)
 
 
 def show(agent, env_name, n, split="test", generator=None):

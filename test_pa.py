@@ -1331,6 +1331,11 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
+    assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
+    again = report.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
+    drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
+                                sort_keys=True, default=float)  # as text: nan == nan
+    assert drop(again) == drop(O), "a check from the cached reference scores must give the same numbers"
 
 
 @pytest.mark.parametrize("name", ["house", "travel"])
@@ -1473,6 +1478,8 @@ def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
     assert out["episodes"] == 4 and out["states"] > 0, f"2 tasks x 2 samples, visited states: {out}"
     assert set(out["kl_per_episode"]) <= {"invalid", "search", "buy", "back", "item", "page", "detour", "option",
                                            "other"}, f"unknown kinds of step: {out['kl_per_episode']}"
+    assert sum(out["kl_per_episode"].values()) == pytest.approx(out["kl_total"], abs=1e-9), \
+        f"the kinds must share out the whole sampled KL: {out}"
     assert -1 <= out["spearman_logratio_vs_astar"] <= 1 and 0 <= out["argmax_moved"] <= 1, out
 
 
