@@ -47,6 +47,7 @@ def make_mdp(seed=0, S=8, A=4, p_end=0.25, rare=True):
 
 @dataclass
 class Recipe:
+    states: int = 8                # states of the MDP (the last one is the end): more = fewer visits to each
     iters: int = 200               # PPO iterations
     episodes: int = 64             # episodes per iteration
     beta: float = 0.1
@@ -170,7 +171,8 @@ VARIANTS = {  # one change each from train.py's recipe, as far as a table can ha
     "no target_kl": dict(),
     "exact critic": dict(critic="exact"),
     "4x episodes": dict(episodes=256),
-    "4x iterations": dict(iters=800),
+    "64 states (8x fewer visits each)": dict(states=64),
+    "256 states (32x fewer visits each)": dict(states=256),
 }
 
 
@@ -254,8 +256,8 @@ def main(argv):
     for name, change in VARIANTS.items():
         c25, c100, val, kl = [], [], [], []
         for seed in range(args.seeds):
-            P, R, pi_ref = make_mdp(seed)
             rc = replace(Recipe(iters=args.iters, seed=seed), **change)
+            P, R, pi_ref = make_mdp(seed, S=rc.states)
             log = run(P, R, pi_ref, rc)
             c25.append(log[len(log) // 4]["corr"])
             c100.append(log[-1]["corr"])
