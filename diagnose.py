@@ -8,7 +8,7 @@ the question: the same PPO math as train.py (per-step KL in the reward, GAE, whi
 on a tabular softmax policy in a small stochastic MDP whose pi* is solved exactly by pa.soft_value_iteration.
 Each variant changes one thing, so the log shows which one matters.
 
-    python diagnose.py                                  # tabular PPO: the table of variants (minutes on a CPU)
+    python diagnose.py                                  # tabular PPO: the table of variants (about 5 minutes)
     python diagnose.py --ckpt out/ppo.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
 """
 import argparse
@@ -48,7 +48,7 @@ def make_mdp(seed=0, S=8, A=4, p_end=0.25, rare=True):
 @dataclass
 class Recipe:
     states: int = 8                # states of the MDP (the last one is the end): more = fewer visits to each
-    iters: int = 200               # PPO iterations
+    iters: int = 100               # PPO iterations
     episodes: int = 64             # episodes per iteration
     beta: float = 0.1
     lr: float = 0.05               # Adam on the logits table (and the critic table)
@@ -238,7 +238,7 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
 def main(argv):
     p = argparse.ArgumentParser(description="PPO against the exact optimum, in tabular MDPs.")
     p.add_argument("--seeds", type=int, default=3, help="MDPs (and training seeds) per variant")
-    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--iters", type=int, default=100, help="PPO iterations per run")
     p.add_argument("--ckpt", default=None, help="with --kl_split: the trained PPO checkpoint to look at")
     p.add_argument("--kl_split", type=int, default=0, help="where the checkpoint's KL goes, on N validation tasks")
     args = p.parse_args(argv)

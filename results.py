@@ -100,6 +100,10 @@ def results_md(runs):
                       f"{V['spearman_pa_astar']['all']:+.2f}."]
         if O:
             L += optimum_lines(O)
+        if world == runs[0][0] and os.path.exists("assets/ppo_curves.png"):  # drawn by results.py --figures
+            L += ["", "PPO's training curves (`out/ppo_log.jsonl`) and every step of 100 sampled test episodes, PA "
+                      "against the oracle's A*:", "", "![PPO training curves](assets/ppo_curves.png)",
+                  "![PA against A* per step](assets/pa_vs_astar.png)"]
     return L
 
 
