@@ -1,5 +1,6 @@
 """
-bench.py: performance benchmarks for nanoPA (training throughput, KV-cache generation).
+bench.py: performance benchmarks for nanoPA (matmul peak, training throughput, KV-cache generation, environment
+and oracle speed).
 
     python bench.py                        # everything, ~1 min on a 2-core CPU; writes bench.json
     python bench.py --quick                # fewer repeats, a few seconds
@@ -8,8 +9,7 @@ bench.py: performance benchmarks for nanoPA (training throughput, KV-cache gener
 
 Each benchmark is a small function registered with @bench("name") that takes the parsed arguments
 and the results so far and returns a dict of figures; main runs the selected ones in order, prints
-one line each and writes all figures as one JSON object. To add one (e.g. environment steps/s),
-write another such function below.
+one line each and writes all figures as one JSON object. To add one, write another such function below.
 
 FLOP/s are "implied": 6 * N FLOPs per trained token (forward + backward through N matmul weights)
 plus 12 * n_layer * n_embd * T for attention (nanoGPT's estimate, which counts the full T x T

@@ -4,8 +4,9 @@ diagnose.py: does our PPO reach the optimum of its own objective where everythin
 The RL stage is meant to solve  max_pi E[sum_t r_t - beta * log(pi/pi_ref)(a_t|s_t)],  whose optimum
 pi* = pi_ref * exp((Q* - V*) / beta) makes PA the soft advantage (Proposition 1). In the shop, PPO spends
 the optimum's KL budget elsewhere (LOG.md). This file takes the network, the tokenizer and the world out of
-the question: the same PPO math as train.py (per-step KL in the reward, GAE, whitening, clipped losses, Adam)
-on a tabular softmax policy in a small stochastic MDP whose pi* is solved exactly by pa.soft_value_iteration.
+the question: train.py's PPO math (per-step KL in the reward, train.gae, train.whiten, train.ppo_losses, Adam;
+without value clipping or gradient-norm clipping, which a table does not need) on a tabular softmax policy in a
+small stochastic MDP whose pi* is solved exactly by pa.soft_value_iteration.
 Each variant changes one thing, so the log shows which one matters.
 
     python diagnose.py                                  # tabular PPO: the table of variants (about 5 minutes)
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 import pa
+import search as S
 import train
 
 
@@ -99,7 +101,6 @@ def run(P, R, pi_ref, rc):
     logits = torch.tensor(np.log(pi_ref), requires_grad=True)
     values = torch.zeros(S, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([logits, values], lr=rc.lr)
-    log_ref = torch.tensor(np.log(pi_ref))
     out = []
     for it in range(rc.iters):
         with torch.no_grad():
@@ -109,11 +110,11 @@ def run(P, R, pi_ref, rc):
         lr_now = np.log(pi) - np.log(pi_ref)
         out.append(dict(iter=it, corr=_wcorr(lr_now, target, occ), value=V_pi[0], v_star=V_star[0],
                         kl=float(np.mean([sum(lr_now[s, a] for s, a in ep) for ep in eps]))))
-        _update(rc, eps, P, R, pi, lr_now, V_pi, logits, values, log_ref, opt, gen)
+        _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen)
     return out
 
 
-def _update(rc, eps, P, R, pi, lr_now, V_pi, logits, values, log_ref, opt, gen):
+def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen):
     """One PPO iteration on the episodes: rewards, GAE, whitening, clipped epochs, as train.ppo_update does."""
     L = max(len(ep) for ep in eps)
     E = len(eps)
@@ -195,44 +196,29 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
     the sampled log-ratio summed per kind of step (per episode), and, at every visited state, over ALL its
     available actions, whether log pi/pi_ref follows the reference's own preferences (sharpening: Spearman with
     log pi_ref) or the oracle's advantage (reweighting: Spearman with A*), plus how often the argmax moved."""
-    import model as M
-    import search as S
     agent, env_name, _, _ = S.load_agent(ckpt, device=device)
-    gen = torch.Generator().manual_seed(0)
-    eps = S.rollout(agent, S.make_envs(env_name, "valid", range(n_tasks), range(n_samples)), generator=gen,
-                    oracle=True, keep_states=True)
-    per_kind, total = {}, float(np.mean([sum(float((st.logprobs - st.ref_logprobs).sum()) for st in ep.steps)
-                                          for ep in eps]))
+    eps = S.rollout(agent, S.make_envs(env_name, "valid", range(n_tasks), range(n_samples)),
+                    generator=torch.Generator().manual_seed(0), oracle=True, keep_states=True)
+    per_kind, total = {}, float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps]))
     for ep in eps:
         for st in ep.steps:
             kind = step_kind(st.text, st.env.actions())
-            per_kind[kind] = per_kind.get(kind, 0.0) + float((st.logprobs - st.ref_logprobs).sum()) / len(eps)
+            per_kind[kind] = per_kind.get(kind, 0.0) + st.log_ratio / len(eps)
     states = [st.env for ep in eps for st in ep.steps]
-    prompts, actions, owner = [], [], []
-    for i, env in enumerate(states):
-        p = agent.encode(env.obs())
-        for a in env.actions():
-            prompts.append(p)
-            actions.append(M.encode_action(agent.enc, a))
-            owner.append((i, a))
-    rows = agent.score(prompts, actions)
-    by_state = {}
-    for (i, a), row in zip(owner, rows):
-        lp, ref = float(row["logprobs"].sum()), float(row["ref_logprobs"].sum())
-        by_state.setdefault(i, []).append((lp - ref, ref, lp, states[i].q_star(a) - states[i].optimal_value()))
     sharpen, reweight, moved = [], [], []
-    for i, xs in by_state.items():
-        lr, ref, lp, adv = (np.array(c) for c in zip(*xs))
-        if len(xs) > 1 and lr.std() > 0:
+    for env, cands in zip(states, S.score_actions(agent, states)):
+        lp, ref = (np.array([float(getattr(c, k).sum()) for c in cands]) for k in ("logprobs", "ref_logprobs"))
+        lr = np.array([c.log_ratio for c in cands])
+        adv = np.array([env.q_star(c.text) - env.optimal_value() for c in cands])
+        if len(cands) > 1 and lr.std() > 0:
             if ref.std() > 0:
                 sharpen.append(pa.spearman(lr, ref))
             if adv.std() > 0:
                 reweight.append(pa.spearman(lr, adv))
         moved.append(lp.argmax() != ref.argmax())
-    out = dict(env=env_name, episodes=len(eps), kl_per_episode=per_kind, kl_total=total, states=len(by_state),
-               spearman_logratio_vs_ref_logprob=float(np.mean(sharpen)),
-               spearman_logratio_vs_astar=float(np.mean(reweight)), argmax_moved=float(np.mean(moved)))
-    return out
+    return dict(env=env_name, episodes=len(eps), kl_per_episode=per_kind, kl_total=total, states=len(states),
+                spearman_logratio_vs_ref_logprob=float(np.mean(sharpen)),
+                spearman_logratio_vs_astar=float(np.mean(reweight)), argmax_moved=float(np.mean(moved)))
 
 
 def main(argv):
@@ -243,7 +229,10 @@ def main(argv):
     p.add_argument("--kl_split", type=int, default=0, help="where the checkpoint's KL goes, on N validation tasks")
     args = p.parse_args(argv)
     if args.kl_split:
-        out = kl_split(args.ckpt or "out/ppo.pt", args.kl_split)
+        try:
+            out = kl_split(args.ckpt or "out/ppo.pt", args.kl_split)
+        except train.M.CheckpointError as e:
+            raise SystemExit(f"diagnose.py: {e}")
         kinds = sorted(out["kl_per_episode"].items(), key=lambda kv: -abs(kv[1]))
         print(f"{out['env']}, {out['episodes']} sampled episodes: KL per episode by kind of step: "
               + ", ".join(f"{k} {v:+.2f}" for k, v in kinds))

@@ -8,7 +8,7 @@ and optimum_check (PPO against the exact optimum of its own KL-regularised objec
 Protocol, fixed before looking at test results: every choice (the trajectory aggregation of each
 selector, the beam width) is made on the VALIDATION split; the test split is only measured.
 
-    python report.py --ckpt out/ppo.pt               # the full report (train.py runs the quick one at its end)
+    python report.py --ckpt out/ppo.pt               # the full report (train.py runs the quick one on a CPU)
     python report.py --ckpt out/ppo.pt --quick       # the quick report: fewer tasks where it samples
     python report.py --ckpt out/ppo.pt --valid       # the validation check (about two minutes on a CPU)
     python report.py --ckpt out/ppo.pt --optimum 8   # PPO against the exact optimum on 8 validation tasks
@@ -77,7 +77,8 @@ def paired_gain(before, after, unseen_of=lambda e: e.unseen):
     """after - before in success rate over the SAME tasks (episodes in the same task order), per half, with
     a 95% paired bootstrap interval: tasks are resampled, both outcomes of a task travel together, so
     the interval reflects the difference, not the two rates' separate spreads."""
-    assert [e.task for e in before] == [e.task for e in after], "paired episodes must be of the same tasks"
+    if [e.task for e in before] != [e.task for e in after]:
+        raise ValueError("paired episodes must be of the same tasks, in the same order")
     out = {}
     for h, idx in halves(list(range(len(before))), lambda i: unseen_of(before[i])).items():
         d = np.array([float(after[i].success) - float(before[i].success) for i in idx])
@@ -103,17 +104,7 @@ def attribution_steps(ep, delta=envs.DELTA):
 def fidelity_top1(agent, states, beta):
     """At each state, score EVERY available action and check whether each scorer's favourite is an
     optimal action (Q* within 1e-9 of V*). Returns {selector: top-1 agreement}."""
-    prompts, actions, owner = [], [], []
-    for i, env in enumerate(states):
-        p = agent.encode(env.obs())
-        for a in env.actions():
-            prompts.append(p)
-            actions.append(M.encode_action(agent.enc, a))
-            owner.append((i, a))
-    rows = agent.score(prompts, actions)
-    per_state = [[] for _ in states]
-    for (i, a), p, act, row in zip(owner, prompts, actions, rows):
-        per_state[i].append(S.Step(p, act, a, **row))
+    per_state = S.score_actions(agent, states)
     rng, out = random.Random(0), {}
     for sel in [s for s, x in S.SELECTORS.items() if x.before_acting and s != "oracle"]:
         hits = []
@@ -400,7 +391,10 @@ def reference_probs(agent, cache=None):
     def ref_probs(batch):
         if cache and os.path.exists(cache):
             with open(cache) as f:
-                return json.load(f)
+                probs = json.load(f)
+            if [sorted(p) for p in probs] == [sorted(acts) for _, acts in batch]:
+                return probs
+            print(f"[optimum] {cache} does not match this task's states: scoring them again")
         prompts, actions = [], []
         for prompt, acts in batch:
             p = agent.encode(prompt)
@@ -432,10 +426,10 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
                ref_success=sol.expect(s0, optimal=False)[0])
     samples = [envs.make_env(run_.env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
     eps = S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
-    row["steps"] = dict(ppo=[float((st.logprobs - st.ref_logprobs).sum()) for ep in eps for st in ep.steps],
+    row["steps"] = dict(ppo=[st.log_ratio for ep in eps for st in ep.steps],
                         opt=[sol.log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         astar=[st.qstar - st.vstar for ep in eps for st in ep.steps])
-    row["trajs"] = dict(ppo=[beta * sum(float((st.logprobs - st.ref_logprobs).sum()) for st in ep.steps) for ep in eps],
+    row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         success=[ep.success for ep in eps])
     row["seconds"] = round(time.time() - t0, 1)
@@ -463,12 +457,13 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
-    scores are cached in out_dir/optimum_cache/ under the reference file's hash, so later checks of other
-    policies with the same reference only sample and compare."""
+    scores are cached in out_dir/optimum_cache/ under the reference file's hash and the temperature, so later
+    checks of other policies with the same reference only sample and compare."""
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
     with open(run_.ref_path, "rb") as f:
         ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
-    cache = lambda t: os.path.join(out_dir, "optimum_cache", f"{ref_hash}-valid{t}-steps{max_steps or 0}.json")
+    name = lambda t: f"{ref_hash}-T{run_.ppo.temperature:g}-valid{t}-steps{max_steps or 0}.json"
+    cache = lambda t: os.path.join(out_dir, "optimum_cache", name(t))
     T = [_optimum_task(run_, t, n_samples, max_steps, cache(t)) for t in range(n)]
     cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
     p, o, a = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar"))

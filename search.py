@@ -47,6 +47,11 @@ class Step:
     vstar: float = math.nan  # V*(s)
     env: object = None       # a clone of the environment before the action (keep_states runs only)
 
+    @property
+    def log_ratio(self):
+        """log pi(a|s) - log pi_ref(a|s) of the whole action: the sum over its tokens (PA / beta)."""
+        return float((self.logprobs - self.ref_logprobs).sum())
+
 
 @dataclass
 class Episode:
@@ -153,6 +158,22 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
                 progress.update(len(chunk))
         active = [i for i in active if not eps[i].done]
     return eps
+
+
+def score_actions(agent, states):
+    """EVERY available action of each state (an env), teacher-forced through both models: a list of Steps per
+    state, in display order (fidelity top-1 and the diagnostics compare scorers over all candidates)."""
+    prompts, actions, owner = [], [], []
+    for i, env in enumerate(states):
+        p = agent.encode(env.obs())
+        for a in env.actions():
+            prompts.append(p)
+            actions.append(M.encode_action(agent.enc, a))
+            owner.append((i, a))
+    per_state = [[] for _ in states]
+    for (i, a), p, act, row in zip(owner, prompts, actions, agent.score(prompts, actions)):
+        per_state[i].append(Step(p, act, a, **row))
+    return per_state
 
 
 def make_envs(env_name, split, tasks, seeds):

@@ -324,11 +324,11 @@ def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, 
 
 def ppo_update(cfg, policy, opt, agent, episodes, gen):
     """One PPO iteration's learning from its rollouts. Returns the logged statistics."""
-    # 1. per-token rewards and GAE over each episode's action tokens (fp32, no grad)
+    # 1. rewards and GAE: per-token rewards and GAE over each episode's action tokens (fp32, no grad)
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta)
     adv, ret = gae(r, v, mask, cfg.gamma, cfg.lam)
     adv = whiten(adv, mask)
-    # 2. scatter back to one row per step (the Markov prompt + the action), the unit the model sees
+    # 2. one row per step: scatter back to (the Markov prompt + the action), the unit the model sees
     steps, s_adv, s_ret = [], [], []
     for e, ep in enumerate(episodes):
         t = 0
@@ -339,7 +339,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen):
             s_ret.append(ret[e, t:t + k])
             t += k
     stats, first_ratio = dict(pg_loss=[], v_loss=[], approx_kl=[], clipfrac=[], entropy=[]), None
-    # 3. several epochs of clipped updates on minibatches of steps, stopping early past target_kl
+    # 3. clipped updates: several epochs on minibatches of steps, stopping early past target_kl
     for epoch in range(cfg.update_epochs):
         perm = torch.randperm(len(steps), generator=gen).tolist()
         for start in range(0, len(steps), cfg.minibatch):
@@ -432,8 +432,7 @@ def train_ppo(cfg, enc, ref):
         steps = [s for ep in episodes for s in ep.steps]
         rec = dict(iter=it, reward=float(np.mean([e.reward for e in episodes])),
                    success=float(np.mean([e.success for e in episodes])),
-                   kl=float(np.mean([sum(float((s.logprobs - s.ref_logprobs).sum()) for s in ep.steps)
-                                     for ep in episodes])),
+                   kl=float(np.mean([sum(s.log_ratio for s in ep.steps) for ep in episodes])),
                    **stats, invalid=float(np.mean([not s.valid for s in steps])),
                    tok_per_s=round(n_tok * (1 + cfg.update_epochs) / (time.time() - t0)),
                    rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1))
@@ -466,6 +465,7 @@ def main(argv):
         quick = cfg.report == "quick" or (cfg.report == "auto" and not cfg.device.startswith("cuda"))
         rc = report.ReportConfig(**(report.QUICK if quick else {}))
         report.run(ppo_path, cfg.out_dir, ref_path, cfg.device, cfg.batch_size, rc, times)
+        print(f"stage report: {round(time.time() - t0, 1)} s")
     return cfg
 
 
