@@ -49,7 +49,7 @@ import sys
 import numpy as np
 
 import worlds
-from worlds import N_TASKS, NOTE_INVALID, TIE, WORD_RE
+from worlds import N_TASKS, NOTE_INVALID, PER_PAGE, TIE, WORD_RE  # N_TASKS: the split sizes, for callers
 
 # -----------------------------------------------------------------------------
 # the world's words (kept small on purpose: the tokenizer is built from them)
@@ -69,7 +69,6 @@ SIZES = ["small", "medium", "large"]
 SIZED = {"clothing", "shoes"}  # categories whose items come in sizes as well as colours
 
 MAX_STEPS = 10        # visible step budget; the best path takes 4 (colour only) or 5 (colour and size) steps
-PER_PAGE = 4          # results per page; lists hold 9-12 results, so 3 pages
 LIST_PROBS = (0.4, 0.2, 0.2, 0.2)  # draw 0 is the clean ranking, draws 1-3 are noisy re-rankings
 P_OOS = 0.3           # chance, at each item-page load, that the item's fragile colour is out of stock
 DEFAULT_EPS = 0.3     # noisy expert: ~5 decisions per episode; measured on valid: 1 in 3 episodes succeeds
@@ -171,7 +170,7 @@ class ShopTask(worlds.Task):
             rel = lambda p: 3 * (p.type in w) + sum(x in w for x in p.attrs) + 2 * (p.cat in w)
             noise = {pid: rng.random() for pid in self.products}
             ranked = sorted((p for p in self.products if p != spons), key=lambda p: (-rel(self.products[p]), noise[p]))
-            n = rng.randint(2 * PER_PAGE, 3 * PER_PAGE - 1)
+            n = rng.randint(2 * PER_PAGE, 3 * PER_PAGE - 1)  # 8-11 results and the sponsored one: 3 pages
             draws = [tuple([spons] + ranked[:n])]
             for _ in LIST_PROBS[1:]:
                 lst = ranked[:n]
@@ -210,14 +209,11 @@ class ShopTask(worlds.Task):
         elif page == "results":
             q, k, pg = args
             lst = self.lists[q][k]
-            for pid in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+            for pid in worlds.on_page(lst, pg)[0]:
                 sel = (None,) * len(self.products[pid].options)
                 m[f"click[{pid}]"] = [(1 - P_OOS, ("item", (pid, 0, sel)), 0.0, "", False),
                                       (P_OOS, ("item", (pid, 1, sel)), 0.0, "", False)]
-            if (pg + 1) * PER_PAGE < len(lst):
-                m["click[next >]"] = [(1.0, ("results", (q, k, pg + 1)), 0.0, "", False)]
-            if pg > 0:
-                m["click[< prev]"] = [(1.0, ("results", (q, k, pg - 1)), 0.0, "", False)]
+            m.update(worlds.page_turns(lst, pg, lambda p2: ("results", (q, k, p2))))
             m["click[deal of the day]"] = [(1.0, ("ad", ()), 0.0, "", False)]
             m[BACK] = [(1.0, ("search", ()), 0.0, "", False)]
         elif page == "item":
@@ -248,8 +244,9 @@ class ShopTask(worlds.Task):
         if page == "results":
             q, k, pg = args
             lst = self.lists[q][k]
-            lines = [f"results for: {self.queries[q]} (page {pg + 1} of {-(-len(lst) // PER_PAGE)})"]
-            for pid in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+            items, label = worlds.on_page(lst, pg)
+            lines = [f"results for: {self.queries[q]} {label}"]
+            for pid in items:
                 p = self.products[pid]
                 lines.append(f"{pid} {'(sponsored) ' if p.sponsored else ''}{p.title}, {p.price} dollars")
             return lines

@@ -45,6 +45,24 @@ WORD_RE = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")  # how vocabulary() splits text i
 NOTE_INVALID = "invalid action, nothing happened"  # the shop's and travel's note after an invalid action
 
 
+PER_PAGE = 4  # results per page, in every world whose result lists page (the shop's, travel's hotels)
+
+
+def on_page(lst, pg):
+    """The items on page pg (from 0) of a result list, and the page's "(page i of n)" label."""
+    return lst[pg * PER_PAGE:(pg + 1) * PER_PAGE], f"(page {pg + 1} of {-(-len(lst) // PER_PAGE)})"
+
+
+def page_turns(lst, pg, core_at):
+    """The next / prev moves of page pg of a result list; core_at(page) is the core that shows that page."""
+    m = {}
+    if (pg + 1) * PER_PAGE < len(lst):
+        m["click[next >]"] = [(1.0, core_at(pg + 1), 0.0, "", False)]
+    if pg > 0:
+        m["click[< prev]"] = [(1.0, core_at(pg - 1), 0.0, "", False)]
+    return m
+
+
 def check_task_id(split, task_id):
     """Refuses a task id outside its split; returns whether the task is in the unseen half (odd test ids)."""
     if split not in ("train", "valid", "test") or task_id < 0 or task_id >= N_TASKS.get(split, math.inf):
@@ -324,7 +342,7 @@ AIRLINES = ("sky air", "blue jet", "east wind", "sun air", "star jet")
 HOTEL_NAMES = ("sakura", "park", "grand", "river", "garden", "central", "royal", "harbor")
 DRAWS = (0.5, 0.3, 0.2)  # hotel prices at each search: as listed, a 30% surge, the cheapest good hotel sold out
 P_SOLD = 0.35            # the flight with "2 seats left" sells out as you book it
-TRAVEL_MAX_STEPS, PER_PAGE = 10, 4  # the best path takes 4 steps (6-7 after an unlucky hotel search)
+TRAVEL_MAX_STEPS = 10  # the best path takes 4 steps (6-7 after an unlucky hotel search)
 HELD_OUT_TRAVEL = frozenset((a, random.Random(f"travel/held-out/{a}").choice(FEATURES))
                             for areas in CITIES.values() for a in areas)  # one hotel feature per area
 R10 = lambda x: int(round(x / 10.0)) * 10  # whole dollars, multiples of 10 (a small vocabulary of numbers)
@@ -434,12 +452,9 @@ class TravelTask(Task):
         else:
             q, k, pg = args
             lst = self.lists[q][k]
-            for hid, price in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+            for hid, price in on_page(lst, pg)[0]:
                 m[f"book[{hid}]"] = [self._book(core, "hotel", (hid, price))]
-            if (pg + 1) * PER_PAGE < len(lst):
-                m["click[next >]"] = [(1.0, (page, (q, k, pg + 1), flight, hotel, sold), 0.0, "", False)]
-            if pg > 0:
-                m["click[< prev]"] = [(1.0, (page, (q, k, pg - 1), flight, hotel, sold), 0.0, "", False)]
+            m.update(page_turns(lst, pg, lambda p2: (page, (q, k, p2), flight, hotel, sold)))
             m["click[back to search]"] = back
         return m
 
@@ -466,8 +481,9 @@ class TravelTask(Task):
         else:
             q, k, pg = args
             lst = self.lists[q][k]
-            lines.append(f"{self.queries[q]} (page {pg + 1} of {-(-len(lst) // PER_PAGE)}):")
-            for hid, price in lst[pg * PER_PAGE:(pg + 1) * PER_PAGE]:
+            items, label = on_page(lst, pg)
+            lines.append(f"{self.queries[q]} {label}:")
+            for hid, price in items:
                 name, area, feat, _ = self.hotels[hid]
                 lines.append(f"{hid} {name}, {area}, {feat}, ${price}")
         return lines
