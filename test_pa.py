@@ -1395,7 +1395,8 @@ def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
                             stderr=subprocess.DEVNULL)
     log = tmp_path / "ppo_log.jsonl"
     for _ in range(6000):  # a guard against a hung child (10 minutes), not a timing: tiny iterations take seconds
-        if proc.poll() is not None or (log.exists() and len(open(log).readlines()) >= 2):
+        # three log lines: iteration 1's checkpoint is written between its log line and iteration 2's
+        if proc.poll() is not None or (log.exists() and len(open(log).readlines()) >= 3):
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
