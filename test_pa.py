@@ -1,6 +1,6 @@
 """
 The nanoPA test suite, in one file, in six sections: pa.py (progress advantage, the baseline scorers,
-aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py / worlds.py
+aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py / worlds.py / shop.py
 (one battery run on the shop, house and travel worlds, then each world's specifics); model.py (tokenizer, GPT,
 KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, a tiny run shared by the report,
 checks, results, resume and SFT tests, bad input at every command line); diagnose.py (tabular PPO against the
@@ -33,6 +33,7 @@ import pa
 import report
 import results
 import search
+import shop
 import train
 import worlds
 
@@ -658,7 +659,7 @@ def test_split_sizes_are_enforced(name):
 
 def test_make_env_dispatches_to_each_world_with_its_budget():
     assert list(envs.WORLDS) == WORLDS, f"the battery covers {WORLDS}, envs.py offers {envs.WORLDS}"
-    kinds = {"shop": (envs.ShopTask, envs.MAX_STEPS), "house": (worlds.HouseTask, worlds.HOUSE_MAX_STEPS),
+    kinds = {"shop": (shop.ShopTask, shop.MAX_STEPS), "house": (worlds.HouseTask, worlds.HOUSE_MAX_STEPS),
              "travel": (worlds.TravelTask, worlds.TRAVEL_MAX_STEPS)}
     for name, (cls, max_steps) in kinds.items():
         env = envs.make_env(name)
@@ -667,7 +668,7 @@ def test_make_env_dispatches_to_each_world_with_its_budget():
         envs.make_env("castle")
 
 
-GET_TASK = {"shop": envs.get_shop_task, "house": worlds.get_house_task, "travel": worlds.get_travel_task}
+GET_TASK = {"shop": shop.get_shop_task, "house": worlds.get_house_task, "travel": worlds.get_travel_task}
 N_SEEN_CHECKED = {"shop": [("train", 300), ("valid", 200)], "house": [("train", 200), ("valid", 200)],
                   "travel": [("train", 200), ("valid", 200)]}
 
@@ -679,7 +680,7 @@ def shows_held_out(name, t):
         for q in t.queries:
             w = q.split()
             pairs |= {(w[-1], a) for a in w[:-1]}
-        return bool(pairs & envs.HELD_OUT)
+        return bool(pairs & shop.HELD_OUT)
     if name == "house":  # a room layout
         return t.recs not in worlds.LAYOUTS["kitchen"][:6] + worlds.LAYOUTS["living"][:6]
     return ((t.area, t.feat) in worlds.HELD_OUT_TRAVEL  # travel: an (area, feature) pair, asked for or on a hotel
@@ -689,7 +690,7 @@ def shows_held_out(name, t):
 def targets_held_out(name, t):
     """Whether task t's goal is built on something held out."""
     if name == "shop":
-        return bool({(t.type, a) for a in t.attrs} & envs.HELD_OUT)
+        return bool({(t.type, a) for a in t.attrs} & shop.HELD_OUT)
     if name == "house":
         return t.recs in worlds.LAYOUTS["kitchen"][6:] + worlds.LAYOUTS["living"][6:]
     return (t.area, t.feat) in worlds.HELD_OUT_TRAVEL
@@ -751,7 +752,7 @@ def test_buying_is_irreversible_and_scored():
 
 
 def test_reward_formula():
-    t = envs.get_shop_task("train", 0)
+    t = shop.get_shop_task("train", 0)
     match = next(p for p in t.products.values() if p.kind == "match")
     right = tuple(dict(t.required).get(dim) for dim, _ in match.options)
     assert t.score(match, right) == 1.0, "the right item with the right options scores 1"
@@ -762,7 +763,7 @@ def test_reward_formula():
 
 
 def test_buying_an_out_of_stock_variant_fails():
-    t = envs.get_shop_task("train", 0)
+    t = shop.get_shop_task("train", 0)
     match = next(p for p in t.products.values() if p.kind == "match")
     sel = tuple(dict(t.required).get(dim) for dim, _ in match.options)
     env = envs.make_env(task=0)
@@ -775,14 +776,14 @@ def test_buying_an_out_of_stock_variant_fails():
 def test_catalog_has_matches_and_near_misses():
     with_type = 0
     for task in range(50):
-        t = envs.get_shop_task("train", task)
+        t = shop.get_shop_task("train", task)
         kinds = [p.kind for p in t.products.values()]
         assert 16 <= len(kinds) <= 24 and kinds.count("match") >= 2, f"task {task}: catalog {kinds}"
         assert {"pricey", "attr", "missing", "filler"} <= set(kinds), f"task {task}: near misses missing: {kinds}"
         with_type += "type" in kinds  # absent only when no other type may carry both attributes (held out)
         assert sum(p.sponsored for p in t.products.values()) == 1, f"task {task}: one sponsored product"
         assert t.instruction.endswith(f"price lower than {t.cap} dollars"), t.instruction
-        assert envs._title(t.attrs, t.type) in t.queries, f"task {task}: the full query is among the searches"
+        assert shop._title(t.attrs, t.type) in t.queries, f"task {task}: the full query is among the searches"
     assert with_type >= 40, "most tasks have the right attributes on another type of the same category"
 
 
@@ -1502,7 +1503,7 @@ def test_rollout_records_align_with_actions(agent):
     eps = search.rollout(agent, search.make_envs("shop", "valid", [0, 1], [0]),
                          generator=torch.Generator().manual_seed(0), oracle=True)
     for ep in eps:
-        assert ep.done and 1 <= len(ep.steps) <= envs.MAX_STEPS, f"episode of {len(ep.steps)} steps, done={ep.done}"
+        assert ep.done and 1 <= len(ep.steps) <= shop.MAX_STEPS, f"episode of {len(ep.steps)} steps, done={ep.done}"
         for s in ep.steps:
             k = len(s.action)
             assert s.logprobs.shape == (k,) and s.ref_logprobs.shape == (k,) and s.values.shape == (k,), \

@@ -1,6 +1,6 @@
 """
 worlds.py: what a world is, and two of them: an ALFWorld-like household ("house") and the travel booking of
-the article ("travel"). The third world, the WebShop-like shop, is in envs.py, which turns any world's Task
+the article ("travel"). The third world, the WebShop-like shop, is in shop.py; envs.py turns any world's Task
 into an environment with an exact oracle (envs.make_env). This file imports nothing of ours.
 
 A world is a Task fixed by (split, task_id) and shared by every env and clone of it. It is three functions of
