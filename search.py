@@ -397,7 +397,6 @@ class Run:
     ppo: Agent
     ref: Agent
     env_name: str
-    device: str
     gen: torch.Generator
     ref_path: str = None
 
@@ -411,7 +410,7 @@ def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0):
     agent, env_name, ref_path, device = load_agent(ckpt, ref, device, batch_size)
     ref_agent = Agent(agent.ref, agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens,
                       batch_size)
-    return Run(agent, ref_agent, env_name, device, torch.Generator(device=device).manual_seed(seed), ref_path)
+    return Run(agent, ref_agent, env_name, torch.Generator(device=device).manual_seed(seed), ref_path)
 
 
 def show(agent, env_name, n, split="test", generator=None):
