@@ -7,20 +7,28 @@ the optimum's KL budget elsewhere (LOG.md). This file takes the network, the tok
 the question: train.py's PPO math (per-step KL in the reward, train.gae, train.whiten, train.ppo_losses, Adam;
 without value clipping or gradient-norm clipping, which a table does not need) on a tabular softmax policy in a
 small stochastic MDP whose pi* is solved exactly by pa.soft_value_iteration.
-Each variant changes one thing, so the log shows which one matters.
+Each variant changes one thing, so the log shows which one matters. Then the network itself (few_tasks): train.py's
+PPO on a handful of validation tasks, whose optimum is solved exactly, with GAE's advantages or the optimum's own,
+to tell estimation (critic, GAE, samples) from optimisation (Adam, clipping, the network) as causes.
 
     python diagnose.py                                  # tabular PPO: the table of variants (about 5 minutes)
     python diagnose.py --ckpt out/ppo.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
+    python diagnose.py --few_tasks 8 --advantages exact # the network's PPO on 8 validation tasks against pi* there
 """
 import argparse
+import json
 import math
+import os
 import sys
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+import envs
 import pa
+import report
 import search as S
 import train
 
@@ -59,6 +67,7 @@ class Recipe:
     clip: float = 0.2
     lam: float = 0.95
     critic: str = "learned"        # learned (a value table fit to the GAE returns) or exact (V^pi each iteration)
+    advantages: str = "gae"        # gae, or exact: beta * (log pi*/pi_ref - log pi/pi_ref), as few_tasks' runs
     target_kl: float = math.inf    # stop an iteration's epochs past this approx_kl (train.py: 0.05)
     seed: int = 0
 
@@ -110,12 +119,13 @@ def run(P, R, pi_ref, rc):
         lr_now = np.log(pi) - np.log(pi_ref)
         out.append(dict(iter=it, corr=_wcorr(lr_now, target, occ), value=V_pi[0], v_star=V_star[0],
                         kl=float(np.mean([sum(lr_now[s, a] for s, a in ep) for ep in eps]))))
-        _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen)
+        _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target)
     return out
 
 
-def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen):
-    """One PPO iteration on the episodes: rewards, GAE, whitening, clipped epochs, as train.ppo_update does."""
+def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target):
+    """One PPO iteration on the episodes: rewards, GAE, whitening, clipped epochs, as train.ppo_update does.
+    target: log pi*/pi_ref, for the exact advantages."""
     L = max(len(ep) for ep in eps)
     E = len(eps)
     r, v, mask = (torch.zeros(E, L, dtype=torch.float64) for _ in range(3))
@@ -126,6 +136,8 @@ def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen):
             r[e, t] = R[s, a] - rc.beta * lr_now[s, a]  # the per-step KL penalty, as train.episode_tensors
             v[e, t] = V_pi[s] if rc.critic == "exact" else float(values[s].detach())
     adv, ret = train.gae(r, v, mask, 1.0, rc.lam)
+    if rc.advantages == "exact":
+        adv = rc.beta * torch.tensor(target - lr_now)[s_idx, a_idx] * mask
     adv = train.whiten(adv, mask)
     old_lp = (torch.log_softmax(logits, 1)[s_idx, a_idx]).detach()
     rows = mask.flatten() > 0
@@ -171,6 +183,7 @@ VARIANTS = {  # one change each from train.py's recipe, as far as a table can ha
     "train.py's recipe": dict(target_kl=0.05),
     "no target_kl": dict(),
     "exact critic": dict(critic="exact"),
+    "exact advantages of pi*": dict(advantages="exact"),
     "4x episodes": dict(episodes=256),
     "64 states (8x fewer visits each)": dict(states=64),
     "256 states (32x fewer visits each)": dict(states=256),
@@ -221,13 +234,85 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
                 spearman_logratio_vs_astar=float(np.mean(reweight)), argmax_moved=float(np.mean(moved)))
 
 
+def exact_advantage(sol, step, beta):
+    """The optimum's advantage of a sampled step, less its KL penalty: beta * (log pi*/pi_ref - log pi/pi_ref).
+    Its expectation over pi's actions times grad log pi is -beta * grad KL(pi || pi*) at that state."""
+    return beta * (sol.log_ratio(step.env.state, step.text) - step.log_ratio)
+
+
+def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
+              device="cpu", seed=0, max_steps=None, **overrides):
+    """The network version of the tabular question: train.py's PPO from the reference, on n_tasks validation
+    tasks only (so that each state is visited often, as in a table), with GAE's advantages (advantages="gae")
+    or with the exact ones of the optimum (advantages="exact": beta * (log pi*/pi_ref - log pi/pi_ref) of the
+    sampled action, whose expected gradient is -beta * grad KL(pi || pi*) at each visited state, so that pi* is
+    its fixed point). If "exact" reaches pi* and "gae" does not, what is missing is estimation (critic, GAE,
+    samples); if neither does, it is the optimiser or the network. A diagnostic on validation tasks, never a
+    recipe. Returns the per-iteration log; writes ppo.pt and then the optimum check on the same tasks to out_dir.
+    max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
+    ck = train.M.load_checkpoint(ref_path)
+    cfg = train.Config(**{**ck["train_config"], "out_dir": out_dir, "device": device, "seed": seed,
+                          "ppo_iters": iters, "episodes_per_iter": episodes, **overrides})
+    os.makedirs(out_dir, exist_ok=True)
+    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
+    ref, _ = train.load_model(ref_path, cfg, enc, device)
+    ref.eval().requires_grad_(False)
+    policy = train.build_model(cfg, enc)
+    policy.load_state_dict(ref.state_dict())
+    agent = S.Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size)
+    cache_dir = cache_dir or os.path.join(out_dir, "optimum_cache")
+    cache = report.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir)
+    sols = [envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(report.reference_probs(agent, cache(t)),
+                                                                           cfg.beta) for t in range(n_tasks)]
+    exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
+    log = []
+    for it in range(iters):
+        t0 = time.time()
+        env_list = [envs.make_env(cfg.env, "valid", i % n_tasks, it * episodes + i, max_steps) for i in range(episodes)]
+        policy.eval()
+        eps = S.rollout(agent, env_list, generator=sample_gen, keep_states=True)
+        steps = [(ep.task, st) for ep in eps for st in ep.steps]
+        mine = [st.log_ratio for _, st in steps]
+        target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
+        policy.train()
+        stats = train.ppo_update(cfg, policy, opt, agent, eps, gen, exact if advantages == "exact" else None)
+        log.append(dict(iter=it, success=float(np.mean([ep.success for ep in eps])),
+                        kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
+                        pearson=report._pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
+        print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
+    train.save(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=iters - 1)
+    report.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
+                         max_steps=max_steps, cache_dir=cache_dir)
+    with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
+        json.dump(log, f)
+    return log
+
+
 def main(argv):
     p = argparse.ArgumentParser(description="PPO against the exact optimum, in tabular MDPs.")
     p.add_argument("--seeds", type=int, default=3, help="MDPs (and training seeds) per variant")
-    p.add_argument("--iters", type=int, default=100, help="PPO iterations per run")
+    p.add_argument("--iters", type=int, default=0, help="PPO iterations per run (0: 100 tabular, 30 with --few_tasks)")
     p.add_argument("--ckpt", default=None, help="with --kl_split: the trained PPO checkpoint to look at")
     p.add_argument("--kl_split", type=int, default=0, help="where the checkpoint's KL goes, on N validation tasks")
+    p.add_argument("--few_tasks", type=int, default=0, help="PPO from --ref on N validation tasks only, then the "
+                                                             "optimum check on them")
+    p.add_argument("--advantages", default="gae", choices=("gae", "exact"), help="with --few_tasks: GAE's "
+                   "advantages or the optimum's exact ones")
+    p.add_argument("--ref", default="out/ref.pt", help="with --few_tasks: the reference to start from")
+    p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
+                   "(the reference's scores are cached in optimum_cache/ beside --ref)")
     args = p.parse_args(argv)
+    if args.few_tasks:
+        if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
+            p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
+        try:
+            few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters or 30, advantages=args.advantages,
+                      cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
+        except train.M.CheckpointError as e:
+            raise SystemExit(f"diagnose.py: {e}")
+        return
     if args.kl_split:
         try:
             out = kl_split(args.ckpt or "out/ppo.pt", args.kl_split)
@@ -245,7 +330,7 @@ def main(argv):
     for name, change in VARIANTS.items():
         c25, c100, val, kl = [], [], [], []
         for seed in range(args.seeds):
-            rc = replace(Recipe(iters=args.iters, seed=seed), **change)
+            rc = replace(Recipe(iters=args.iters or 100, seed=seed), **change)
             P, R, pi_ref = make_mdp(seed, S=rc.states)
             log = run(P, R, pi_ref, rc)
             c25.append(log[len(log) // 4]["corr"])

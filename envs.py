@@ -109,6 +109,7 @@ class SoftSolution:
 
     def __init__(self, state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
         self.transitions_of, self.beta, self.invalid, self.memo, self.qmemo = transitions_of, beta, invalid, {}, {}
+        self.ref_memo = {}  # V^ref, for ref_advantage
         order, seen = [state], {state}
         for st in order:  # every non-terminal state reachable from here, breadth first
             for a in list(moves_of(st)) + [invalid]:
@@ -136,6 +137,20 @@ class SoftSolution:
             m = max(q for _, q in terms)  # log-sum-exp, shifted for stability
             self.memo[st] = m + self.beta * math.log(sum(pr * math.exp((q - m) / self.beta) for pr, q in terms))
         return self.memo[st]
+
+    def ref_advantage(self, st, a):
+        """A^ref(s,a) = Q^ref(s,a) - V^ref(s) under the reference's own continuation (no KL term): what one round
+        of policy improvement from pi_ref would follow, where pi* follows Q - V."""
+        memo = self.ref_memo
+
+        def q(s, x):
+            return sum(p * (r + (0.0 if d else v(s2))) for p, s2, r, d in self.transitions_of(s, x))
+
+        def v(s):
+            if s not in memo:
+                memo[s] = sum(pr * q(s, x) for x, pr in self.ref_terms(s))
+            return memo[s]
+        return q(st, a if a in self.pi_ref[st] else self.invalid) - v(st)
 
     def log_ratio(self, st, a):
         """log pi*(a|s) / pi_ref(a|s) = (Q(s,a) - V(s)) / beta; any text that is not an action is the no-op."""

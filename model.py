@@ -240,6 +240,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
         self.value_head = nn.Linear(cfg.n_embd, 1)  # V(s) read off the same hidden state as the logits
+        self.detach_value = False  # True: the value head reads a detached hidden state (its loss spares the trunk)
         self.apply(self._init_weights)
         for pn, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if pn.endswith("c_proj.weight"):
@@ -277,7 +278,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        values = self.value_head(x).squeeze(-1).float()  # (B, T)
+        values = self.value_head(x.detach() if self.detach_value else x).squeeze(-1).float()  # (B, T)
         logits = self.lm_head(x if select is None else x[select])  # (B, T, V) or (N, V)
         return logits, values
 

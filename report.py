@@ -428,7 +428,9 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
     eps = S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
     row["steps"] = dict(ppo=[st.log_ratio for ep in eps for st in ep.steps],
                         opt=[sol.log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
-                        astar=[st.qstar - st.vstar for ep in eps for st in ep.steps])
+                        astar=[st.qstar - st.vstar for ep in eps for st in ep.steps],
+                        aref=[sol.ref_advantage(st.env.state, st.text) for ep in eps for st in ep.steps],
+                        valid=[st.valid for ep in eps for st in ep.steps])
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         success=[ep.success for ep in eps])
@@ -443,8 +445,16 @@ def _pearson(x, y):
     return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
 
 
+def optimum_cache(ref_path, temperature, max_steps, cache_dir):
+    """task -> the file that caches the reference's scores of every state of that validation task, named by the
+    reference file's hash, the temperature and the episode budget (0 = the world's own)."""
+    with open(ref_path, "rb") as f:
+        ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
+    return lambda t: os.path.join(cache_dir, f"{ref_hash}-T{temperature:g}-valid{t}-steps{max_steps or 0}.json")
+
+
 def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=8, n_samples=8, seed=0,
-                  max_steps=None):
+                  max_steps=None, cache_dir=None):
     """How far is PPO from the optimum of its own objective? On n validation tasks, solve the KL-regularised
     objective exactly (envs.SoftSolution over every state reachable from the start, pi_ref = the reference
     network's probability of each action's text, the rest of its mass on the no-op) and measure:
@@ -453,20 +463,20 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
       - at every step of n_samples PPO samples per task: PPO's log-ratio log pi/pi_ref against the optimum's
         log pi*/pi_ref = (Q - V) / beta for the same action (Pearson and Spearman);
       - PA of the optimum (beta times its log-ratio: the soft advantage) as a process reward on those samples,
-        next to PPO's PA: Spearman with the hard A*, and AUROC of the trajectory sum for success.
+        next to PPO's PA: Spearman with the hard A*, and AUROC of the trajectory sum for success;
+      - Spearman of both with A^ref, the advantage under the reference's own continuation (what one round of
+        policy improvement from pi_ref follows; SoftSolution.ref_advantage).
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
-    scores are cached in out_dir/optimum_cache/ under the reference file's hash and the temperature, so later
-    checks of other policies with the same reference only sample and compare."""
+    scores are cached in cache_dir (default out_dir/optimum_cache/) under the reference file's hash and the
+    temperature, so later checks of other policies with the same reference only sample and compare."""
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
-    with open(run_.ref_path, "rb") as f:
-        ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
-    name = lambda t: f"{ref_hash}-T{run_.ppo.temperature:g}-valid{t}-steps{max_steps or 0}.json"
-    cache = lambda t: os.path.join(out_dir, "optimum_cache", name(t))
+    cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps,
+                          cache_dir or os.path.join(out_dir, "optimum_cache"))
     T = [_optimum_task(run_, t, n_samples, max_steps, cache(t)) for t in range(n)]
     cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
-    p, o, a = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar"))
+    p, o, a, aref, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "valid"))
     ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
     beta = run_.ppo.beta
     O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
@@ -477,8 +487,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "ppo": dict(sampled_success=float(np.mean(cat("trajs", "success"))),
                      kl=float(np.mean(cat("trajs", "ppo"))) / beta),
          "log_ratio": dict(pearson=_pearson(p, o), spearman=pa.spearman(p, o), steps=len(p),  # nan: a constant side
-                           pearson_ci=ci(lambda idx: _pearson(cat("steps", "ppo", idx), cat("steps", "opt", idx)))),
+                           pearson_ci=ci(lambda idx: _pearson(cat("steps", "ppo", idx), cat("steps", "opt", idx))),
+                           pearson_valid=_pearson(p[ok], o[ok]), valid_steps=int(ok.sum())),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
+         "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
          "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt")},
          "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
                       for k in ("ppo", "opt")}}
@@ -488,8 +500,11 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"(KL {m['opt_kl']:.2f} nats/episode), pi_ref {fmt(m['ref_success'])}%; PPO samples "
           f"{fmt(O['ppo']['sampled_success'])}% (KL {O['ppo']['kl']:.2f})")
     print(f"[optimum] PPO's log-ratio vs the optimum's on {len(p)} steps: Pearson {lr['pearson']:+.3f} "
-          f"[{lr['pearson_ci'][0]:+.2f}, {lr['pearson_ci'][1]:+.2f}], Spearman {lr['spearman']:+.3f} | Spearman with "
-          f"A*: PPO's PA {O['pa_vs_astar']['ppo']:+.3f}, the optimum's {O['pa_vs_astar']['optimum']:+.3f} | failure "
+          f"[{lr['pearson_ci'][0]:+.2f}, {lr['pearson_ci'][1]:+.2f}] (on the {lr['valid_steps']} steps with an "
+          f"available action: {lr['pearson_valid']:+.3f}), Spearman {lr['spearman']:+.3f} | Spearman with "
+          f"A*: PPO's PA {O['pa_vs_astar']['ppo']:+.3f}, the optimum's {O['pa_vs_astar']['optimum']:+.3f} | with the "
+          f"reference's own advantage A^ref: PPO's {O['pa_vs_aref']['ppo']:+.3f}, the optimum's "
+          f"{O['pa_vs_aref']['optimum']:+.3f} | failure "
           f"AUROC: PPO's PA {O['auroc']['ppo']:.3f}, the optimum's {O['auroc']['optimum']:.3f}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "optimum.json"), "w") as f:

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -555,6 +556,20 @@ def test_soft_solution_expectations_match_simulation(name, split, task, warmup, 
             se = sim[:, k].std() / math.sqrt(len(sim)) + 1e-9
             assert abs(sim[:, k].mean() - exact) < 4 * se + 1e-6, f"optimal={optimal}, quantity {k}: " \
                 f"simulated {sim[:, k].mean():.4f} vs exact {exact:.4f}"
+
+
+@pytest.mark.parametrize("name,split,task,warmup,steps", SOFT_CASES)
+def test_reference_advantage_is_zero_on_average_under_the_reference(name, split, task, warmup, steps):
+    """A^ref = Q^ref - V^ref averages to 0 under pi_ref at every state (no-op included), and V^ref(s0) is the
+    reference's expected reward, which SoftSolution.expect computes by another route."""
+    env = small_budget_env(name, split, task, warmup, steps)
+    sol = env.soft_solution(lopsided_reference, 0.1)
+    for st in sol.states[:50]:
+        mean = sum(p * sol.ref_advantage(st, a) for a, p in sol.ref_terms(st))
+        assert mean == pytest.approx(0.0, abs=1e-12), f"E_ref[A^ref] = {mean} at {st}"
+    sol.ref_advantage(env.state, env.actions()[0])
+    assert sol.ref_memo[env.state] == pytest.approx(sol.expect(env.state, optimal=False)[1], abs=1e-12), \
+        "V^ref(s0) must be the reference's expected reward"
 
 
 # ----------------------------------------------------------------------------- actions, prompts, vocabulary
@@ -1261,6 +1276,28 @@ def test_ppo_ratio_check_catches_a_temperature_mismatch(agent, enc):
     assert stats["first_ratio_dev"] > 1e-3, "scoring at another temperature must move the first ratio off 1"
 
 
+@pytest.mark.parametrize("detach", [True, False])
+def test_critic_only_update_with_a_detached_value_head_leaves_the_policy_alone(agent, enc, detach):
+    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"]))
+    policy = model.GPT(agent.policy.config)
+    policy.load_state_dict(agent.policy.state_dict())
+    policy.detach_value = detach
+    ag = search.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
+    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4, 5], [0]), generator=torch.Generator().manual_seed(0))
+    steps = [s for ep in eps for s in ep.steps]
+    score = lambda: ag.score([s.prompt for s in steps], [s.action for s in steps], ("policy",))
+    before = score()
+    train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
+                     torch.Generator().manual_seed(0), critic_only=True)
+    after = score()
+    moved = lambda k: max(float((b[k] - a[k]).abs().max()) for b, a in zip(before, after))
+    assert moved("values") > 1e-4, "a critic-only update must move the critic"
+    if detach:
+        assert moved("logprobs") == 0.0, f"the policy moved by {moved('logprobs')} with a detached value head"
+    else:
+        assert moved("logprobs") > 1e-6, "through the shared trunk the value loss moves the policy too"
+
+
 # ----------------------------------------------------------------------------- config and pipeline
 
 @pytest.fixture(scope="module")
@@ -1457,8 +1494,11 @@ def test_a_truncated_checkpoint_is_refused(tiny_run, tmp_path):
 def test_command_line_arguments_are_checked(capsys):
     with pytest.raises(SystemExit, match="diagnose.py: no checkpoint at"):
         diagnose.main(["--ckpt=/nonexistent/ppo.pt", "--kl_split=1"])
+    with pytest.raises(SystemExit, match="diagnose.py: no checkpoint at"):
+        diagnose.main(["--ref=/nonexistent/ref.pt", "--few_tasks=1"])
     for main, argv in ((report.main, ["--optimum=-1"]), (search.main, ["--show=0"]), (envs.main, ["--env=mars"]),
-                       (envs.main, ["--split=dev"]), (report.main, ["--device=tpu"]), (bench.main, ["--only=gpu"])):
+                       (envs.main, ["--split=dev"]), (report.main, ["--device=tpu"]), (bench.main, ["--only=gpu"]),
+                       (diagnose.main, ["--few_tasks=201"]), (diagnose.main, ["--few_tasks=2", "--advantages=oracle"])):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2, f"{main.__module__} {argv}: argparse refuses with exit code 2"
@@ -1479,6 +1519,37 @@ def test_tabular_ppo_moves_the_log_ratio_to_the_optimums():
     assert log[-1]["corr"] > 0.8, f"log-ratio correlation with the optimum's after 30 iterations: {log[-1]['corr']:.2f}"
     assert log[-1]["value"] > v_ref + 0.5 * (log[-1]["v_star"] - v_ref), \
         f"PPO should close most of the gap from V^ref(s0) {v_ref:.3f} to V*(s0) {log[-1]['v_star']:.3f}: {log[-1]['value']:.3f}"
+
+
+def test_tabular_ppo_with_exact_advantages_reaches_the_optimum():
+    """With the optimum's exact advantages beta * (log pi*/pi_ref - log pi/pi_ref) in place of GAE's, train.py's
+    PPO math descends KL(pi || pi*) at each visited state: the log-ratio must land on pi*'s."""
+    P, R, pi_ref = diagnose.make_mdp(seed=1)
+    log = diagnose.run(P, R, pi_ref, diagnose.Recipe(iters=30, seed=1, advantages="exact"))
+    assert log[-1]["corr"] > 0.99, f"exact advantages: correlation {log[-1]['corr']:.3f} after 30 iterations"
+    assert log[-1]["value"] > 0.99 * log[-1]["v_star"], f"V^pi(s0) {log[-1]['value']:.4f} vs V* {log[-1]['v_star']:.4f}"
+
+
+def test_given_advantages_go_on_every_token_of_their_step():
+    steps = lambda *ks: types.SimpleNamespace(steps=[types.SimpleNamespace(action=[0] * k) for k in ks])
+    out = train.per_step_to_tokens([[1.0, -2.0], [3.0]], [steps(2, 3), steps(1)], (2, 6))
+    assert out.tolist() == [[1, 1, -2, -2, -2, 0], [3, 0, 0, 0, 0, 0]], out
+
+
+def test_exact_advantage_is_the_optimums_log_ratio_less_the_policys():
+    sol = types.SimpleNamespace(log_ratio=lambda state, text: {"good": 2.0, "bad": -3.0}[text])
+    step = lambda text, lr: types.SimpleNamespace(env=types.SimpleNamespace(state=None), text=text, log_ratio=lr)
+    assert diagnose.exact_advantage(sol, step("good", 0.5), 0.1) == pytest.approx(0.15)
+    assert diagnose.exact_advantage(sol, step("bad", -3.0), 0.1) == pytest.approx(0.0), "at pi* the advantage is 0"
+
+
+def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, tmp_path):
+    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=2, episodes=8,
+                             advantages="exact", max_steps=3)
+    assert len(log) == 2 and log[0]["first_ratio_dev"] < 1e-4, f"two iterations, the first ratio exactly 1: {log}"
+    O = json.loads((tmp_path / "optimum.json").read_text())
+    assert O["n"] == 2 and O["log_ratio"]["steps"] > 0, "the optimum check ran on the same two tasks"
+    assert (tmp_path / "ppo.pt").exists() and (tmp_path / "few_tasks_log.json").exists(), os.listdir(tmp_path)
 
 
 def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):

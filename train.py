@@ -63,6 +63,9 @@ class Config:
     beta: float = 0.05               # KL coefficient, fixed; PA = beta * log(pi / pi_ref)
     ppo_iters: int = 0               # iterations (0 = preset)
     episodes_per_iter: int = 0       # rollouts per iteration (0 = preset)
+    task_pool: int = 0               # PPO draws its tasks from training tasks 0..N-1 (0 = any: a new task each time)
+    critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
+    detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     ppo_lr: float = 3e-4
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
@@ -290,6 +293,17 @@ def episode_tensors(episodes, beta):
     return lp, ref, v, r, mask
 
 
+def per_step_to_tokens(values, episodes, shape):
+    """[[one number per step] per episode] -> (E, L), each number on every action token of its step."""
+    out = torch.zeros(shape)
+    for e, (ep, xs) in enumerate(zip(episodes, values)):
+        t = 0
+        for s, x in zip(ep.steps, xs):
+            out[e, t:t + len(s.action)] = x
+            t += len(s.action)
+    return out
+
+
 def whiten(x, mask, eps=1e-8):
     """Zero mean, unit variance over the masked entries. A single entry has no spread: centred only."""
     n = mask.sum()
@@ -322,11 +336,16 @@ def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, 
     return pg_loss, v_loss, dict(approx_kl=approx_kl.item(), clipfrac=clipfrac.item(), ratio=ratio)
 
 
-def ppo_update(cfg, policy, opt, agent, episodes, gen):
-    """One PPO iteration's learning from its rollouts. Returns the logged statistics."""
+def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_only=False):
+    """One PPO iteration's learning from its rollouts. Returns the logged statistics. `advantages`, if given,
+    replaces GAE's for the policy loss: a function of the episodes giving one number per step of each episode,
+    put on every token of that step's action (diagnose.py's runs with exact advantages from the oracle).
+    critic_only: fit the critic alone, to Monte Carlo returns (GAE with lambda = 1), with no policy loss."""
     # 1. rewards and GAE: per-token rewards and GAE over each episode's action tokens (fp32, no grad)
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta)
-    adv, ret = gae(r, v, mask, cfg.gamma, cfg.lam)
+    adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else cfg.lam)
+    if advantages is not None:
+        adv = per_step_to_tokens(advantages(episodes), episodes, mask.shape)
     adv = whiten(adv, mask)
     # 2. one row per step: scatter back to (the Markov prompt + the action), the unit the model sees
     steps, s_adv, s_ret = [], [], []
@@ -356,7 +375,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen):
             pg_loss, v_loss, d = ppo_losses(new_lp, mb_old_lp, mb_adv, new_v, mb_old_v, mb_ret, mb_mask,
                                             cfg.clip, cfg.vclip)
             entropy = masked_mean(ent, mb_mask)
-            loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+            loss = (0.0 if critic_only else pg_loss - cfg.ent_coef * entropy) + cfg.vf_coef * v_loss
             check_finite(loss, "ppo loss")
             if first_ratio is None:  # nothing has changed yet: this must be exactly 1
                 first_ratio = (d["ratio"] - 1).abs().mul(mb_mask).max().item()
@@ -397,6 +416,7 @@ def train_ppo(cfg, enc, ref):
     ppo_path, log = os.path.join(cfg.out_dir, "ppo.pt"), os.path.join(cfg.out_dir, "ppo_log.jsonl")
     policy = build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict())
+    policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
@@ -417,17 +437,18 @@ def train_ppo(cfg, enc, ref):
         os.remove(log)
     agent = S.Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size)
     task_rng = random.Random(cfg.seed + 2)
-    for it in range(start, cfg.ppo_iters):
+    for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
         t0 = time.time()
         task_rng.seed(cfg.seed * 100_003 + it)  # this iteration's tasks, the same after a resume
-        env_list = [envs.make_env(cfg.env, "train", task_rng.randrange(10**9), task_rng.randrange(10**9))
-                    for _ in range(cfg.episodes_per_iter)]
+        env_list = [envs.make_env(cfg.env, "train", task_rng.randrange(cfg.task_pool or 10**9),
+                                  task_rng.randrange(10**9)) for _ in range(cfg.episodes_per_iter)]
         policy.eval()
         with tqdm(total=cfg.episodes_per_iter * 5, desc=f"rollouts {it}", leave=False) as bar:
             episodes = S.rollout(agent, env_list, generator=sample_gen, progress=bar)
         policy.train()
         t1 = time.time()
-        stats = ppo_update(cfg, policy, opt, agent, episodes, gen)
+        critic_only = it < cfg.critic_warmup
+        stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only)
         n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
         steps = [s for ep in episodes for s in ep.steps]
         rec = dict(iter=it, reward=float(np.mean([e.reward for e in episodes])),
@@ -435,7 +456,8 @@ def train_ppo(cfg, enc, ref):
                    kl=float(np.mean([sum(s.log_ratio for s in ep.steps) for ep in episodes])),
                    **stats, invalid=float(np.mean([not s.valid for s in steps])),
                    tok_per_s=round(n_tok * (1 + cfg.update_epochs) / (time.time() - t0)),
-                   rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1))
+                   rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1),
+                   **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
         save(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
              gen=gen.get_state(), sample_gen=sample_gen.get_state())
