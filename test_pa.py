@@ -1464,6 +1464,10 @@ def test_train_refuses_bad_options_and_devices():
             train.parse_args(argv)
     with pytest.raises(SystemExit, match="--device: device 'tpu' is not available"):
         train.resolve(train.parse_args(["--device=tpu"]))
+    with pytest.raises(SystemExit, match="valid: gae, rloo"):
+        train.parse_args(["--advantage=vtrace"])
+    with pytest.raises(SystemExit, match="must be >= 1 and divide --episodes_per_iter \\(128\\)"):
+        train.resolve(train.parse_args(["--samples_per_task=3", "--device=cpu"]))
     assert train.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"
 
 
@@ -1528,6 +1532,18 @@ def test_tabular_ppo_with_exact_advantages_reaches_the_optimum():
     log = diagnose.run(P, R, pi_ref, diagnose.Recipe(iters=30, seed=1, advantages="exact"))
     assert log[-1]["corr"] > 0.99, f"exact advantages: correlation {log[-1]['corr']:.3f} after 30 iterations"
     assert log[-1]["value"] > 0.99 * log[-1]["v_star"], f"V^pi(s0) {log[-1]['value']:.4f} vs V* {log[-1]['v_star']:.4f}"
+
+
+def test_rloo_advantage_is_the_return_less_the_mean_of_the_same_tasks_others():
+    ep = lambda task, reward, *lrs: types.SimpleNamespace(task=task, reward=reward,
+                                                           steps=[types.SimpleNamespace(log_ratio=x) for x in lrs])
+    eps = [ep(7, 1.0, 2.0, 0.0), ep(7, 0.0, 0.0), ep(7, 0.5, -1.0), ep(9, 1.0, 0.0)]
+    R = [1.0 - 0.1 * 2.0, 0.0, 0.5 + 0.1, 1.0]  # reward - beta * summed log-ratio, beta = 0.1
+    out = train.rloo_advantages(eps, beta=0.1)
+    want = [R[0] - (R[1] + R[2]) / 2, R[1] - (R[0] + R[2]) / 2, R[2] - (R[0] + R[1]) / 2, R[3] - sum(R) / 4]
+    assert [len(x) for x in out] == [2, 1, 1, 1], "one number per step"
+    assert [x[0] for x in out] == pytest.approx(want) and out[0][0] == out[0][1], f"{out} vs {want}"
+    assert sum(x[0] for x in out[:3]) == pytest.approx(0.0), "leave-one-out advantages of a group sum to 0"
 
 
 def test_given_advantages_go_on_every_token_of_their_step():

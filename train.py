@@ -64,6 +64,8 @@ class Config:
     ppo_iters: int = 0               # iterations (0 = preset)
     episodes_per_iter: int = 0       # rollouts per iteration (0 = preset)
     task_pool: int = 0               # PPO draws its tasks from training tasks 0..N-1 (0 = any: a new task each time)
+    samples_per_task: int = 1        # episodes of each drawn task per iteration (episodes_per_iter in all)
+    advantage: str = "gae"           # gae, or rloo: each episode's KL-shaped return less the mean of its task's others
     critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     ppo_lr: float = 3e-4
@@ -125,6 +127,8 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --init_from: {cfg.init_from!r}; valid: {', '.join(INITS)}")
     if cfg.report not in ("auto", "quick", "full"):
         raise SystemExit(f"bad value for --report: {cfg.report!r}; valid: auto, quick, full")
+    if cfg.advantage not in ("gae", "rloo"):
+        raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo")
     if cfg.preset not in ("auto", "cpu", "gpu"):
         raise SystemExit(f"bad value for --preset: {cfg.preset!r}; valid: auto, cpu, gpu")
     return cfg
@@ -140,6 +144,9 @@ def resolve(cfg):
     for k, v in PRESETS[preset].items():
         if hasattr(cfg, k) and getattr(cfg, k) == 0:
             setattr(cfg, k, v)
+    if cfg.samples_per_task < 1 or cfg.episodes_per_iter % cfg.samples_per_task:
+        raise SystemExit(f"bad value for --samples_per_task: {cfg.samples_per_task} must be >= 1 and divide "
+                         f"--episodes_per_iter ({cfg.episodes_per_iter})")
     return cfg
 
 
@@ -304,6 +311,23 @@ def per_step_to_tokens(values, episodes, shape):
     return out
 
 
+def rloo_advantages(episodes, beta):
+    """Leave-one-out advantages, no critic: each episode's whole return R = reward - beta * sum log(pi/pi_ref),
+    less the mean R of the OTHER episodes of the same task (consecutive episodes with equal task ids), put on
+    every step. An episode alone with its task gets R less the batch mean."""
+    R = np.array([ep.reward - beta * sum(s.log_ratio for s in ep.steps) for ep in episodes])
+    out, i = [], 0
+    while i < len(episodes):
+        j = i
+        while j < len(episodes) and episodes[j].task == episodes[i].task:
+            j += 1
+        group = R[i:j]
+        base = (group.sum() - group) / (len(group) - 1) if len(group) > 1 else np.full(1, R.mean())
+        out += [[float(r - b)] * len(episodes[k].steps) for k, r, b in zip(range(i, j), group, base)]
+        i = j
+    return out
+
+
 def whiten(x, mask, eps=1e-8):
     """Zero mean, unit variance over the masked entries. A single entry has no spread: centred only."""
     n = mask.sum()
@@ -440,15 +464,19 @@ def train_ppo(cfg, enc, ref):
     for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
         t0 = time.time()
         task_rng.seed(cfg.seed * 100_003 + it)  # this iteration's tasks, the same after a resume
-        env_list = [envs.make_env(cfg.env, "train", task_rng.randrange(cfg.task_pool or 10**9),
-                                  task_rng.randrange(10**9)) for _ in range(cfg.episodes_per_iter)]
+        env_list = []
+        for _ in range(cfg.episodes_per_iter // cfg.samples_per_task):  # a task, then a seed for each of its samples
+            t = task_rng.randrange(cfg.task_pool or 10**9)
+            env_list += [envs.make_env(cfg.env, "train", t, task_rng.randrange(10**9))
+                         for _ in range(cfg.samples_per_task)]
         policy.eval()
         with tqdm(total=cfg.episodes_per_iter * 5, desc=f"rollouts {it}", leave=False) as bar:
             episodes = S.rollout(agent, env_list, generator=sample_gen, progress=bar)
         policy.train()
         t1 = time.time()
         critic_only = it < cfg.critic_warmup
-        stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only)
+        stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only,
+                           advantages=(lambda eps: rloo_advantages(eps, cfg.beta)) if cfg.advantage == "rloo" else None)
         n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
         steps = [s for ep in episodes for s in ep.steps]
         rec = dict(iter=it, reward=float(np.mean([e.reward for e in episodes])),
