@@ -138,19 +138,19 @@ class SoftSolution:
             self.memo[st] = m + self.beta * math.log(sum(pr * math.exp((q - m) / self.beta) for pr, q in terms))
         return self.memo[st]
 
+    def ref_q(self, st, a):
+        """Q^ref(s,a): the expected reward of a, then the reference's own play (no KL term)."""
+        return sum(p * (r + (0.0 if d else self.ref_v(s2))) for p, s2, r, d in self.transitions_of(st, a))
+
+    def ref_v(self, st):
+        if st not in self.ref_memo:
+            self.ref_memo[st] = sum(pr * self.ref_q(st, a) for a, pr in self.ref_terms(st))
+        return self.ref_memo[st]
+
     def ref_advantage(self, st, a):
-        """A^ref(s,a) = Q^ref(s,a) - V^ref(s) under the reference's own continuation (no KL term): what one round
-        of policy improvement from pi_ref would follow, where pi* follows Q - V."""
-        memo = self.ref_memo
-
-        def q(s, x):
-            return sum(p * (r + (0.0 if d else v(s2))) for p, s2, r, d in self.transitions_of(s, x))
-
-        def v(s):
-            if s not in memo:
-                memo[s] = sum(pr * q(s, x) for x, pr in self.ref_terms(s))
-            return memo[s]
-        return q(st, a if a in self.pi_ref[st] else self.invalid) - v(st)
+        """A^ref(s,a) = Q^ref(s,a) - V^ref(s): what one round of policy improvement from pi_ref would follow,
+        where pi* follows Q - V. Any text that is not an action is the no-op."""
+        return self.ref_q(st, a if a in self.pi_ref[st] else self.invalid) - self.ref_v(st)
 
     def log_ratio(self, st, a):
         """log pi*(a|s) / pi_ref(a|s) = (Q(s,a) - V(s)) / beta; any text that is not an action is the no-op."""

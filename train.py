@@ -16,6 +16,7 @@ Deliberate departures from textbook PPO, each for Proposition 1 of the paper (RE
   - no dropout, and one temperature everywhere, so the first PPO ratio is exactly 1.
 """
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -315,16 +316,12 @@ def rloo_advantages(episodes, beta):
     """Leave-one-out advantages, no critic: each episode's whole return R = reward - beta * sum log(pi/pi_ref),
     less the mean R of the OTHER episodes of the same task (consecutive episodes with equal task ids), put on
     every step. An episode alone with its task gets R less the batch mean."""
-    R = np.array([ep.reward - beta * sum(s.log_ratio for s in ep.steps) for ep in episodes])
-    out, i = [], 0
-    while i < len(episodes):
-        j = i
-        while j < len(episodes) and episodes[j].task == episodes[i].task:
-            j += 1
-        group = R[i:j]
-        base = (group.sum() - group) / (len(group) - 1) if len(group) > 1 else np.full(1, R.mean())
-        out += [[float(r - b)] * len(episodes[k].steps) for k, r, b in zip(range(i, j), group, base)]
-        i = j
+    R = [ep.reward - beta * sum(s.log_ratio for s in ep.steps) for ep in episodes]
+    out = []
+    for _, group in itertools.groupby(zip(episodes, R), key=lambda er: er[0].task):
+        group = list(group)
+        total, n = sum(r for _, r in group), len(group)
+        out += [[r - ((total - r) / (n - 1) if n > 1 else float(np.mean(R)))] * len(ep.steps) for ep, r in group]
     return out
 
 
