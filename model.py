@@ -314,6 +314,13 @@ class GPT(nn.Module):
             out += (unflatten(logp.topk(topk, dim=-1).values),)
         return out
 
+    def value_at(self, idx, pos):
+        """The value head at one position of each row: idx (B, T), pos (B,) long -> (B,) fp32. Read at an
+        action's last token it has seen the whole action: a score of (state, action) (prm.py's supervised
+        reward model). The language-model head is skipped."""
+        _, values = self(idx, select=torch.zeros_like(idx, dtype=torch.bool))
+        return values.gather(1, pos[:, None].to(values.device)).squeeze(1)
+
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, greedy=False, top_k=None,
                  stop_id=None, use_cache=True, generator=None, stats_topk=0):

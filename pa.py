@@ -69,6 +69,23 @@ def value_td(rewards, v_before, v_after):
     episode is over, and since steps left are part of the state, running out of steps is terminal too."""
     return _fp32(rewards) + _fp32(v_after) - _fp32(v_before)
 
+def merge_weights(ref_state, policy_state, alpha):
+    """A reference between the two checkpoints, weight by weight: ref + alpha * (policy - ref).
+    alpha = 0 is the reference, 1 the policy (the paper's merged references; it found alpha 0.2-0.7 stable).
+    Two state_dicts with the same keys -> a new state_dict; non-float tensors (none in our GPT) are the ref's."""
+    if ref_state.keys() != policy_state.keys():
+        raise ValueError("merge_weights needs two state_dicts of the same model")
+    return {k: r + alpha * (policy_state[k] - r) if r.is_floating_point() else r.clone()
+            for k, r in ref_state.items()}
+
+def implicit_prm_loss(seq_log_ratio, labels, beta):
+    """The implicit PRM's training loss (Yuan et al. 2024, "Free Process Rewards without Process Labels"):
+    cross-entropy of the outcome label against sigmoid(r), r = beta * log(pi_phi / pi_ref) of the whole
+    trajectory. Its step score is then beta * log(pi_phi / pi_ref) of one action, and the steps sum to r.
+    seq_log_ratio: (E,) summed log-ratio of each trajectory; labels: (E,) 1 = success. -> scalar mean loss"""
+    r = beta * _fp32(seq_log_ratio)
+    return torch.nn.functional.binary_cross_entropy_with_logits(r, labels.to(r.dtype))
+
 # -----------------------------------------------------------------------------
 # 2. trajectories: aggregate step scores, predict the decisive mistake
 

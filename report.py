@@ -118,13 +118,15 @@ def fidelity_top1(agent, states, beta):
     return out
 
 
-def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None, timings=None):
+def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None, timings=None, pa_ref=None):
     """Write the evaluation report of a PPO checkpoint (and its reference) to out_dir. Every section below
-    fills its part of the report R; they run in this order, which fixes each one's random draws."""
+    fills its part of the report R; they run in this order, which fixes each one's random draws.
+    pa_ref: another checkpoint as PA's reference (search.load_run); the report names it."""
     rc = rc or ReportConfig()
     t_start = time.time()
-    run_ = S.load_run(ppo_path, ref_path, device, batch_size, rc.seed)
-    R = {"env": run_.env_name, "beta": run_.ppo.beta, "config": {k: v for k, v in vars(rc).items()}}
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, rc.seed, pa_ref)
+    R = {"env": run_.env_name, "beta": run_.ppo.beta, "config": {k: v for k, v in vars(rc).items()},
+         "pa_ref": os.path.basename(pa_ref) if pa_ref else "ref.pt"}
     test, valid = list(range(rc.n_test)), list(range(rc.n_valid))
     cost, t0 = {}, time.time()
     eps = policies_section(R, run_, rc, test)
@@ -522,6 +524,7 @@ def fmt(x):
 def table(R):
     """The evaluation table as markdown lines (also printed)."""
     L = [f"## {R['env']}: test split ({R['config']['n_test']} tasks; seen / unseen halves), success % [95% CI]", "",
+         *([f"PA's reference: {R['pa_ref']} (not the RL stage's ref.pt)", ""] if R.get("pa_ref", "ref.pt") != "ref.pt" else []),
          "| policy | greedy | seen | unseen | sampled (1 per task) | score (greedy) |", "|---|---:|---:|---:|---:|---:|"]
     for k in ("reference", "ppo", "oracle"):
         g = R[k]["greedy"]
@@ -586,6 +589,8 @@ def main(argv):
                                             "validation-only check (--valid, --optimum N).")
     p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint (its reference: ref.pt beside it)")
     p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
+    p.add_argument("--pa_ref", default=None, help="score every PA against this checkpoint instead (an early or "
+                   "merged reference: python train.py --stage=prm)")
     p.add_argument("--out_dir", default=None, help="where the JSON (and report.md) go (default: the ckpt's folder)")
     p.add_argument("--quick", action="store_true", help="the quick report (what train.py writes on a CPU)")
     p.add_argument("--valid", action="store_true", help="a quick check on the validation split only (for tuning)")
@@ -609,7 +614,8 @@ def main(argv):
         elif args.valid:
             validation_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size)
         else:
-            run(args.ckpt, out_dir, args.ref, args.device, args.batch_size, ReportConfig(**(QUICK if args.quick else {})))
+            run(args.ckpt, out_dir, args.ref, args.device, args.batch_size, ReportConfig(**(QUICK if args.quick else {})),
+                pa_ref=args.pa_ref)
     except M.CheckpointError as e:
         raise SystemExit(f"report.py: {e}")
 

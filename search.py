@@ -378,16 +378,19 @@ def load_agent(ckpt, ref=None, device="auto", batch_size=256):
     device = M.get_device(device)
     ck = M.load_checkpoint(ckpt)
     ref = ref or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ref.pt")
-    nets = []
-    for path in (ckpt, ref):
-        c = M.load_checkpoint(path, env_name=ck["env_name"], tokenizer_spec=ck["tokenizer"])
-        net = M.GPT(M.GPTConfig(**c["config"])).to(device).eval()
-        net.load_state_dict(c["model"])
-        nets.append(net)
+    nets = [load_net(path, ck, device) for path in (ckpt, ref)]
     tc = ck.get("train_config", {})
     agent = Agent(nets[0], nets[1], M.tokenizer_from_spec(ck["tokenizer"]), ck["beta"], tc.get("temperature", 1.0),
                   tc.get("max_action_tokens", 16), batch_size)
     return agent, ck["env_name"], ref, device
+
+
+def load_net(path, like, device):
+    """The network of a checkpoint, refused unless it shares the world and tokenizer of the checkpoint `like`."""
+    c = M.load_checkpoint(path, env_name=like["env_name"], tokenizer_spec=like["tokenizer"])
+    net = M.GPT(M.GPTConfig(**c["config"])).to(device).eval()
+    net.load_state_dict(c["model"])
+    return net
 
 
 @dataclass
@@ -406,10 +409,14 @@ class Run:
                        keep_states=keep_states)
 
 
-def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0):
+def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None):
+    """pa_ref: another checkpoint as the reference of every PA the PPO agent computes (say an early behaviour
+    cloning checkpoint or a weight merge, see prm.py); the reference that acts stays the RL stage's own."""
     agent, env_name, ref_path, device = load_agent(ckpt, ref, device, batch_size)
     ref_agent = Agent(agent.ref, agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens,
                       batch_size)
+    if pa_ref:
+        agent.ref = load_net(pa_ref, M.load_checkpoint(ckpt), device)
     return Run(agent, ref_agent, env_name, torch.Generator(device=device).manual_seed(seed), ref_path)
 
 
@@ -439,6 +446,8 @@ def main(argv):
                                             "report and checks: python report.py.)")
     p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint (its reference: ref.pt beside it)")
     p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
+    p.add_argument("--pa_ref", default=None, help="score PA against this checkpoint instead (an early or merged "
+                   "reference: python train.py --stage=prm)")
     p.add_argument("--show", type=int, default=3, help="how many test episodes to print")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
@@ -450,6 +459,8 @@ def main(argv):
         p.error(str(e))
     try:
         agent, env_name, _, device = load_agent(args.ckpt, args.ref, args.device)
+        if args.pa_ref:
+            agent.ref = load_net(args.pa_ref, M.load_checkpoint(args.ckpt), device)
     except M.CheckpointError as e:
         raise SystemExit(f"search.py: {e}")
     show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0))

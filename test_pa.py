@@ -31,6 +31,7 @@ import diagnose
 import envs
 import model
 import pa
+import prm
 import report
 import results
 import search
@@ -1501,7 +1502,8 @@ def test_command_line_arguments_are_checked(capsys):
         diagnose.main(["--ref=/nonexistent/ref.pt", "--few_tasks=1"])
     for main, argv in ((report.main, ["--optimum=-1"]), (search.main, ["--show=0"]), (envs.main, ["--env=mars"]),
                        (envs.main, ["--split=dev"]), (report.main, ["--device=tpu"]), (bench.main, ["--only=gpu"]),
-                       (diagnose.main, ["--few_tasks=201"]), (diagnose.main, ["--few_tasks=2", "--advantages=oracle"])):
+                       (diagnose.main, ["--few_tasks=201"]), (diagnose.main, ["--few_tasks=2", "--advantages=oracle"]),
+                       (prm.main, ["--n_test=0"])):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2, f"{main.__module__} {argv}: argparse refuses with exit code 2"
@@ -1510,6 +1512,145 @@ def test_command_line_arguments_are_checked(capsys):
     with pytest.raises(SystemExit, match="no task 200 in split 'valid'"):
         envs.main(["--split=valid", "--task=200"])
 
+
+# ==================== prm.py: PA's other references and trained reward models ===============================
+
+PRM_OPTS = ["--stage=prm", "--prm_episodes=8", "--prm_epochs=2", "--prm_lr=1e-3", "--eval=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_prm(tiny_run, tmp_path_factory):
+    """The tiny run's checkpoints, plus the merges and both reward models of `train.py --stage=prm`."""
+    out = tmp_path_factory.mktemp("tiny_prm")
+    for f in ("ref.pt", "ref_early.pt", "ppo.pt"):
+        shutil.copy(tiny_run / f, out / f)
+    train.main(TINY + [f"--out_dir={out}"] + PRM_OPTS)
+    return out
+
+
+def _net(path):
+    ck = model.load_checkpoint(str(path))
+    net = model.GPT(model.GPTConfig(**ck["config"])).eval()
+    net.load_state_dict(ck["model"])
+    return net, ck
+
+
+def test_early_reference_is_saved_during_behaviour_cloning(tiny_run):
+    early, ref = (model.load_checkpoint(str(tiny_run / f)) for f in ("ref_early.pt", "ref.pt"))
+    assert early["stage"] == "sft_early" and early["iter"] == 0, "a tenth of 10 steps: saved after the first"
+    assert any(not torch.equal(early["model"][k], ref["model"][k]) for k in ref["model"]), \
+        "the early reference must differ from the final one"
+
+
+def test_merge_weights_at_zero_is_the_reference_and_at_one_the_policy(tiny_prm):
+    ref, pol = (model.load_checkpoint(str(tiny_prm / f))["model"] for f in ("ref.pt", "ppo.pt"))
+    zero, one, half = (pa.merge_weights(ref, pol, a) for a in (0.0, 1.0, 0.5))
+    assert ref.keys() == zero.keys() == one.keys()
+    for k in ref:
+        assert torch.equal(zero[k], ref[k]), f"alpha 0 must be the reference: {k}"
+        assert torch.allclose(one[k], pol[k], rtol=0, atol=1e-6), f"alpha 1 must be the policy: {k}"
+        assert torch.allclose(half[k], (ref[k] + pol[k]) / 2, rtol=0, atol=1e-6), f"alpha 0.5 is the midpoint: {k}"
+    saved = model.load_checkpoint(str(tiny_prm / "merge_0.5.pt"))
+    assert saved["alpha"] == 0.5 and all(torch.equal(saved["model"][k], half[k]) for k in ref), "merge_0.5.pt"
+    with pytest.raises(ValueError, match="same model"):
+        pa.merge_weights(ref, {k: v for k, v in list(pol.items())[1:]}, 0.5)
+
+
+def test_pa_with_the_policy_as_its_own_reference_is_zero(tiny_prm):
+    run_ = search.load_run(str(tiny_prm / "ppo.pt"), device="cpu", pa_ref=str(tiny_prm / "ppo.pt"))
+    eps = run_.episodes(run_.ppo, "valid", [0, 1], [0, 1])
+    pas = [x for e in eps for x in search.step_scores(e, "pa", run_.ppo.beta)]
+    assert len(pas) > 4 and max(abs(x) for x in pas) < 1e-5, f"PA against itself must vanish: {max(map(abs, pas))}"
+    plain = search.load_run(str(tiny_prm / "ppo.pt"), device="cpu")  # against ref.pt, which differs
+    plain_eps = plain.episodes(plain.ppo, "valid", [0, 1], [0, 1])
+    assert max(abs(x) for e in plain_eps for x in search.step_scores(e, "pa", plain.ppo.beta)) > 1e-4
+
+
+def test_implicit_prm_steps_sum_to_beta_times_its_trajectory_log_ratio(tiny_prm):
+    run_ = search.load_run(str(tiny_prm / "ppo.pt"), device="cpu")
+    eps = run_.episodes(run_.ppo, "valid", [0, 1, 2], [0])
+    phi, ck = _net(tiny_prm / "implicit_prm.pt")
+    steps = prm.step_table(run_.ppo, {"implicit_prm": ("implicit", phi, ck)}, eps, random.Random(0))["implicit_prm"]
+    pad = model.pad_id(run_.ppo.enc)
+    seq = train.episode_logprobs(phi, eps, 1.0, pad) - train.episode_logprobs(run_.ppo.ref, eps, 1.0, pad)
+    for e, st, r in zip(eps, steps, seq.tolist()):
+        assert len(st) == len(e.steps)
+        assert sum(st) == pytest.approx(run_.ppo.beta * r, abs=1e-4), "the steps' scores must sum to r(trajectory)"
+
+
+def test_implicit_prm_loss_is_the_outcome_cross_entropy():
+    got = pa.implicit_prm_loss(torch.tensor([20.0, -10.0]), torch.tensor([1.0, 0.0]), beta=0.05)  # r = 1, -0.5
+    want = (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(-0.5))) / 2
+    assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+def test_trained_reward_models_fit_their_training_data(tiny_prm):
+    cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tiny_prm}"] + PRM_OPTS))
+    enc = model.tokenizer_from_spec(model.load_checkpoint(str(tiny_prm / "ppo.pt"))["tokenizer"])
+    (ref, _), (pol, _) = _net(tiny_prm / "ref.pt"), _net(tiny_prm / "ppo.pt")
+    eps = train.prm_rollouts(cfg, enc, pol, ref)  # the same seeded episodes they were trained on
+    phi, _ = _net(tiny_prm / "implicit_prm.pt")
+    labels = torch.tensor([float(e.success) for e in eps])
+    with torch.no_grad():
+        ref_seq = train.episode_logprobs(ref, eps, 1.0, model.pad_id(enc))
+        loss = pa.implicit_prm_loss(train.episode_logprobs(phi, eps, 1.0, model.pad_id(enc)) - ref_seq, labels, 0.05)
+    assert float(loss) < math.log(2) - 1e-3, f"at its start (phi = ref, r = 0) the loss is log 2; trained: {float(loss)}"
+    sup, _ = _net(tiny_prm / "supervised_prm.pt")
+    steps = [s for e in eps for s in e.steps]
+    idx, _ = model.pack([s.prompt for s in steps], [s.action for s in steps], model.pad_id(enc))
+    last = torch.tensor([len(s.prompt) + len(s.action) - 1 for s in steps])
+    astar = torch.tensor([s.qstar - s.vstar for s in steps])
+    with torch.no_grad():
+        mse = [float(((net.value_at(idx, last) - astar) ** 2).mean()) for net in (ref, sup)]
+    assert mse[1] < mse[0], f"the supervised PRM must fit A* better than the reference's head: {mse}"
+
+
+def test_new_checkpoints_load_and_refuse_another_world_or_tokenizer(tiny_prm, tmp_path):
+    spec = model.load_checkpoint(str(tiny_prm / "ppo.pt"))["tokenizer"]
+    other = model.tokenizer_spec(model.build_tokenizer(["something else entirely"], "other"))
+    files = ["ref_early.pt", "merge_0.2.pt", "merge_0.5.pt", "merge_0.7.pt", "implicit_prm.pt", "supervised_prm.pt"]
+    for f in files:
+        ck = model.load_checkpoint(str(tiny_prm / f), env_name="shop", tokenizer_spec=spec)
+        model.GPT(model.GPTConfig(**ck["config"])).load_state_dict(ck["model"])  # loads into a GPT as it is
+        with pytest.raises(model.CheckpointError, match="trained on environment 'shop', not 'travel'"):
+            model.load_checkpoint(str(tiny_prm / f), env_name="travel")
+        with pytest.raises(model.CheckpointError, match="different tokenizer"):
+            model.load_checkpoint(str(tiny_prm / f), tokenizer_spec=other)
+    ck = model.load_checkpoint(str(tiny_prm / "merge_0.5.pt"))
+    ck["env_name"] = "travel"
+    torch.save(ck, tmp_path / "foreign.pt")
+    for main in (report.main, search.main):
+        with pytest.raises(SystemExit, match="trained on environment 'travel', not 'shop'"):
+            main([f"--ckpt={tiny_prm / 'ppo.pt'}", f"--pa_ref={tmp_path / 'foreign.pt'}", "--device=cpu"])
+    shutil.copytree(tiny_prm, tmp_path / "run")
+    shutil.copy(tmp_path / "foreign.pt", tmp_path / "run" / "merge_0.9.pt")
+    with pytest.raises(SystemExit, match="prm.py: .*merge_0.9.pt was trained on environment 'travel'"):
+        prm.main([f"--ckpt={tmp_path / 'run' / 'ppo.pt'}", "--n_valid=1", "--n_test=1", "--device=cpu"])
+
+
+def test_prm_table_of_a_tiny_run(tiny_prm):
+    P = prm.compare(str(tiny_prm / "ppo.pt"), device="cpu", n_valid=2, n_test=3)
+    rows = P["rows"]
+    assert list(rows) == ["pa", "pa@ref_early", "pa@merge_0.2", "pa@merge_0.5", "pa@merge_0.7", "implicit_prm",
+                          "supervised_prm", "logprob", "value_td", "random", "oracle"], list(rows)
+    assert rows["oracle"]["bon8"]["rate"] == P["pass_at_8"], "best-of-8 by the outcome is Pass@8"
+    assert rows["implicit_prm"]["labels"] == "outcomes of 8 episodes" and rows["implicit_prm"]["train_s"] > 0
+    assert rows["supervised_prm"]["labels"].startswith("oracle A* of") and rows["supervised_prm"]["train_s"] > 0
+    assert rows["pa@merge_0.5"]["train_s"] == 0 and rows["pa@merge_0.5"]["labels"] == "none"
+    text = (tiny_prm / "prm.md").read_text()
+    assert all(f"| {name} |" in text for name in rows), "every row is in prm.md"
+    assert json.load(open(tiny_prm / "prm.json"))["rows"].keys() == rows.keys()
+
+
+def test_prm_options_are_checked():
+    with pytest.raises(SystemExit, match="--merge_alphas: '0.2,x'"):
+        train.parse_args(["--merge_alphas=0.2,x"])
+    with pytest.raises(SystemExit, match="--merge_alphas: '1.5'"):
+        train.parse_args(["--merge_alphas=1.5"])
+    with pytest.raises(SystemExit, match="--sft_early: 0.0 must be in"):
+        train.parse_args(["--sft_early=0"])
+    with pytest.raises(SystemExit, match="valid: sft, ppo, all, eval, prm"):
+        train.parse_args(["--stage=rm"])
 
 # ==================== diagnose.py: PPO against the exact optimum ============================================
 

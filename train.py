@@ -5,6 +5,7 @@ stage 2 runs PPO with GAE and a per-token KL penalty to that frozen reference; t
     python train.py                                  # both stages + the report (CPU preset: ~15 min on 2 cores)
     python train.py --stage=ppo --ppo_iters=40       # PPO only, from out/ref.pt
     python train.py --init_from=resume               # continue an interrupted run from its last checkpoint
+    python train.py --stage=prm                      # PA's other references and trained reward models (prm.py)
     python train.py --help                           # every option
 
 The PPO math is written out by hand below (gae, ppo_losses), to be read next to CleanRL's ppo.py.
@@ -31,6 +32,8 @@ from tqdm import tqdm
 
 import envs
 import model as M
+import pa
+import prm
 import report
 import search as S
 
@@ -43,7 +46,7 @@ class Config:
     device: str = "auto"             # auto = cuda -> mps -> cpu
     preset: str = "auto"             # model/batch sizes: auto (by device), cpu or gpu
     seed: int = 1337                 # seeds python, numpy and torch
-    stage: str = "all"               # sft, ppo, all (sft then ppo) or eval (report from saved checkpoints)
+    stage: str = "all"               # sft, ppo, all (sft then ppo), eval (report from saved checkpoints) or prm
     init_from: str = "scratch"       # scratch, or resume: continue from the last checkpoints in out_dir
     eval: bool = True                # write the evaluation report at the end of a run
     # model (0 = take it from the preset)
@@ -60,6 +63,7 @@ class Config:
     sft_batch: int = 64              # steps (prompt + action rows) per batch
     sft_lr: float = 2e-3
     sft_vf_coef: float = 0.5         # weight of the critic's regression on demonstration returns
+    sft_early: float = 0.1           # also save the reference after this fraction of its steps (ref_early.pt)
     # stage 2: PPO with a per-token KL penalty
     beta: float = 0.05               # KL coefficient, fixed; PA = beta * log(pi / pi_ref)
     ppo_iters: int = 0               # iterations (0 = preset)
@@ -80,6 +84,11 @@ class Config:
     minibatch: int = 128             # steps per minibatch
     target_kl: float = 0.05          # stop the epoch loop early when approx_kl exceeds this
     max_grad_norm: float = 1.0
+    # stage prm (optional): PA's other references and two trained reward models to compare it with (prm.py)
+    prm_episodes: int = 512          # the PPO policy's episodes on training tasks that both reward models learn from
+    prm_epochs: int = 4              # passes over them
+    prm_lr: float = 1e-4
+    merge_alphas: str = "0.2,0.5,0.7"  # weight merges ref + alpha * (policy - ref) saved as references for PA
     # evaluation (report.py)
     report: str = "auto"             # quick (fewer tasks where it samples), full, or auto: quick on CPU
     batch_size: int = 256            # rows per model call in rollouts
@@ -91,7 +100,7 @@ PRESETS = {  # sizes chosen so that `python train.py` on a 2-core CPU finishes i
     "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024,  # ~26M parameters
                 sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512),
 }
-STAGES, INITS = ("sft", "ppo", "all", "eval"), ("scratch", "resume")
+STAGES, INITS = ("sft", "ppo", "all", "eval", "prm"), ("scratch", "resume")
 
 
 def parse_args(argv, cfg=None):
@@ -132,6 +141,14 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo")
     if cfg.preset not in ("auto", "cpu", "gpu"):
         raise SystemExit(f"bad value for --preset: {cfg.preset!r}; valid: auto, cpu, gpu")
+    try:
+        alphas = [float(a) for a in cfg.merge_alphas.split(",")]
+    except ValueError:
+        alphas = [-1.0]
+    if not all(0 <= a <= 1 for a in alphas):
+        raise SystemExit(f"bad value for --merge_alphas: {cfg.merge_alphas!r}; use numbers in [0, 1], e.g. 0.2,0.5,0.7")
+    if not 0 < cfg.sft_early <= 1:
+        raise SystemExit(f"bad value for --sft_early: {cfg.sft_early} must be in (0, 1]")
     return cfg
 
 
@@ -243,6 +260,9 @@ def train_sft(cfg, enc):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
         opt.step()
+        if it + 1 == max(1, round(cfg.sft_early * cfg.sft_iters)):  # knows the format, not yet the task well:
+            save(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
+                 seconds=time.time() - t0)  # the analogue of a base model, a reference for PA (prm.py)
         if it % 100 == 0 or it == cfg.sft_iters - 1:
             log_line(log, dict(iter=it, ce=ce.item(), v_loss=v_loss.item(), lr=lr,
                                seconds=round(time.time() - t0, 1)))
@@ -488,6 +508,114 @@ def train_ppo(cfg, enc, ref):
              gen=gen.get_state(), sample_gen=sample_gen.get_state())
     return policy
 
+# -----------------------------------------------------------------------------
+# stage prm (optional): other references for PA, and two reward models trained for the job, to compare it with
+
+
+def prm_rollouts(cfg, enc, policy, ref):
+    """Sampled episodes of the PPO policy on training tasks, the oracle's A* on every step: what both
+    trained reward models learn from (the implicit one uses only each episode's outcome)."""
+    rng = random.Random(cfg.seed + 7)
+    env_list = [envs.make_env(cfg.env, "train", rng.randrange(10**9), rng.randrange(10**9))
+                for _ in range(cfg.prm_episodes)]
+    agent = S.Agent(policy.eval(), ref.eval(), enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size)
+    with tqdm(total=cfg.prm_episodes * 5, desc="prm rollouts", leave=False) as bar:
+        return S.rollout(agent, env_list, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 7),
+                         oracle=True, progress=bar)
+
+
+def _copy(cfg, net, state=None):
+    new = M.GPT(net.config).to(cfg.device)
+    new.load_state_dict(state or net.state_dict())
+    return new.train()
+
+
+def episode_logprobs(net, episodes, temperature, pad):
+    """log net(trajectory) of each episode: the sum over its steps of log net(action | prompt), all steps in
+    one differentiable batch. -> (E,) on net's device"""
+    device = next(net.parameters()).device
+    rows = [(j, s) for j, ep in enumerate(episodes) for s in ep.steps]
+    idx, mask = M.pack([s.prompt for _, s in rows], [s.action for _, s in rows], pad)
+    with M.autocast_ctx(device):
+        lp, _, _ = net.evaluate(idx.to(device), temperature, action_mask=mask.to(device))
+    step_lp = (lp * mask.to(device)).sum(-1)  # (S,) log net of each step's action
+    owner = torch.tensor([j for j, _ in rows], device=device)
+    return torch.zeros(len(episodes), device=device).index_add(0, owner, step_lp.float())
+
+
+def train_implicit_prm(cfg, enc, ref, episodes):
+    """pi_phi: a copy of the reference trained with pa.implicit_prm_loss on whole episodes and their outcome
+    (success 1, failure 0), prm_epochs passes in minibatches of 32 episodes. No step labels."""
+    phi = _copy(cfg, ref)
+    opt = torch.optim.AdamW(phi.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 8)
+    ref_seq = torch.tensor([sum(float(s.ref_logprobs.sum()) for s in ep.steps) for ep in episodes])
+    labels = torch.tensor([float(ep.success) for ep in episodes])
+    for epoch in range(cfg.prm_epochs):
+        losses = []
+        for chunk in torch.randperm(len(episodes), generator=gen).split(32):
+            seq = episode_logprobs(phi, [episodes[i] for i in chunk.tolist()], cfg.temperature, M.pad_id(enc))
+            loss = pa.implicit_prm_loss(seq - ref_seq[chunk].to(seq.device), labels[chunk].to(seq.device), cfg.beta)
+            check_finite(loss, "implicit prm loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(phi.parameters(), cfg.max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+        print(f"implicit prm epoch {epoch}: loss {np.mean(losses):.4f}")
+    return phi.eval()
+
+
+def train_supervised_prm(cfg, enc, ref, episodes):
+    """A copy of the reference whose value head, read at the last token of an action (GPT.value_at), is
+    regressed on the oracle's A*(s, a) = Q*(s, a) - V*(s) of that step: a step-labelled reward model, given
+    labels that no real user has. prm_epochs passes in minibatches of 128 steps."""
+    net, pad = _copy(cfg, ref), M.pad_id(enc)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 9)
+    steps = [s for ep in episodes for s in ep.steps]
+    target = torch.tensor([s.qstar - s.vstar for s in steps])
+    for epoch in range(cfg.prm_epochs):
+        losses = []
+        for chunk in torch.randperm(len(steps), generator=gen).split(128):
+            rows = [steps[i] for i in chunk.tolist()]
+            idx, _ = M.pack([s.prompt for s in rows], [s.action for s in rows], pad)
+            last = torch.tensor([len(s.prompt) + len(s.action) - 1 for s in rows])
+            with M.autocast_ctx(cfg.device):
+                pred = net.value_at(idx.to(cfg.device), last)
+            loss = 0.5 * ((pred - target[chunk].to(cfg.device)) ** 2).mean()
+            check_finite(loss, "supervised prm loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+        print(f"supervised prm epoch {epoch}: mse {2 * np.mean(losses):.4f}")
+    return net.eval()
+
+
+def train_prms(cfg, enc, ref, policy):
+    """Save the weight merges (merge_<alpha>.pt), then collect the training episodes and train the implicit
+    (implicit_prm.pt) and supervised (supervised_prm.pt) reward models. Each checkpoint records its extra
+    training seconds and the labels it used. Returns {name: seconds}."""
+    for a in [float(x) for x in cfg.merge_alphas.split(",")]:
+        merged = _copy(cfg, ref, pa.merge_weights(ref.state_dict(), policy.state_dict(), a))
+        save(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a, seconds=0.0,
+             labels="none")
+    t0 = time.time()
+    episodes = prm_rollouts(cfg, enc, policy, ref)
+    t_roll = time.time() - t0
+    times = {}
+    for name, fn, labels in (("implicit_prm", train_implicit_prm, f"outcomes of {len(episodes)} episodes"),
+                             ("supervised_prm", train_supervised_prm,
+                              f"oracle A* of {sum(len(e.steps) for e in episodes)} steps")):
+        t0 = time.time()
+        net = fn(cfg, enc, ref, episodes)
+        times[name] = round(t_roll + time.time() - t0, 1)  # each would need the rollouts on its own
+        save(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name], labels=labels)
+        print(f"{name}: {times[name]} s (rollouts {t_roll:.0f} s), trained on {labels}")
+    return times
+
 
 def main(argv):
     cfg = resolve(parse_args(argv))
@@ -507,6 +635,14 @@ def main(argv):
         train_ppo(cfg, enc, ref)
         times["ppo_s"] = round(time.time() - t0, 1)
         print(f"stage ppo: {times['ppo_s']} s")
+    if cfg.stage == "prm":
+        ref, _ = load_model(ref_path, cfg, enc, cfg.device)
+        policy, ck = load_model(ppo_path, cfg, enc, cfg.device)
+        for k in ("beta", "temperature", "max_action_tokens"):  # PPO's own, whatever the command line says
+            setattr(cfg, k, ck["train_config"][k])
+        train_prms(cfg, enc, ref, policy)
+        if cfg.eval:
+            prm.compare(ppo_path, cfg.out_dir, cfg.device, cfg.batch_size)
     if cfg.eval and cfg.stage in ("all", "eval"):
         t0 = time.time()
         quick = cfg.report == "quick" or (cfg.report == "auto" and not cfg.device.startswith("cuda"))

@@ -1,0 +1,228 @@
+"""
+prm.py: which reference makes PA best, and how far PA is from process reward models trained for the job.
+
+Every row of the table scores each step of the SAME sampled episodes of the PPO policy:
+
+    pa               beta * log(pi / pi_ref)     the RL stage's own reference (every other PA number here)
+    pa@ref_early     beta * log(pi / pi_early)   behaviour cloning stopped at a tenth of its steps: a "base"
+                                                 model that knows the format but not the task well
+    pa@merge_<a>     beta * log(pi / pi_a)       pi_a = ref + a * (policy - ref), weight by weight
+    implicit_prm     beta * log(pi_phi / pi_ref) pi_phi: the reference trained on episode outcomes with a
+                                                 cross-entropy loss (Yuan et al. 2024); no step labels
+    supervised_prm   a copy of the reference whose value head learnt the oracle's A*(s, a) of each step:
+                     labels that no real user has, an upper reference rather than a baseline
+    logprob, value_td, random, oracle            as in the report
+
+The merges and both reward models come from `python train.py --stage=prm`, the early reference from stage 1;
+a row whose checkpoint is missing is left out. Each row's aggregation (sum, mean, min, last) is chosen on
+validation episodes, then the test episodes are measured once. Columns: best-of-8 success, failure AUROC of
+one sampled episode per task, Spearman of step scores with A*, attribution accuracy (argmin of the running
+sum against the oracle's first critical mistake), and the extra training each scorer needed.
+
+    python train.py --stage=prm               # train the two reward models, save the merges, write the table
+    python prm.py --ckpt out/ppo.pt           # the table again from the saved checkpoints
+"""
+import json
+import math
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+import envs
+import model as M
+import pa
+import report
+import search as S
+
+N_SAMPLES = 8  # sampled episodes per task: best-of-8
+
+
+def scorers(folder, run_):
+    """The extra networks of a run folder, as {row name: (kind, net, checkpoint)}: kind "ref" = a reference
+    for PA, "implicit" = pi_phi, "supervised" = a step-labelled value head. Missing files are skipped;
+    a file of another world or tokenizer is refused (model.CheckpointError)."""
+    names = [("pa@ref_early", "ref_early.pt", "ref")]
+    names += [(f"pa@{f[:-3]}", f, "ref") for f in sorted(os.listdir(folder)) if f.startswith("merge_") and f.endswith(".pt")]
+    names += [("implicit_prm", "implicit_prm.pt", "implicit"), ("supervised_prm", "supervised_prm.pt", "supervised")]
+    out, spec = {}, M.tokenizer_spec(run_.ppo.enc)
+    for name, f, kind in names:
+        path = os.path.join(folder, f)
+        if os.path.exists(path):
+            ck = M.load_checkpoint(path, env_name=run_.env_name, tokenizer_spec=spec)
+            net = M.GPT(M.GPTConfig(**ck["config"])).to(run_.ppo.device).eval()
+            net.load_state_dict(ck["model"])
+            out[name] = (kind, net, ck)
+    return out
+
+
+def action_logprobs(agent, net, steps):
+    """log net(a|s) of each step's whole action, teacher-forced at the agent's temperature. -> list of floats"""
+    other = S.Agent(net, net, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens, agent.batch_size)
+    rows = other.score([s.prompt for s in steps], [s.action for s in steps], ("policy",))
+    return [float(r["logprobs"].sum()) for r in rows]
+
+
+def end_values(agent, net, steps):
+    """net's value head at the last token of each step's action (model.GPT.value_at). -> list of floats"""
+    out = []
+    for c in range(0, len(steps), agent.batch_size):
+        chunk = steps[c:c + agent.batch_size]
+        idx, _ = M.pack([s.prompt for s in chunk], [s.action for s in chunk], agent.pad)
+        last = torch.tensor([len(s.prompt) + len(s.action) - 1 for s in chunk])
+        with torch.no_grad(), M.autocast_ctx(agent.device):
+            out += net.value_at(idx.to(agent.device), last).float().cpu().tolist()
+    return out
+
+
+def step_table(agent, extra, episodes, rng):
+    """{row name: per-episode lists of step scores} for the built-in selectors and every extra network."""
+    beta, steps = agent.beta, [s for ep in episodes for s in ep.steps]
+    flat = {}
+    log_pi = [float(s.logprobs.sum()) for s in steps]
+    log_ref = [float(s.ref_logprobs.sum()) for s in steps]
+    for name, (kind, net, _) in extra.items():
+        if kind == "ref":
+            flat[name] = [beta * (a - b) for a, b in zip(log_pi, action_logprobs(agent, net, steps))]
+        elif kind == "implicit":
+            flat[name] = [beta * (a - b) for a, b in zip(action_logprobs(agent, net, steps), log_ref)]
+        else:
+            flat[name] = end_values(agent, net, steps)
+    def per_episode(xs):  # cut a flat list of step scores back into episodes
+        it = iter(xs)
+        return [[next(it) for _ in ep.steps] for ep in episodes]
+    out = {"pa": [S.step_scores(ep, "pa", beta) for ep in episodes]}
+    out.update({name: per_episode(xs) for name, xs in flat.items()})
+    out.update({sel: [S.step_scores(ep, sel, beta, rng) for ep in episodes]
+                for sel in ("logprob", "value_td", "random", "oracle")})
+    return out
+
+
+def traj_score(name, ep, steps, how, rng, for_bon):
+    """One number per episode, as report.py does: the oracle's best-of-N uses the verified outcome (Pass@N),
+    its failure score the sum of A*; random draws once per trajectory."""
+    if name == "oracle":
+        return ep.reward if for_bon else pa.aggregate(steps, how)
+    if name == "random":
+        return rng.random()
+    return pa.aggregate(steps, how)
+
+
+def _groups(xs):
+    return [xs[i:i + N_SAMPLES] for i in range(0, len(xs), N_SAMPLES)]
+
+
+def choose(table, episodes, rng):
+    """Each row's aggregation for best-of-8 and for failure prediction, chosen on validation episodes."""
+    groups, firsts = _groups(episodes), episodes[::N_SAMPLES]
+    out = {}
+    for name, per_ep in table.items():
+        g_scores, f_scores = _groups(per_ep), per_ep[::N_SAMPLES]
+
+        def bon8(how):
+            sc = [[traj_score(name, e, s, how, rng, True) for e, s in zip(g, gs)] for g, gs in zip(groups, g_scores)]
+            return S.best_of_n(groups, sc, [N_SAMPLES])[0][N_SAMPLES]
+
+        def auc(how):
+            return pa.auroc([traj_score(name, e, s, how, rng, False) for e, s in zip(firsts, f_scores)],
+                            [e.success for e in firsts])
+        out[name] = dict(bon=report.choose_how(bon8)[0], auroc=report.choose_how(auc)[0])
+    return out
+
+
+def measure(table, episodes, how, rng):
+    """The test metrics of every row with the aggregations chosen on validation."""
+    groups, firsts = _groups(episodes), episodes[::N_SAMPLES]
+    failed = [(i, e) for i, e in enumerate(episodes) if i % N_SAMPLES < 4 and not e.success]
+    labelled = [(i, report.attribution_steps(e)) for i, e in failed]
+    labelled = [(i, t) for i, t in labelled if t is not None]
+    astar = [s.qstar - s.vstar for e in firsts for s in e.steps]
+    rows = {}
+    for name, per_ep in table.items():
+        sc = [[traj_score(name, e, s, how[name]["bon"], rng, True) for e, s in zip(g, gs)]
+              for g, gs in zip(groups, _groups(per_ep))]
+        picked = [g[max(range(len(g)), key=lambda i: s[i])].success for g, s in zip(groups, sc)]
+        fx = [traj_score(name, e, s, how[name]["auroc"], rng, False) for e, s in zip(firsts, per_ep[::N_SAMPLES])]
+        labels = [e.success for e in firsts]
+        preds = [pa.argmin_cumsum(per_ep[i]) for i, _ in labelled]
+        rows[name] = dict(bon8=report.rate(picked), how_bon=how[name]["bon"], how_auroc=how[name]["auroc"],
+                          auroc=pa.auroc(fx, labels),
+                          auroc_ci=pa.bootstrap_ci((np.array(fx), np.array(labels, dtype=float)), pa.auroc, n_boot=300),
+                          spearman_astar=pa.spearman([v for s in per_ep[::N_SAMPLES] for v in s], astar),
+                          attribution=pa.attribution_metrics(preds, [t for _, t in labelled])[0])
+    mean8 = float(np.mean([e.success for e in episodes]))
+    pass8 = float(np.mean([any(e.success for e in g) for g in groups]))
+    return rows, dict(mean_at_8=mean8, pass_at_8=pass8, n_attribution=len(labelled),
+                      n_failures=int(sum(not e.success for e in firsts)))
+
+
+def compare(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, n_test=120, seed=0):
+    """Write prm.json and prm.md (the table) beside the checkpoint, or into out_dir. Returns the dict."""
+    folder = os.path.dirname(os.path.abspath(ppo_path))
+    out_dir = out_dir or folder
+    run_ = S.load_run(ppo_path, None, device, batch_size, seed)
+    extra, rng = scorers(folder, run_), random.Random(seed)
+    agent = run_.ppo
+    valid = run_.episodes(agent, "valid", range(n_valid), range(N_SAMPLES))
+    test = run_.episodes(agent, "test", range(n_test), range(N_SAMPLES))
+    how = choose(step_table(agent, extra, valid, rng), valid, rng)
+    rows, base = measure(step_table(agent, extra, test, rng), test, how, rng)
+    for name, (kind, _, ck) in extra.items():
+        rows[name].update(train_s=ck.get("seconds", 0.0) if kind != "ref" else 0.0, labels=ck.get("labels", "none"))
+    P = dict(env=run_.env_name, beta=agent.beta, n_valid=n_valid, n_test=n_test, samples=N_SAMPLES, rows=rows, **base)
+    lines = table(P)
+    print("\n".join(lines))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "prm.json"), "w") as f:
+        json.dump(P, f, indent=1, default=float)
+    with open(os.path.join(out_dir, "prm.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return P
+
+
+def table(P):
+    f = report.fmt
+    L = [f"## {P['env']}: step scorers on the PPO policy's samples ({P['n_test']} test tasks x {P['samples']}; "
+         f"aggregations chosen on {P['n_valid']} validation tasks)", "",
+         f"Mean@8 {f(P['mean_at_8'])}, Pass@8 {f(P['pass_at_8'])}; failure AUROC on one sample per task "
+         f"({P['n_failures']} failures); attribution on {P['n_attribution']} failed samples with a critical mistake.", "",
+         "| scorer | best-of-8 % [95% CI] | agg | failure AUROC [95% CI] | Spearman(step, A*) | attribution acc "
+         "| extra training |", "|---|---:|---|---:|---:|---:|---|"]
+    for name, r in P["rows"].items():
+        b, ci = r["bon8"], r["auroc_ci"]
+        cost = "none" if name in ("pa", "logprob", "random") or name.startswith("pa@") else \
+            "critic (PPO's)" if name == "value_td" else "exact solver" if name == "oracle" else \
+            f"{r['train_s']:.0f} s, {r['labels']}"
+        L.append(f"| {name} | {f(b['rate'])} [{f(b['lo'])}, {f(b['hi'])}] | {r['how_bon']} | {f(r['auroc'])} "
+                 f"[{f(ci[0])}, {f(ci[1])}] | {f(r['spearman_astar'])} | {f(r['attribution'])} | {cost} |")
+    return L
+
+
+def main(argv):
+    import argparse
+    p = argparse.ArgumentParser(description="PA under other references against trained process reward models "
+                                            "(train them first: python train.py --stage=prm).")
+    p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint; the other checkpoints sit beside it")
+    p.add_argument("--out_dir", default=None, help="where prm.json and prm.md go (default: the ckpt's folder)")
+    p.add_argument("--n_valid", type=int, default=100, help="validation tasks (aggregations are chosen here)")
+    p.add_argument("--n_test", type=int, default=120, help="test tasks")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    for k, n in (("n_valid", args.n_valid), ("n_test", args.n_test)):
+        split = k[2:]
+        if not 1 <= n <= envs.N_TASKS[split]:
+            p.error(f"--{k} takes 1 to {envs.N_TASKS[split]} tasks, not {n}")
+    try:
+        M.get_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        compare(args.ckpt, args.out_dir, args.device, n_valid=args.n_valid, n_test=args.n_test)
+    except M.CheckpointError as e:
+        raise SystemExit(f"prm.py: {e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
