@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -303,7 +303,23 @@ def main(argv):
     p.add_argument("--ref", default="out/ref.pt", help="with --few_tasks: the reference to start from")
     p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
                    "(the reference's scores are cached in optimum_cache/ beside --ref)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="tabular: compare train.py's "
+                   "recipe with this change only (repeatable), e.g. --set lam=1.0 --set clip=0.05")
     args = p.parse_args(argv)
+    variants = VARIANTS
+    if args.set:
+        change = dict(target_kl=0.05)
+        names = [f.name for f in fields(Recipe) if f.name != "seed"]
+        for kv in args.set:
+            key, _, val = kv.partition("=")
+            if key not in names:
+                p.error(f"--set {kv!r}: valid keys: {', '.join(names)}")
+            typ = type(getattr(Recipe(), key))
+            try:
+                change[key] = typ(val)
+            except ValueError:
+                p.error(f"--set {kv!r}: {val!r} is not a {typ.__name__}")
+        variants = {"train.py's recipe": VARIANTS["train.py's recipe"], "with " + ", ".join(args.set): change}
     if args.few_tasks:
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
@@ -327,7 +343,7 @@ def main(argv):
         return
     print("| variant | corr(log pi/pi_ref, log pi*/pi_ref) at 25% / 100% of iterations | V^pi(s0) / V*(s0) | KL nats/episode |")
     print("|---|---:|---:|---:|")
-    for name, change in VARIANTS.items():
+    for name, change in variants.items():
         c25, c100, val, kl = [], [], [], []
         for seed in range(args.seeds):
             rc = replace(Recipe(iters=args.iters or 100, seed=seed), **change)

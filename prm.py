@@ -188,15 +188,16 @@ def table(P):
          f"aggregations chosen on {P['n_valid']} validation tasks)", "",
          f"Mean@8 {f(P['mean_at_8'])}, Pass@8 {f(P['pass_at_8'])}; failure AUROC on one sample per task "
          f"({P['n_failures']} failures); attribution on {P['n_attribution']} failed samples with a critical mistake.", "",
-         "| scorer | best-of-8 % [95% CI] | agg | failure AUROC [95% CI] | Spearman(step, A*) | attribution acc "
-         "| extra training |", "|---|---:|---|---:|---:|---:|---|"]
+         "| scorer | best-of-8 % [95% CI] | failure AUROC [95% CI] | aggregation (best-of-8 / AUROC) "
+         "| Spearman(step, A*) | attribution acc | extra training |", "|---|---:|---:|---|---:|---:|---|"]
     for name, r in P["rows"].items():
         b, ci = r["bon8"], r["auroc_ci"]
         cost = "none" if name in ("pa", "logprob", "random") or name.startswith("pa@") else \
             "critic (PPO's)" if name == "value_td" else "exact solver" if name == "oracle" else \
             f"{r['train_s']:.0f} s, {r['labels']}"
-        L.append(f"| {name} | {f(b['rate'])} [{f(b['lo'])}, {f(b['hi'])}] | {r['how_bon']} | {f(r['auroc'])} "
-                 f"[{f(ci[0])}, {f(ci[1])}] | {f(r['spearman_astar'])} | {f(r['attribution'])} | {cost} |")
+        how = "one draw" if name == "random" else f"{'outcome' if name == 'oracle' else r['how_bon']} / {r['how_auroc']}"
+        L.append(f"| {name} | {f(b['rate'])} [{f(b['lo'])}, {f(b['hi'])}] | {f(r['auroc'])} [{f(ci[0])}, {f(ci[1])}] "
+                 f"| {how} | {f(r['spearman_astar'])} | {f(r['attribution'])} | {cost} |")
     return L
 
 

@@ -313,6 +313,17 @@ class Beam:
         return self.reward == 1.0
 
 
+def keep_best(cands, B, selector, beta, rng=None):
+    """Score one task's candidates and keep the B best. cands: (parent Beam, Step) pairs in order, the Step None
+    for a beam that has finished (it competes with its own score). A candidate's score is its parent's
+    cumulative score plus the step score of its action by `selector` (step_scores of a one-step Episode).
+    Returns the B best as (score, parent, step), highest first; on ties the earlier candidate first."""
+    scored = [(parent.score if st is None else
+               parent.score + step_scores(Episode(0, 0, False, [st]), selector, beta, rng)[0], parent, st)
+              for parent, st in cands]
+    return sorted(scored, key=lambda c: -c[0])[:B]  # sorted() is stable: earlier candidates win ties
+
+
 def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
     """Step-level beam search over many tasks at once. At each depth every live beam samples K candidate
     actions from the policy (more while a task has fewer than B live beams, so that each depth costs
@@ -339,7 +350,7 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
         if SELECTORS[selector].needs_ref:  # one more forward, of the reference
             for row, ref in zip(rows, agent.score(prompts, actions, ("ref",))):
                 row.update(ref)
-        cands = [[(b.score, b, None, None) for b in bs if b.done] for bs in beams]  # finished beams stay
+        cands = [[(b, None) for b in bs if b.done] for bs in beams]  # finished beams stay
         seen = set()
         for j, (a, row) in enumerate(zip(actions, rows)):
             t, parent = owner[j]
@@ -350,12 +361,10 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
                       **{k: v for k, v in row.items() if k != "ref_logprobs"})
             if selector == "oracle":
                 st.qstar, st.vstar = parent.env.q_star(st.text), parent.env.optimal_value()
-            s = step_scores(Episode(0, 0, False, [st]), selector, agent.beta, rng)[0]
-            cands[t].append((parent.score + s, parent, a, st))
+            cands[t].append((parent, st))
         for t in range(len(beams)):
-            kept = sorted(cands[t], key=lambda c: -c[0])[:B]  # stable: earlier candidates win ties
             new = []
-            for score, parent, a, st in kept:
+            for score, parent, st in keep_best(cands[t], B, selector, agent.beta, rng):
                 if st is None:  # an already finished beam
                     new.append(parent)
                     continue
