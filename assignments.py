@@ -97,8 +97,8 @@ python assignments.py --grade 2   # grade one assignment (here the second: AUROC
 python -m pytest -q                # everything: until all six are done, the failures name the assignment they wait for
 ```
 
-Once assignments 1, 3, 4 and 5 pass, `python train.py` runs the whole pipeline. The rest of this file is the
-project's own README.
+Once assignments 3, 4 and 5 pass, `python train.py --eval=false` trains the agent; the evaluation report at the
+end of `python train.py` needs all six. The rest of this file is the project's own README.
 
 """
 

@@ -128,6 +128,26 @@ def sharpest_drop(step_scores):
     prev = np.concatenate([[0.0], s[:-1]])
     return int(np.argmax(prev - s))
 
+MONITORS = ("sum", "last", "drop")
+
+def monitor_scores(step_scores, how="sum"):
+    """The halting monitor's running score after each step, from the step scores seen so far: "sum" = the
+    running sum (progress so far), "last" = the step's own score, "drop" = s_t - s_{t-1} with s_{-1} = 0 (a
+    fall is negative). The agent hands over at the first step whose score is below a threshold.
+    list of T floats -> list of T floats"""
+    s = np.asarray(step_scores, dtype=np.float64)
+    if how == "sum":
+        return np.cumsum(s).tolist()
+    if how == "last":
+        return s.tolist()
+    if how == "drop":
+        return (s - np.concatenate([[0.0], s[:-1]])).tolist()
+    raise ValueError(f"unknown monitor {how!r}, expected one of {MONITORS}")
+
+def first_below(scores, threshold):
+    """The first index whose score is below threshold, or None (the monitor never fires)."""
+    return next((t for t, x in enumerate(scores) if x < threshold), None)
+
 def attribution_metrics(pred_steps, true_steps):
     """Exact-step accuracy mean(pred == true) and mean absolute error mean|pred - true| (in steps).
     Two equal-length lists of ints -> (accuracy, mae); (nan, nan) when empty."""

@@ -13,6 +13,7 @@ plus environment steps, so that search methods can be compared at matched comput
     python search.py --ckpt out/ppo.pt --show 3   # the "progress meter": 3 test episodes step by step
     python report.py --ckpt out/ppo.pt            # the evaluation report, which uses all of this
 """
+import json
 import math
 import os
 import sys
@@ -62,6 +63,7 @@ class Episode:
     reward: float = 0.0
     done: bool = False
     truncated: bool = False
+    handover: int = None  # the step at which a halting monitor handed over to the expert (rollout's monitor)
 
     @property
     def success(self):
@@ -127,10 +129,12 @@ class Agent:
 
 
 def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_states=False, fresh=True,
-            progress=None):
+            progress=None, monitor=None):
     """Run every environment to the end, batched. fresh=False continues from each env's current state.
     Returns one Episode per environment, in order. Each model call takes rows of similar prompt length
-    (sorted), so that little of the batch is padding."""
+    (sorted), so that little of the batch is padding. monitor(episode, proposed Step) -> bool, called before
+    each action is executed: True stops the agent and the scripted expert finishes the episode from there
+    (ep.handover = the step it took over at; the proposed action is not executed nor recorded)."""
     obs = [e.reset() if fresh else e.obs() for e in env_list]
     eps = [Episode(e.task_id, e.seed, e.unseen) for e in env_list]
     active = list(range(len(env_list)))
@@ -148,6 +152,11 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
                     st.qstar, st.vstar = env.q_star(text), env.optimal_value()
                 if keep_states:
                     st.env = env.clone()
+                if monitor is not None and monitor(eps[i], st):  # hand over: one request for help
+                    eps[i].handover = len(eps[i].steps)
+                    eps[i].reward, eps[i].truncated = expert_finish(env)
+                    eps[i].done = True
+                    continue
                 obs[i], st.reward, st.done, info = env.step(text)
                 st.valid = info["valid"]
                 ep = eps[i]
@@ -158,6 +167,27 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
                 progress.update(len(chunk))
         active = [i for i in active if not eps[i].done]
     return eps
+
+
+def expert_finish(env):
+    """The scripted expert plays env to its end. Returns (final reward, truncated)."""
+    r, info = 0.0, {"truncated": False}
+    while not env.done:
+        _, r, _, info = env.step(envs.expert_action(env))
+    return r, info["truncated"]
+
+
+def halting_monitor(selector, how, threshold, beta, rng=None):
+    """A monitor for rollout(): before each action, the running score (pa.monitor_scores, `how`) of the step
+    scores so far, the proposed action's included, hands over when it is below threshold. The scorer must
+    score an action before it is executed (not value_td); the oracle's needs rollout(..., oracle=True)."""
+    if not SELECTORS[selector].before_acting:
+        raise ValueError(f"selector {selector!r} needs the action executed: it cannot stop the agent before it")
+
+    def fire(ep, st):
+        return pa.monitor_scores(step_scores(Episode(0, 0, False, ep.steps + [st]), selector, beta, rng), how)[-1] \
+            < threshold
+    return fire
 
 
 def score_actions(agent, states):
@@ -429,21 +459,27 @@ def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None)
     return Run(agent, ref_agent, env_name, torch.Generator(device=device).manual_seed(seed), ref_path)
 
 
-def show(agent, env_name, n, split="test", generator=None):
+def show(agent, env_name, n, split="test", generator=None, monitor=None):
     """Print n greedy episodes step by step with each step's PA beside the oracle's A*: the press
-    article's "progress meter". Green = progress (PA > 0), red = regress (PA < 0), on a terminal."""
+    article's "progress meter". Green = progress (PA > 0), red = regress (PA < 0), on a terminal.
+    monitor = (how, threshold): also mark where PA's halting monitor would stop (monitor.py) and the oracle's
+    first critical mistake."""
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     paint = lambda x, s: (f"\033[{32 if x > 0 else 31}m{s}\033[0m" if color and abs(x) > 1e-3 else s)
     for ep in rollout(agent, make_envs(env_name, split, range(n), [0]), greedy=True, generator=generator,
                       oracle=True):
         env = envs.make_env(env_name, split, ep.task, ep.seed)
         print("\n" + env.reset().split("\n")[0] + ("   [unseen]" if ep.unseen else ""))
-        cum = 0.0
-        for t, (s, x) in enumerate(zip(ep.steps, step_scores(ep, "pa", agent.beta))):
+        cum, scores = 0.0, step_scores(ep, "pa", agent.beta)
+        stop = pa.first_below(pa.monitor_scores(scores, monitor[0]), monitor[1]) if monitor else None
+        mistake = next((t for t, s in enumerate(ep.steps) if s.qstar - s.vstar < -envs.DELTA), None)
+        for t, (s, x) in enumerate(zip(ep.steps, scores)):
             cum += x
             bar = ("+" if x > 0 else "-") * min(20, int(abs(x) / 0.05 + 0.5))
+            notes = ([" <- the monitor asks for help here"] if t == stop else []) + \
+                ([" <- first critical mistake"] if monitor and t == mistake else [])
             print(paint(x, f"  {t:2d} PA {x:+.3f} (sum {cum:+.3f})  A* {s.qstar - s.vstar:+.3f}  "
-                           f"{s.text:32s} {bar}"))
+                           f"{s.text:32s} {bar}") + "".join(notes))
         print(f"  -> reward {ep.reward:.2f}{' (success)' if ep.success else ''}"
               f"{' (out of steps)' if ep.truncated else ''}")
 
@@ -458,6 +494,8 @@ def main(argv):
     p.add_argument("--pa_ref", default=None, help="score PA against this checkpoint instead (an early or merged "
                    "reference: python train.py --stage=prm)")
     p.add_argument("--show", type=int, default=3, help="how many test episodes to print")
+    p.add_argument("--monitor", action="store_true", help="mark where PA's halting monitor would ask for help "
+                   "(its choice at 20 requests per 100 episodes, from monitor.json beside --ckpt: python monitor.py)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if not 1 <= args.show <= envs.N_TASKS["test"]:
@@ -472,7 +510,16 @@ def main(argv):
             agent.ref = load_net(args.pa_ref, M.load_checkpoint(args.ckpt), device)
     except M.CheckpointError as e:
         raise SystemExit(f"search.py: {e}")
-    show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0))
+    mon = None
+    if args.monitor:
+        path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "monitor.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"search.py: no {path}: run python monitor.py --ckpt {args.ckpt} first")
+        h = json.load(open(path))["rows"]["pa"]["20"]
+        mon = (h["how"], h["threshold"])
+        print(f"PA's monitor: asks for help when its running {h['how']} is below {h['threshold']:+.4f}"
+              if h["threshold"] > -math.inf else "PA's monitor: on validation, no threshold fit the budget: it never fires")
+    show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0), monitor=mon)
 
 
 if __name__ == "__main__":

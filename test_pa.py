@@ -33,6 +33,7 @@ import bench
 import diagnose
 import envs
 import model
+import monitor
 import pa
 import prm
 import report
@@ -1506,7 +1507,7 @@ def test_command_line_arguments_are_checked(capsys):
     for main, argv in ((report.main, ["--optimum=-1"]), (search.main, ["--show=0"]), (envs.main, ["--env=mars"]),
                        (envs.main, ["--split=dev"]), (report.main, ["--device=tpu"]), (bench.main, ["--only=gpu"]),
                        (diagnose.main, ["--few_tasks=201"]), (diagnose.main, ["--few_tasks=2", "--advantages=oracle"]),
-                       (prm.main, ["--n_test=0"])):
+                       (prm.main, ["--n_test=0"]), (monitor.main, ["--n_valid=0"])):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2, f"{main.__module__} {argv}: argparse refuses with exit code 2"
@@ -1654,6 +1655,72 @@ def test_prm_options_are_checked():
         train.parse_args(["--sft_early=0"])
     with pytest.raises(SystemExit, match="valid: sft, ppo, all, eval, prm"):
         train.parse_args(["--stage=rm"])
+
+
+# ==================== monitor.py: the agent that halts and asks for help ===================================
+
+def test_monitor_scores_and_first_below():
+    s = [0.1, -0.3, 0.2, -0.1]
+    assert monitor_close(pa.monitor_scores(s, "sum"), [0.1, -0.2, 0.0, -0.1])
+    assert pa.monitor_scores(s, "last") == s
+    assert monitor_close(pa.monitor_scores(s, "drop"), [0.1, -0.4, 0.5, -0.3])
+    assert pa.first_below([0.1, -0.2, -0.5], -0.1) == 1 and pa.first_below([0.1, 0.2], -1.0) is None
+    with pytest.raises(ValueError, match="unknown monitor"):
+        pa.monitor_scores(s, "max")
+
+
+def monitor_close(a, b):
+    return np.allclose(a, b, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def one_row_run(tiny_run):
+    """The tiny run, one row per model call, so that a rollout's actions never depend on what else is batched."""
+    return search.load_run(str(tiny_run / "ppo.pt"), device="cpu", batch_size=1)
+
+
+def test_monitor_with_an_infinite_threshold_is_a_plain_rollout(one_row_run):
+    run_ = one_row_run
+    plain = run_.episodes(run_.ppo, "valid", [0, 1, 2], [0], greedy=True)
+    never = search.rollout(run_.ppo, search.make_envs("shop", "valid", [0, 1, 2], [0]), greedy=True, oracle=True,
+                           monitor=search.halting_monitor("pa", "sum", -math.inf, run_.ppo.beta))
+    assert [e.handover for e in never] == [None] * 3
+    assert [[s.text for s in e.steps] for e in never] == [[s.text for s in e.steps] for e in plain]
+    assert [e.reward for e in never] == [e.reward for e in plain]
+
+
+def test_oracle_monitor_at_zero_hands_over_before_the_first_negative_step_and_the_expert_finishes(one_row_run):
+    run_ = one_row_run
+    offline = monitor.Episodes(run_, "valid", 4, random.Random(0))
+    online = search.rollout(run_.ppo, search.make_envs("shop", "valid", range(4), [0]), greedy=True, oracle=True,
+                            monitor=search.halting_monitor("oracle", "last", 0.0, run_.ppo.beta))
+    first_neg = [next((t for t, s in enumerate(e.steps) if s.qstar - s.vstar < 0), None) for e in offline.eps]
+    assert [e.handover for e in online] == first_neg == offline.handovers("oracle", "last", 0.0)
+    assert any(h is not None for h in first_neg), "the tiny policy errs: some episode must be handed over"
+    for e, plain, h in zip(online, offline.eps, first_neg):
+        assert [s.text for s in e.steps] == [s.text for s in plain.steps[:h]], "the agent's own steps come first"
+        if h is not None:  # the expert played on from that state: the same outcome as offline, from its saved copy
+            assert e.done and len(e.steps) == h and e.success == offline.expert_success(offline.eps.index(plain), h)
+    out = offline.outcome(offline.handovers("oracle", "last", 0.0))
+    assert out["handovers"] == sum(h is not None for h in first_neg), "one request per handed-over episode"
+    assert out["before_mistake"] == out["handovers"], "A* < 0 comes no later than the first critical mistake"
+    with pytest.raises(ValueError, match="cannot stop the agent before"):
+        search.halting_monitor("value_td", "sum", 0.0, 0.05)
+
+
+def test_monitor_table_of_a_tiny_run(tiny_run, tmp_path, capsys):
+    R = monitor.check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n_valid=3, n_test=4)
+    assert list(R["rows"]) == list(monitor.SCORERS) and all(list(r) == ["5", "10", "20", "40"] for r in R["rows"].values())
+    for row in R["rows"].values():
+        for cell in row.values():
+            assert cell["handovers"] == round(cell["requests"] * 4 / 100) and cell["needless"] <= cell["handovers"]
+    assert (tmp_path / "monitor.md").read_text().count("\n| ") >= len(monitor.SCORERS)
+    shutil.copy(tmp_path / "monitor.json", tiny_run / "monitor.json")
+    search.main([f"--ckpt={tiny_run / 'ppo.pt'}", "--show=1", "--monitor", "--device=cpu"])
+    assert "PA's monitor" in capsys.readouterr().out
+    os.remove(tiny_run / "monitor.json")
+    with pytest.raises(SystemExit, match="run python monitor.py"):
+        search.main([f"--ckpt={tiny_run / 'ppo.pt'}", "--show=1", "--monitor", "--device=cpu"])
 
 # ==================== diagnose.py: PPO against the exact optimum ============================================
 
