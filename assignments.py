@@ -49,10 +49,13 @@ def blank(source, name, message):
     `raise NotImplementedError(message)`; its signature, decorators and docstring stay."""
     tree, lines = ast.parse(source), source.splitlines(keepends=True)
     scope, _, fn_name = name.rpartition(".")
-    body = next(n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == scope) if scope else tree.body
+    body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == scope), []) if scope \
+        else tree.body
     fn = next((n for n in body if isinstance(n, ast.FunctionDef) and n.name == fn_name), None)
     if fn is None:
         raise ValueError(f"no function {name} to blank")
+    if fn.body[0].lineno == fn.lineno:
+        raise ValueError(f"{name} is written on one line: give it a body of its own lines first")
     has_doc = isinstance(fn.body[0], ast.Expr) and isinstance(getattr(fn.body[0], "value", None), ast.Constant) \
         and isinstance(fn.body[0].value.value, str)
     first = fn.body[1] if has_doc and len(fn.body) > 1 else fn.body[0]

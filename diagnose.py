@@ -319,6 +319,11 @@ def main(argv):
                 change[key] = typ(val)
             except ValueError:
                 p.error(f"--set {kv!r}: {val!r} is not a {typ.__name__}")
+            choices = {"critic": ("learned", "exact"), "advantages": ("gae", "exact")}.get(key)
+            if choices and val not in choices:
+                p.error(f"--set {kv!r}: valid: {', '.join(choices)}")
+        if args.few_tasks or args.kl_split:
+            p.error("--set changes the tabular run only: not with --few_tasks or --kl_split")
         variants = {"train.py's recipe": VARIANTS["train.py's recipe"], "with " + ", ".join(args.set): change}
     if args.few_tasks:
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:

@@ -49,8 +49,8 @@ class Episodes:
         return self._expert[(i, t)]
 
     def running(self, sel, how):
-        """Each episode's running scores, plus a jitter below 1e-9 that breaks ties at random: the oracle's A*
-        takes few distinct values, and without it a threshold could only spend a budget in large jumps."""
+        """Each episode's running scores, plus a fixed pseudo-random jitter below 1e-9 that breaks ties: the
+        oracle's A* takes few distinct values, and without it a threshold could spend a budget only in jumps."""
         if (sel, how) not in self._running:
             jitter = np.random.default_rng(len(self.eps))
             self._running[(sel, how)] = [[x + 1e-9 * jitter.random() for x in pa.monitor_scores(sc, how)]
@@ -98,7 +98,7 @@ def check(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, n_
     run_ = S.load_run(ppo_path, None, device, batch_size, seed)
     rng = random.Random(seed)
     V, T = Episodes(run_, "valid", n_valid, rng), Episodes(run_, "test", n_test, rng)
-    R = dict(env=run_.env_name, n_valid=n_valid, n_test=n_test, budgets=list(BUDGETS),
+    R = dict(env=run_.env_name, n_valid=n_valid, n_test=n_test, budgets=list(BUDGETS), headline=HEADLINE,
              no_monitor=float(np.mean([e.success for e in T.eps])),
              always=float(np.mean([T.expert_success(i, 0) for i in range(len(T.eps))])),
              failures=int(sum(not e.success for e in T.eps)),

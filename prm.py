@@ -23,7 +23,6 @@ sum against the oracle's first critical mistake), and the extra training each sc
     python prm.py --ckpt out/ppo.pt           # the table again from the saved checkpoints
 """
 import json
-import math
 import os
 import random
 import sys
@@ -38,6 +37,7 @@ import report
 import search as S
 
 N_SAMPLES = 8  # sampled episodes per task: best-of-8
+N_ATTRIBUTION = 4  # failed samples among the first 4 of each task are attributed (as in report.py)
 
 
 def scorers(folder, run_):
@@ -102,7 +102,7 @@ def step_table(agent, extra, episodes, rng):
 
 def traj_score(name, ep, steps, how, rng, for_bon):
     """One number per episode, as report.py does: the oracle's best-of-N uses the verified outcome (Pass@N),
-    its failure score the sum of A*; random draws once per trajectory."""
+    its failure score its A* aggregated like any step score; random draws once per trajectory."""
     if name == "oracle":
         return ep.reward if for_bon else pa.aggregate(steps, how)
     if name == "random":
@@ -128,14 +128,15 @@ def choose(table, episodes, rng):
         def auc(how):
             return pa.auroc([traj_score(name, e, s, how, rng, False) for e, s in zip(firsts, f_scores)],
                             [e.success for e in firsts])
-        out[name] = dict(bon=report.choose_how(bon8)[0], auroc=report.choose_how(auc)[0])
+        (how_b, sb), (how_a, sa) = report.choose_how(bon8), report.choose_how(auc)
+        out[name] = dict(bon=how_b, auroc=how_a, valid_bon8=sb[how_b], valid_auroc=sa[how_a])
     return out
 
 
 def measure(table, episodes, how, rng):
     """The test metrics of every row with the aggregations chosen on validation."""
     groups, firsts = _groups(episodes), episodes[::N_SAMPLES]
-    failed = [(i, e) for i, e in enumerate(episodes) if i % N_SAMPLES < 4 and not e.success]
+    failed = [(i, e) for i, e in enumerate(episodes) if i % N_SAMPLES < N_ATTRIBUTION and not e.success]
     labelled = [(i, report.attribution_steps(e)) for i, e in failed]
     labelled = [(i, t) for i, t in labelled if t is not None]
     astar = [s.qstar - s.vstar for e in firsts for s in e.steps]
@@ -148,6 +149,7 @@ def measure(table, episodes, how, rng):
         labels = [e.success for e in firsts]
         preds = [pa.argmin_cumsum(per_ep[i]) for i, _ in labelled]
         rows[name] = dict(bon8=report.rate(picked), how_bon=how[name]["bon"], how_auroc=how[name]["auroc"],
+                          valid_bon8=how[name]["valid_bon8"], valid_auroc=how[name]["valid_auroc"],
                           auroc=pa.auroc(fx, labels),
                           auroc_ci=pa.bootstrap_ci((np.array(fx), np.array(labels, dtype=float)), pa.auroc, n_boot=300),
                           spearman_astar=pa.spearman([v for s in per_ep[::N_SAMPLES] for v in s], astar),
@@ -171,7 +173,8 @@ def compare(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, 
     rows, base = measure(step_table(agent, extra, test, rng), test, how, rng)
     for name, (kind, _, ck) in extra.items():
         rows[name].update(train_s=ck.get("seconds", 0.0) if kind != "ref" else 0.0, labels=ck.get("labels", "none"))
-    P = dict(env=run_.env_name, beta=agent.beta, n_valid=n_valid, n_test=n_test, samples=N_SAMPLES, rows=rows, **base)
+    P = dict(env=run_.env_name, beta=agent.beta, n_valid=n_valid, n_test=n_test, samples=N_SAMPLES, rows=rows,
+             valid_mean_at_8=float(np.mean([e.success for e in valid])), **base)
     lines = table(P)
     print("\n".join(lines))
     os.makedirs(out_dir, exist_ok=True)
@@ -190,6 +193,12 @@ def table(P):
          f"({P['n_failures']} failures); attribution on {P['n_attribution']} failed samples with a critical mistake.", "",
          "| scorer | best-of-8 % [95% CI] | failure AUROC [95% CI] | aggregation (best-of-8 / AUROC) "
          "| Spearman(step, A*) | attribution acc | extra training |", "|---|---:|---:|---|---:|---:|---|"]
+    refs = [n for n in P["rows"] if n.startswith("pa") and "valid_bon8" in P["rows"][n]]
+    if refs:  # which reference to use is a choice: it is made here, on validation
+        best = max(refs, key=lambda n: P["rows"][n]["valid_bon8"])
+        L[2:2] = [f"On the {P['n_valid']} validation tasks, best-of-8 by PA under each reference: "
+                  + ", ".join(f"{n} {f(P['rows'][n]['valid_bon8']).strip()}" for n in refs)
+                  + f" (Mean@8 there {f(P['valid_mean_at_8']).strip()}): the choice is {best}.", ""]
     for name, r in P["rows"].items():
         b, ci = r["bon8"], r["auroc_ci"]
         cost = "none" if name in ("pa", "logprob", "random") or name.startswith("pa@") else \

@@ -183,10 +183,12 @@ def halting_monitor(selector, how, threshold, beta, rng=None):
     score an action before it is executed (not value_td); the oracle's needs rollout(..., oracle=True)."""
     if not SELECTORS[selector].before_acting:
         raise ValueError(f"selector {selector!r} needs the action executed: it cannot stop the agent before it")
+    seen = {}  # id(episode) -> the step scores so far, each computed once (a random scorer draws once per step)
 
     def fire(ep, st):
-        return pa.monitor_scores(step_scores(Episode(0, 0, False, ep.steps + [st]), selector, beta, rng), how)[-1] \
-            < threshold
+        scores = seen.setdefault(id(ep), [])
+        scores.append(step_scores(Episode(0, 0, False, [st]), selector, beta, rng)[0])  # executed next, unless
+        return pa.monitor_scores(scores, how)[-1] < threshold                           # this hands over
     return fire
 
 
@@ -495,7 +497,7 @@ def main(argv):
                    "reference: python train.py --stage=prm)")
     p.add_argument("--show", type=int, default=3, help="how many test episodes to print")
     p.add_argument("--monitor", action="store_true", help="mark where PA's halting monitor would ask for help "
-                   "(its choice at 20 requests per 100 episodes, from monitor.json beside --ckpt: python monitor.py)")
+                   "(its choice at the headline budget of monitor.json beside --ckpt: python monitor.py)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     if not 1 <= args.show <= envs.N_TASKS["test"]:
@@ -515,7 +517,11 @@ def main(argv):
         path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "monitor.json")
         if not os.path.exists(path):
             raise SystemExit(f"search.py: no {path}: run python monitor.py --ckpt {args.ckpt} first")
-        h = json.load(open(path))["rows"]["pa"]["20"]
+        if args.pa_ref:
+            raise SystemExit("search.py: --monitor's threshold was fitted to PA against the run's own reference; "
+                             "drop --pa_ref")
+        saved = json.load(open(path))
+        h = saved["rows"]["pa"][str(saved["headline"])]
         mon = (h["how"], h["threshold"])
         print(f"PA's monitor: asks for help when its running {h['how']} is below {h['threshold']:+.4f}"
               if h["threshold"] > -math.inf else "PA's monitor: on validation, no threshold fit the budget: it never fires")
