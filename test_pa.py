@@ -38,6 +38,7 @@ import pa
 import prm
 import report
 import results
+import scale
 import search
 import shop
 import train
@@ -1734,6 +1735,19 @@ def test_monitor_choices_keep_to_their_budgets_on_validation(one_row_run):
     for sel in monitor.SCORERS:
         for b, (how, th) in monitor.choose(V, sel, (20, 50)).items():
             assert V.outcome(V.handovers(sel, how, th))["requests"] <= b, f"{sel} at {b} requests per 100"
+
+
+def test_small_against_large_counts_compute_per_policy(tiny_run, tiny_report, tmp_path):
+    """The same run as "small" and "large": identical greedy results and compute; PA's selection pays for the
+    reference's pass; more samples cost more."""
+    R = scale.compare(str(tiny_run / "ppo.pt"), str(tiny_run / "ppo.pt"), n_tasks=2, device="cpu", out=str(tmp_path))
+    rows = R["rows"]
+    assert rows["large, greedy"] == rows["small, greedy"]
+    assert rows["small, best-of-8 by pa"]["flops"] == pytest.approx(2 * rows["small, best-of-8 by logprob"]["flops"])
+    assert rows["small, best-of-2 by logprob"]["flops"] < rows["small, best-of-8 by logprob"]["flops"]
+    assert "| small, greedy |" in (tmp_path / "scale.md").read_text()
+    with pytest.raises(SystemExit, match="scale.py: no checkpoint at"):
+        scale.main(["--small=/nonexistent/ppo.pt", "--device=cpu"])
 
 # ==================== diagnose.py: PPO against the exact optimum ============================================
 
