@@ -14,14 +14,12 @@ same monitor online. A scorer that needs the action executed (value_td) can only
     python search.py --ckpt out/ppo.pt --show 3 --monitor   # where PA's monitor stops, next to the first mistake
 """
 import argparse
-import json
 import os
 import random
 import sys
 
 import numpy as np
 
-import envs
 import model as M
 import pa
 import report
@@ -106,13 +104,7 @@ def check(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, n_
     for sel in SCORERS:  # a threshold of -inf (never hand over) always fits a budget
         R["rows"][sel] = {str(b): dict(how=how, threshold=th, **T.outcome(T.handovers(sel, how, th)))
                           for b, (how, th) in choose(V, sel, BUDGETS).items()}
-    lines = table(R)
-    print("\n".join(lines))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "monitor.json"), "w") as f:
-        json.dump(R, f, indent=1, default=float)
-    with open(os.path.join(out_dir, "monitor.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    report.save_table(out_dir, "monitor", R, table(R))
     return R
 
 
@@ -142,9 +134,8 @@ def main(argv):
     p.add_argument("--n_test", type=int, default=200, help="test tasks")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    for k, n in (("n_valid", args.n_valid), ("n_test", args.n_test)):
-        if not 1 <= n <= envs.N_TASKS[k[2:]]:
-            p.error(f"--{k} takes 1 to {envs.N_TASKS[k[2:]]} tasks, not {n}")
+    report.check_tasks(p, "n_valid", args.n_valid, "valid")
+    report.check_tasks(p, "n_test", args.n_test, "test")
     try:
         M.get_device(args.device)
     except ValueError as e:

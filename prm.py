@@ -22,7 +22,6 @@ sum against the oracle's first critical mistake), and the extra training each sc
     python train.py --stage=prm               # train the two reward models, save the merges, write the table
     python prm.py --ckpt out/ppo.pt           # the table again from the saved checkpoints
 """
-import json
 import os
 import random
 import sys
@@ -30,7 +29,6 @@ import sys
 import numpy as np
 import torch
 
-import envs
 import model as M
 import pa
 import report
@@ -175,13 +173,7 @@ def compare(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, 
         rows[name].update(train_s=ck.get("seconds", 0.0) if kind != "ref" else 0.0, labels=ck.get("labels", "none"))
     P = dict(env=run_.env_name, beta=agent.beta, n_valid=n_valid, n_test=n_test, samples=N_SAMPLES, rows=rows,
              valid_mean_at_8=float(np.mean([e.success for e in valid])), **base)
-    lines = table(P)
-    print("\n".join(lines))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "prm.json"), "w") as f:
-        json.dump(P, f, indent=1, default=float)
-    with open(os.path.join(out_dir, "prm.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    report.save_table(out_dir, "prm", P, table(P))
     return P
 
 
@@ -220,10 +212,8 @@ def main(argv):
     p.add_argument("--n_test", type=int, default=120, help="test tasks")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    for k, n in (("n_valid", args.n_valid), ("n_test", args.n_test)):
-        split = k[2:]
-        if not 1 <= n <= envs.N_TASKS[split]:
-            p.error(f"--{k} takes 1 to {envs.N_TASKS[split]} tasks, not {n}")
+    report.check_tasks(p, "n_valid", args.n_valid, "valid")
+    report.check_tasks(p, "n_test", args.n_test, "test")
     try:
         M.get_device(args.device)
     except ValueError as e:

@@ -569,15 +569,25 @@ def table(R):
     return L
 
 
-def write(R, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    lines = table(R)
+def check_tasks(parser, flag, n, split):
+    """Refuse (argparse's error, exit 2) a task count outside 1..the split's size."""
+    if not 1 <= n <= envs.N_TASKS[split]:
+        parser.error(f"--{flag} takes 1 to {envs.N_TASKS[split]} tasks, not {n}")
+
+
+def save_table(out_dir, name, data, lines):
+    """Print a table's markdown lines and write them to out_dir/<name>.md, the numbers to <name>.json."""
     print("\n".join(lines))
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(R, f, indent=1, default=float)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=1, default=float)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"wrote {out_dir}/report.json and report.md")
+    print(f"wrote {out_dir}/{name}.json and {name}.md")
+
+
+def write(R, out_dir):
+    save_table(out_dir, "report", R, table(R))
 
 
 # -----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import sys
 
 import numpy as np
 
-import envs
 import model as M
 import report
 import search as S
@@ -56,13 +55,8 @@ def compare(small_path, large_path, n_tasks=120, device="auto", seed=0, out=None
             rows[f"small, best-of-{k} by {sel}"] = dict(success=report.rate(picked),
                                                          flops=2 * n_small * toks * (2 if sel == "pa" else 1))
     R = dict(env=small.env_name, n_tasks=n_tasks, params=dict(small=n_small, large=n_large), rows=rows)
-    lines = table(R)
-    print("\n".join(lines))
     out = out or os.path.dirname(os.path.abspath(small_path))
-    with open(os.path.join(out, "scale.json"), "w") as f:
-        json.dump(R, f, indent=1, default=float)
-    with open(os.path.join(out, "scale.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    report.save_table(out, "scale", R, table(R))
     return R
 
 
@@ -85,8 +79,7 @@ def main(argv):
     p.add_argument("--n_tasks", type=int, default=120, help="test tasks")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    if not 1 <= args.n_tasks <= envs.N_TASKS["test"]:
-        p.error(f"--n_tasks takes 1 to {envs.N_TASKS['test']} tasks, not {args.n_tasks}")
+    report.check_tasks(p, "n_tasks", args.n_tasks, "test")
     try:
         compare(args.small, args.large, args.n_tasks, args.device)
     except (M.CheckpointError, FileNotFoundError) as e:

@@ -255,11 +255,7 @@ def train_sft(cfg, enc):
         ce = -(logprobs * action_mask).sum() / n
         v_loss = 0.5 * (((values - returns) ** 2) * action_mask).sum() / n
         loss = ce + cfg.sft_vf_coef * v_loss
-        check_finite(loss, "sft loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
-        opt.step()
+        gradient_step(opt, net, loss, cfg.max_grad_norm, "sft loss")
         if it + 1 == max(1, round(cfg.sft_early * cfg.sft_iters)):  # knows the format, not yet the task well:
             save(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
                  seconds=time.time() - t0)  # the analogue of a base model, a reference for PA (prm.py)
@@ -268,6 +264,15 @@ def train_sft(cfg, enc):
                                seconds=round(time.time() - t0, 1)))
     save(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
     return net
+
+
+def gradient_step(opt, net, loss, max_grad_norm, what):
+    """One optimizer step on loss, its gradient norm clipped; a non-finite loss stops the run (check_finite)."""
+    check_finite(loss, what)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+    opt.step()
 
 
 def check_finite(x, what):
@@ -417,13 +422,9 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
                                             cfg.clip, cfg.vclip)
             entropy = masked_mean(ent, mb_mask)
             loss = (0.0 if critic_only else pg_loss - cfg.ent_coef * entropy) + cfg.vf_coef * v_loss
-            check_finite(loss, "ppo loss")
             if first_ratio is None:  # nothing has changed yet: this must be exactly 1
                 first_ratio = (d["ratio"] - 1).abs().mul(mb_mask).max().item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            opt.step()
+            gradient_step(opt, policy, loss, cfg.max_grad_norm, "ppo loss")
             for k, x in (("pg_loss", pg_loss.item()), ("v_loss", v_loss.item()), ("approx_kl", d["approx_kl"]),
                          ("clipfrac", d["clipfrac"]), ("entropy", entropy.item())):
                 stats[k].append(x)
@@ -556,11 +557,7 @@ def train_implicit_prm(cfg, enc, ref, episodes):
         for chunk in torch.randperm(len(episodes), generator=gen).split(32):
             seq = episode_logprobs(phi, [episodes[i] for i in chunk.tolist()], cfg.temperature, M.pad_id(enc))
             loss = pa.implicit_prm_loss(seq - ref_seq[chunk].to(seq.device), labels[chunk].to(seq.device), cfg.beta)
-            check_finite(loss, "implicit prm loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(phi.parameters(), cfg.max_grad_norm)
-            opt.step()
+            gradient_step(opt, phi, loss, cfg.max_grad_norm, "implicit prm loss")
             losses.append(loss.item())
         print(f"implicit prm epoch {epoch}: loss {np.mean(losses):.4f}")
     return phi.eval()
@@ -584,11 +581,7 @@ def train_supervised_prm(cfg, enc, ref, episodes):
             with M.autocast_ctx(cfg.device):
                 pred = net.value_at(idx.to(cfg.device), last)
             loss = 0.5 * ((pred - target[chunk].to(cfg.device)) ** 2).mean()
-            check_finite(loss, "supervised prm loss")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
-            opt.step()
+            gradient_step(opt, net, loss, cfg.max_grad_norm, "supervised prm loss")
             losses.append(loss.item())
         print(f"supervised prm epoch {epoch}: mse {2 * np.mean(losses):.4f}")
     return net.eval()
