@@ -14,6 +14,7 @@ to tell estimation (critic, GAE, samples) from optimisation (Adam, clipping, the
     python diagnose.py                                  # tabular PPO: the table of variants (about 5 minutes)
     python diagnose.py --ckpt out/ppo.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
     python diagnose.py --few_tasks 8 --advantages exact # the network's PPO on 8 validation tasks against pi* there
+    python diagnose.py --few_tasks 8 --start optimum    # ... starting from pi* distilled into the network
 """
 import argparse
 import json
@@ -240,8 +241,51 @@ def exact_advantage(sol, step, beta):
     return beta * (sol.log_ratio(step.env.state, step.text) - step.log_ratio)
 
 
+def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr=1e-3, batch=256, max_steps=None,
+                   seed=0):
+    """Put pi* into the network, as the start of the stationarity test: on the states the network visits (its
+    own samples of the n_tasks validation tasks, so they approach pi*'s as it learns: DAgger), the cross-entropy
+    of its probability of each available action's tokens to pi*'s probability of that action, one pass per round.
+    pi*'s small mass on the no-op (any other text) is not taught. Returns the log of each round."""
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    gen, sample_gen = torch.Generator().manual_seed(seed + 3), torch.Generator().manual_seed(seed + 4)
+    log = []
+    for r in range(rounds):
+        env_list = [envs.make_env(cfg.env, "valid", i % n_tasks, 10**6 + r * episodes + i, max_steps)
+                    for i in range(episodes)]
+        policy.eval()
+        eps = S.rollout(agent, env_list, generator=sample_gen, keep_states=True)
+        targets = {}  # each visited state once: (prompt, action tokens, pi*(action | state)) of its actions
+        for ep in eps:
+            for st in ep.steps:
+                sol, state = sols[ep.task], st.env.state
+                if (ep.task, state) not in targets:
+                    targets[ep.task, state] = [
+                        (st.prompt, train.M.encode_action(agent.enc, a), p * math.exp(sol.log_ratio(state, a)))
+                        for a, p in sol.pi_ref[state].items()]
+        rows = [x for xs in targets.values() for x in xs]
+        policy.train()
+        losses = []
+        for chunk in torch.randperm(len(rows), generator=gen).split(batch):
+            mb = [rows[i] for i in chunk.tolist()]
+            idx, mask = train.M.pack([p for p, _, _ in mb], [a for _, a, _ in mb], agent.pad)
+            lp, _, _ = policy.evaluate(idx, cfg.temperature, action_mask=mask)
+            w = torch.tensor([x for _, _, x in mb])
+            loss = -(w * (lp.float() * mask).sum(-1)).sum() / w.sum()  # cross-entropy per unit of pi*'s mass
+            train.gradient_step(opt, policy, loss, cfg.max_grad_norm, "distillation loss")
+            losses.append(loss.item())
+        steps = [(ep.task, st) for ep in eps for st in ep.steps]
+        optimum = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
+        log.append(dict(round=r, success=float(np.mean([ep.success for ep in eps])), states=len(targets),
+                        loss=float(np.mean(losses)), pearson=report._pearson([st.log_ratio for _, st in steps], optimum)))
+        print("distil | " + " | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in log[-1].items()))
+    return log
+
+
 def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
-              device="cpu", seed=0, max_steps=None, **overrides):
+              device="cpu", seed=0, max_steps=None, start="reference", distil_rounds=10, distil_lr=1e-3,
+              critic_warmup=0, **overrides):
     """The network version of the tabular question: train.py's PPO from the reference, on n_tasks validation
     tasks only (so that each state is visited often, as in a table), with GAE's advantages (advantages="gae")
     or with the exact ones of the optimum (advantages="exact": beta * (log pi*/pi_ref - log pi/pi_ref) of the
@@ -249,7 +293,14 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     its fixed point). If "exact" reaches pi* and "gae" does not, what is missing is estimation (critic, GAE,
     samples); if neither does, it is the optimiser or the network. A diagnostic on validation tasks, never a
     recipe. Returns the per-iteration log; writes ppo.pt and then the optimum check on the same tasks to out_dir.
+    start="optimum": the stationarity test. PPO starts from pi* distilled into the network (distil_optimum,
+    distil_rounds rounds) instead of from the reference; if the log-ratio's correlation with pi*'s then decays
+    under unchanged PPO, PPO's fixed point is not pi* (a bug or a mis-specified reward); if it holds, the
+    trouble is getting there. critic_warmup: iterations that fit only the critic first (its head learned the
+    reference's returns, not the distilled policy's); they are logged with critic_only.
     max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
+    if start not in ("reference", "optimum"):
+        raise ValueError(f"start: reference or optimum, not {start!r}")
     ck = train.M.load_checkpoint(ref_path)
     cfg = train.Config(**{**ck["train_config"], "out_dir": out_dir, "device": device, "seed": seed,
                           "ppo_iters": iters, "episodes_per_iter": episodes, **overrides})
@@ -265,10 +316,13 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     sols = [envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(report.reference_probs(agent, cache(t)),
                                                                            cfg.beta) for t in range(n_tasks)]
     exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
+    log = []
+    if start == "optimum":
+        log += distil_optimum(policy, agent, sols, cfg, n_tasks, distil_rounds, lr=distil_lr, max_steps=max_steps,
+                              seed=seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
-    log = []
-    for it in range(iters):
+    for it in range(critic_warmup + iters):
         t0 = time.time()
         env_list = [envs.make_env(cfg.env, "valid", i % n_tasks, it * episodes + i, max_steps) for i in range(episodes)]
         policy.eval()
@@ -277,12 +331,13 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         mine = [st.log_ratio for _, st in steps]
         target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
         policy.train()
-        stats = train.ppo_update(cfg, policy, opt, agent, eps, gen, exact if advantages == "exact" else None)
-        log.append(dict(iter=it, success=float(np.mean([ep.success for ep in eps])),
+        stats = train.ppo_update(cfg, policy, opt, agent, eps, gen, exact if advantages == "exact" else None,
+                                 critic_only=it < critic_warmup)
+        log.append(dict(iter=it, critic_only=it < critic_warmup, success=float(np.mean([ep.success for ep in eps])),
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
                         pearson=report._pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
-    train.save(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=iters - 1)
+    train.save(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=critic_warmup + iters - 1)
     report.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
                          max_steps=max_steps, cache_dir=cache_dir)
     with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
@@ -300,6 +355,11 @@ def main(argv):
                                                              "optimum check on them")
     p.add_argument("--advantages", default="gae", choices=("gae", "exact"), help="with --few_tasks: GAE's "
                    "advantages or the optimum's exact ones")
+    p.add_argument("--start", default="reference", choices=("reference", "optimum"), help="with --few_tasks: PPO "
+                   "starts from the reference, or from pi* distilled into the network (the stationarity test)")
+    p.add_argument("--distil_rounds", type=int, default=10, help="with --start optimum: rounds of distillation")
+    p.add_argument("--critic_warmup", type=int, default=0, help="with --few_tasks: iterations that fit only the "
+                   "critic before PPO")
     p.add_argument("--ref", default="out/ref.pt", help="with --few_tasks: the reference to start from")
     p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
                    "(the reference's scores are cached in optimum_cache/ beside --ref)")
@@ -326,10 +386,13 @@ def main(argv):
             p.error("--set changes the tabular run only: not with --few_tasks or --kl_split")
         variants = {"train.py's recipe": VARIANTS["train.py's recipe"], "with " + ", ".join(args.set): change}
     if args.few_tasks:
+        if args.distil_rounds < 1 or args.critic_warmup < 0:
+            p.error("--distil_rounds must be at least 1 and --critic_warmup at least 0")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters or 30, advantages=args.advantages,
+                      start=args.start, distil_rounds=args.distil_rounds, critic_warmup=args.critic_warmup,
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
         except train.M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")

@@ -1508,6 +1508,8 @@ def test_command_line_arguments_are_checked(capsys):
     for main, argv in ((report.main, ["--optimum=-1"]), (search.main, ["--show=0"]), (envs.main, ["--env=mars"]),
                        (envs.main, ["--split=dev"]), (report.main, ["--device=tpu"]), (bench.main, ["--only=gpu"]),
                        (diagnose.main, ["--few_tasks=201"]), (diagnose.main, ["--few_tasks=2", "--advantages=oracle"]),
+                       (diagnose.main, ["--few_tasks=2", "--start=pi_star"]),
+                       (diagnose.main, ["--few_tasks=2", "--distil_rounds=0"]),
                        (prm.main, ["--n_test=0"]), (monitor.main, ["--n_valid=0"])):
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -1803,6 +1805,19 @@ def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, t
     O = json.loads((tmp_path / "optimum.json").read_text())
     assert O["n"] == 2 and O["log_ratio"]["steps"] > 0, "the optimum check ran on the same two tasks"
     assert (tmp_path / "ppo.pt").exists() and (tmp_path / "few_tasks_log.json").exists(), os.listdir(tmp_path)
+
+
+def test_distilling_the_optimum_lowers_the_cross_entropy_to_it(tiny_run, tmp_path):
+    """The stationarity test's start: cross-entropy to pi* over the available actions of the visited states
+    (beta small, so that pi* is far from the tiny reference). The tiny model is too small to write whole actions,
+    so what is checked is that the cross-entropy falls, then that PPO runs on from there, critic first."""
+    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=1, episodes=4, max_steps=3,
+                             start="optimum", distil_rounds=5, distil_lr=3e-2, critic_warmup=1, beta=0.005)
+    distil, ppo = [r for r in log if "round" in r], [r for r in log if "iter" in r]
+    assert len(distil) == 5 and [r["critic_only"] for r in ppo] == [True, False], log
+    assert distil[-1]["loss"] < 0.5 * distil[0]["loss"], f"the cross-entropy to pi* must fall: {distil}"
+    with pytest.raises(ValueError, match="start"):
+        diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), start="pi_star")
 
 
 def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
