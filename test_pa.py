@@ -1431,6 +1431,45 @@ def test_sft_fits_demonstrations_at_temperature_one(tiny_run, tmp_path):
         assert torch.equal(warm[k], cold[k]), f"SFT weights depend on --temperature ({k})"
 
 
+def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path):
+    """--critic=separate: the value loss trains its own network and never moves the policy; the rollouts' values
+    are re-read from it; a run checkpoints it, resumes it, and refuses to resume a shared-critic run with it."""
+    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"]))
+    policy, critic = model.GPT(agent.policy.config), model.GPT(agent.policy.config)
+    policy.load_state_dict(agent.policy.state_dict())
+    critic.load_state_dict(agent.ref.state_dict())
+    ag = search.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
+    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4], [0]), generator=torch.Generator().manual_seed(0))
+    steps = [s for ep in eps for s in ep.steps]
+    pol_before = [p.detach().clone() for p in policy.parameters()]
+    head_before = critic.value_head.weight.detach().clone()
+    train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
+                     torch.Generator().manual_seed(0), critic_only=True, critic=critic,
+                     critic_opt=torch.optim.AdamW(critic.parameters(), lr=1e-3))
+    assert all(torch.equal(a, b) for a, b in zip(pol_before, policy.parameters())), "the policy must not move"
+    assert not torch.equal(head_before, critic.value_head.weight), "the critic must learn"
+    critic.load_state_dict(agent.ref.state_dict())
+    train.critic_values(critic, eps, 1.0, ag.pad)
+    idx, mask = model.pack([s.prompt for s in steps], [s.action for s in steps], ag.pad)
+    _, v, _ = agent.ref.evaluate(idx, 1.0, action_mask=mask)
+    for b, s in enumerate(steps):
+        assert torch.allclose(s.values, v[b, len(s.prompt):len(s.prompt) + len(s.action)], atol=1e-5), \
+            "the rollout's values must be the critic's"
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--critic=separate"]
+    train.main(base + ["--ppo_iters=1"])
+    assert "critic" in model.load_checkpoint(str(tmp_path / "ppo.pt")), "the critic travels in the checkpoint"
+    train.main(base + ["--ppo_iters=2", "--init_from=resume"])
+    assert [json.loads(l)["iter"] for l in open(tmp_path / "ppo_log.jsonl")] == [0, 1]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(tiny_run / "ref.pt", shared / "ref.pt")
+    train.main(TINY + [f"--out_dir={shared}", "--stage=ppo", "--eval=false", "--ppo_iters=1"])
+    with pytest.raises(SystemExit, match="trained with --critic=shared"):
+        train.main(TINY + [f"--out_dir={shared}", "--stage=ppo", "--eval=false", "--ppo_iters=2",
+                           "--init_from=resume", "--critic=separate"])
+
+
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]
@@ -1471,6 +1510,8 @@ def test_train_refuses_bad_options_and_devices():
         train.resolve(train.parse_args(["--device=tpu"]))
     with pytest.raises(SystemExit, match="valid: gae, rloo"):
         train.parse_args(["--advantage=vtrace"])
+    with pytest.raises(SystemExit, match="valid: shared, separate"):
+        train.parse_args(["--critic=twin"])
     with pytest.raises(SystemExit, match="must be >= 1 and divide --episodes_per_iter \\(128\\)"):
         train.resolve(train.parse_args(["--samples_per_task=3", "--device=cpu"]))
     assert train.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"

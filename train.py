@@ -73,6 +73,7 @@ class Config:
     advantage: str = "gae"           # gae, or rloo: each episode's KL-shaped return less the mean of its task's others
     critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
+    critic: str = "shared"           # shared: the policy's own value head; separate: a copy of the reference network
     ppo_lr: float = 3e-4
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
@@ -137,6 +138,8 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --init_from: {cfg.init_from!r}; valid: {', '.join(INITS)}")
     if cfg.report not in ("auto", "quick", "full"):
         raise SystemExit(f"bad value for --report: {cfg.report!r}; valid: auto, quick, full")
+    if cfg.critic not in ("shared", "separate"):
+        raise SystemExit(f"bad value for --critic: {cfg.critic!r}; valid: shared, separate")
     if cfg.advantage not in ("gae", "rloo"):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo")
     if cfg.preset not in ("auto", "cpu", "gpu"):
@@ -382,11 +385,16 @@ def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, 
     return pg_loss, v_loss, dict(approx_kl=approx_kl.item(), clipfrac=clipfrac.item(), ratio=ratio)
 
 
-def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_only=False):
+def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_only=False, critic=None,
+               critic_opt=None):
     """One PPO iteration's learning from its rollouts. Returns the logged statistics. `advantages`, if given,
     replaces GAE's for the policy loss: a function of the episodes giving one number per step of each episode,
     put on every token of that step's action (diagnose.py's runs with exact advantages from the oracle).
-    critic_only: fit the critic alone, to Monte Carlo returns (GAE with lambda = 1), with no policy loss."""
+    critic_only: fit the critic alone, to Monte Carlo returns (GAE with lambda = 1), with no policy loss.
+    critic (with its own critic_opt): a separate network whose value head is the critic (--critic=separate):
+    the rollouts' values are re-read from it, and the value loss trains it alone, never the policy."""
+    if critic is not None:
+        critic_values(critic, episodes, cfg.temperature, agent.pad)
     # 1. rewards and GAE: per-token rewards and GAE over each episode's action tokens (fp32, no grad)
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta)
     adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else cfg.lam)
@@ -417,14 +425,21 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
             dev = cfg.device
             with M.autocast_ctx(dev):
                 new_lp, new_v, ent = policy.evaluate(idx.to(dev), cfg.temperature, action_mask=mb_mask.to(dev))
+                if critic is not None:
+                    _, new_v, _ = critic.evaluate(idx.to(dev), cfg.temperature, action_mask=mb_mask.to(dev))
             new_lp, new_v, ent = new_lp.float().cpu(), new_v.float().cpu(), ent.float().cpu()
             pg_loss, v_loss, d = ppo_losses(new_lp, mb_old_lp, mb_adv, new_v, mb_old_v, mb_ret, mb_mask,
                                             cfg.clip, cfg.vclip)
             entropy = masked_mean(ent, mb_mask)
-            loss = (0.0 if critic_only else pg_loss - cfg.ent_coef * entropy) + cfg.vf_coef * v_loss
             if first_ratio is None:  # nothing has changed yet: this must be exactly 1
                 first_ratio = (d["ratio"] - 1).abs().mul(mb_mask).max().item()
-            gradient_step(opt, policy, loss, cfg.max_grad_norm, "ppo loss")
+            policy_loss = 0.0 if critic_only else pg_loss - cfg.ent_coef * entropy
+            if critic is None:  # one network: both losses through the shared trunk
+                gradient_step(opt, policy, policy_loss + cfg.vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
+            else:
+                if not critic_only:
+                    gradient_step(opt, policy, policy_loss, cfg.max_grad_norm, "ppo policy loss")
+                gradient_step(critic_opt, critic, cfg.vf_coef * v_loss, cfg.max_grad_norm, "ppo value loss")
             for k, x in (("pg_loss", pg_loss.item()), ("v_loss", v_loss.item()), ("approx_kl", d["approx_kl"]),
                          ("clipfrac", d["clipfrac"]), ("entropy", entropy.item())):
                 stats[k].append(x)
@@ -435,6 +450,24 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     out["explained_var"] = float(1 - (rr - vv).var() / rr.var().clamp(min=1e-8))
     out["first_ratio_dev"] = first_ratio
     return out
+
+
+@torch.no_grad()
+def critic_values(critic, episodes, temperature, pad):
+    """Replace each step's values (read from the policy's own head during the rollout) with the separate
+    critic's, teacher-forced on the same (prompt, action) rows."""
+    critic.eval()
+    device = next(critic.parameters()).device
+    steps = [s for ep in episodes for s in ep.steps]
+    for c in range(0, len(steps), 256):
+        chunk = steps[c:c + 256]
+        idx, mask = M.pack([s.prompt for s in chunk], [s.action for s in chunk], pad)
+        with M.autocast_ctx(device):
+            _, v, _ = critic.evaluate(idx.to(device), temperature, action_mask=mask.to(device))
+        v = v.float().cpu()
+        for b, s in enumerate(chunk):
+            s.values = v[b, len(s.prompt):len(s.prompt) + len(s.action)].clone()
+    critic.train()
 
 
 def _iter_of(line):
@@ -461,12 +494,21 @@ def train_ppo(cfg, enc, ref):
     policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    critic = critic_opt = None
+    if cfg.critic == "separate":  # the reference network again, its value head the critic, trained on its own
+        critic = _copy(cfg, ref)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if cfg.init_from == "resume" and os.path.exists(ppo_path):
         ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=M.tokenizer_spec(enc))
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if critic is not None:
+            if "critic" not in ck:
+                raise SystemExit(f"{ppo_path} was trained with --critic=shared: resume it with that, or start anew")
+            critic.load_state_dict(ck["critic"])
+            critic_opt.load_state_dict(ck["critic_optimizer"])
         set_rng_state(ck["rng"])
         gen.set_state(ck["gen"])
         sample_gen.set_state(ck["sample_gen"])
@@ -494,7 +536,8 @@ def train_ppo(cfg, enc, ref):
         t1 = time.time()
         critic_only = it < cfg.critic_warmup
         stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only,
-                           advantages=(lambda eps: rloo_advantages(eps, cfg.beta)) if cfg.advantage == "rloo" else None)
+                           advantages=(lambda eps: rloo_advantages(eps, cfg.beta)) if cfg.advantage == "rloo" else None,
+                           critic=critic, critic_opt=critic_opt)
         n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
         steps = [s for ep in episodes for s in ep.steps]
         rec = dict(iter=it, reward=float(np.mean([e.reward for e in episodes])),
@@ -506,7 +549,8 @@ def train_ppo(cfg, enc, ref):
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
         save(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
-             gen=gen.get_state(), sample_gen=sample_gen.get_state())
+             gen=gen.get_state(), sample_gen=sample_gen.get_state(),
+             **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}))
     return policy
 
 # -----------------------------------------------------------------------------
