@@ -321,6 +321,10 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         log += distil_optimum(policy, agent, sols, cfg, n_tasks, distil_rounds, lr=distil_lr, max_steps=max_steps,
                               seed=seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    critic = critic_opt = None
+    if cfg.critic == "separate":  # as train.train_ppo does
+        critic = train._copy(cfg, ref)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
     for it in range(critic_warmup + iters):
         t0 = time.time()
@@ -332,7 +336,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
         policy.train()
         stats = train.ppo_update(cfg, policy, opt, agent, eps, gen, exact if advantages == "exact" else None,
-                                 critic_only=it < critic_warmup)
+                                 critic_only=it < critic_warmup, critic=critic, critic_opt=critic_opt)
         log.append(dict(iter=it, critic_only=it < critic_warmup, success=float(np.mean([ep.success for ep in eps])),
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
                         pearson=report._pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
@@ -360,6 +364,8 @@ def main(argv):
     p.add_argument("--distil_rounds", type=int, default=10, help="with --start optimum: rounds of distillation")
     p.add_argument("--critic_warmup", type=int, default=0, help="with --few_tasks: iterations that fit only the "
                    "critic before PPO")
+    p.add_argument("--critic", default="shared", choices=("shared", "separate"), help="with --few_tasks: the "
+                   "policy's own value head, or a critic network of its own (train.py --critic)")
     p.add_argument("--ref", default="out/ref.pt", help="with --few_tasks: the reference to start from")
     p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
                    "(the reference's scores are cached in optimum_cache/ beside --ref)")
@@ -393,6 +399,7 @@ def main(argv):
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters or 30, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, critic_warmup=args.critic_warmup,
+                      critic=args.critic,
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
         except train.M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")

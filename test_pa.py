@@ -1851,9 +1851,11 @@ def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, t
 def test_distilling_the_optimum_lowers_the_cross_entropy_to_it(tiny_run, tmp_path):
     """The stationarity test's start: cross-entropy to pi* over the available actions of the visited states
     (beta small, so that pi* is far from the tiny reference). The tiny model is too small to write whole actions,
-    so what is checked is that the cross-entropy falls, then that PPO runs on from there, critic first."""
+    so what is checked is that the cross-entropy falls, then that PPO runs on from there, critic first (here
+    a critic network of its own, as with --critic separate)."""
     log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=1, episodes=4, max_steps=3,
-                             start="optimum", distil_rounds=5, distil_lr=3e-2, critic_warmup=1, beta=0.005)
+                             start="optimum", distil_rounds=5, distil_lr=3e-2, critic_warmup=1, beta=0.005,
+                             critic="separate")
     distil, ppo = [r for r in log if "round" in r], [r for r in log if "iter" in r]
     assert len(distil) == 5 and [r["critic_only"] for r in ppo] == [True, False], log
     assert distil[-1]["loss"] < 0.5 * distil[0]["loss"], f"the cross-entropy to pi* must fall: {distil}"
