@@ -1433,7 +1433,7 @@ def test_sft_fits_demonstrations_at_temperature_one(tiny_run, tmp_path):
 
 def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path):
     """--critic=separate: the value loss trains its own network and never moves the policy; the rollouts' values
-    are re-read from it; a run checkpoints it, resumes it, and refuses to resume a shared-critic run with it."""
+    are re-read from it; a run checkpoints it, resumes it, and refuses to resume with the other kind of critic."""
     cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"]))
     policy, critic = model.GPT(agent.policy.config), model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
@@ -1459,6 +1459,8 @@ def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path
     base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--critic=separate"]
     train.main(base + ["--ppo_iters=1"])
     assert "critic" in model.load_checkpoint(str(tmp_path / "ppo.pt")), "the critic travels in the checkpoint"
+    with pytest.raises(SystemExit, match="trained with --critic=separate"):
+        train.main(base[:-1] + ["--ppo_iters=2", "--init_from=resume"])
     train.main(base + ["--ppo_iters=2", "--init_from=resume"])
     assert [json.loads(l)["iter"] for l in open(tmp_path / "ppo_log.jsonl")] == [0, 1]
     shared = tmp_path / "shared"

@@ -496,6 +496,8 @@ def train_ppo(cfg, enc, ref):
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     critic = critic_opt = None
     if cfg.critic == "separate":  # the reference network again, its value head the critic, trained on its own
+        # (saved as ppo.pt's "critic"; the policy's own head stays the reference's, and that is what the report's
+        # value-TD scorer reads)
         critic = _copy(cfg, ref)
         critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
@@ -504,9 +506,10 @@ def train_ppo(cfg, enc, ref):
         ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=M.tokenizer_spec(enc))
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if (critic is not None) != ("critic" in ck):
+            was = "separate" if "critic" in ck else "shared"
+            raise SystemExit(f"{ppo_path} was trained with --critic={was}: resume it with that, or start anew")
         if critic is not None:
-            if "critic" not in ck:
-                raise SystemExit(f"{ppo_path} was trained with --critic=shared: resume it with that, or start anew")
             critic.load_state_dict(ck["critic"])
             critic_opt.load_state_dict(ck["critic_optimizer"])
         set_rng_state(ck["rng"])
