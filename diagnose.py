@@ -366,6 +366,7 @@ def main(argv):
                    "critic before PPO")
     p.add_argument("--critic", default="shared", choices=("shared", "separate"), help="with --few_tasks: the "
                    "policy's own value head, or a critic network of its own (train.py --critic)")
+    p.add_argument("--seed", type=int, default=0, help="with --few_tasks: the seed of its sampling and minibatches")
     p.add_argument("--ref", default="out/ref.pt", help="with --few_tasks: the reference to start from")
     p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
                    "(the reference's scores are cached in optimum_cache/ beside --ref)")
@@ -399,7 +400,7 @@ def main(argv):
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters or 30, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, critic_warmup=args.critic_warmup,
-                      critic=args.critic,
+                      critic=args.critic, seed=args.seed,
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
         except train.M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
