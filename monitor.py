@@ -13,14 +13,12 @@ same monitor online. A scorer that needs the action executed (value_td) can only
     python monitor.py --ckpt out/ppo.pt        # monitor.json and monitor.md beside the checkpoint
     python search.py --ckpt out/ppo.pt --show 3 --monitor   # where PA's monitor stops, next to the first mistake
 """
-import argparse
 import os
 import random
 import sys
 
 import numpy as np
 
-import model as M
 import pa
 import report
 import search as S
@@ -127,23 +125,8 @@ def table(R):
 
 
 def main(argv):
-    p = argparse.ArgumentParser(description="The halting monitor: success against requests for help, per scorer.")
-    p.add_argument("--ckpt", default="out/ppo.pt")
-    p.add_argument("--out_dir", default=None, help="where monitor.json and monitor.md go (default: the ckpt's folder)")
-    p.add_argument("--n_valid", type=int, default=100, help="validation tasks (the choices are made here)")
-    p.add_argument("--n_test", type=int, default=200, help="test tasks")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    report.check_tasks(p, "n_valid", args.n_valid, "valid")
-    report.check_tasks(p, "n_test", args.n_test, "test")
-    try:
-        M.get_device(args.device)
-    except ValueError as e:
-        p.error(str(e))
-    try:
-        check(args.ckpt, args.out_dir, args.device, n_valid=args.n_valid, n_test=args.n_test)
-    except M.CheckpointError as e:
-        raise SystemExit(f"monitor.py: {e}")
+    report.table_main(argv, "monitor.py", "The halting monitor: success against requests for help, per scorer.",
+                      check)
 
 
 if __name__ == "__main__":

@@ -203,25 +203,8 @@ def table(P):
 
 
 def main(argv):
-    import argparse
-    p = argparse.ArgumentParser(description="PA under other references against trained process reward models "
-                                            "(train them first: python train.py --stage=prm).")
-    p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint; the other checkpoints sit beside it")
-    p.add_argument("--out_dir", default=None, help="where prm.json and prm.md go (default: the ckpt's folder)")
-    p.add_argument("--n_valid", type=int, default=100, help="validation tasks (aggregations are chosen here)")
-    p.add_argument("--n_test", type=int, default=120, help="test tasks")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    report.check_tasks(p, "n_valid", args.n_valid, "valid")
-    report.check_tasks(p, "n_test", args.n_test, "test")
-    try:
-        M.get_device(args.device)
-    except ValueError as e:
-        p.error(str(e))
-    try:
-        compare(args.ckpt, args.out_dir, args.device, n_valid=args.n_valid, n_test=args.n_test)
-    except M.CheckpointError as e:
-        raise SystemExit(f"prm.py: {e}")
+    report.table_main(argv, "prm.py", "PA under other references against trained process reward models (train them "
+                      "first: python train.py --stage=prm).", compare, n_test=120)
 
 
 if __name__ == "__main__":

@@ -575,6 +575,30 @@ def check_tasks(parser, flag, n, split):
         parser.error(f"--{flag} takes 1 to {envs.N_TASKS[split]} tasks, not {n}")
 
 
+def table_main(argv, prog, description, run, n_valid=100, n_test=200):
+    """The command line shared by the tables measured on a PPO checkpoint (prm.py, monitor.py): --ckpt, --out_dir,
+    --n_valid (where the choices are made), --n_test and --device, each checked; then
+    run(ckpt, out_dir, device, n_valid=, n_test=). A bad checkpoint is one clear line."""
+    import argparse
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--ckpt", default="out/ppo.pt", help="the PPO checkpoint; any other checkpoints sit beside it")
+    p.add_argument("--out_dir", default=None, help="where the table's json and md go (default: the ckpt's folder)")
+    p.add_argument("--n_valid", type=int, default=n_valid, help="validation tasks (the choices are made here)")
+    p.add_argument("--n_test", type=int, default=n_test, help="test tasks")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    check_tasks(p, "n_valid", args.n_valid, "valid")
+    check_tasks(p, "n_test", args.n_test, "test")
+    try:
+        M.get_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        return run(args.ckpt, args.out_dir, args.device, n_valid=args.n_valid, n_test=args.n_test)
+    except M.CheckpointError as e:
+        raise SystemExit(f"{prog}: {e}")
+
+
 def save_table(out_dir, name, data, lines):
     """Print a table's markdown lines and write them to out_dir/<name>.md, the numbers to <name>.json."""
     print("\n".join(lines))
