@@ -321,10 +321,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         log += distil_optimum(policy, agent, sols, cfg, n_tasks, distil_rounds, lr=distil_lr, max_steps=max_steps,
                               seed=seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
-    critic = critic_opt = None
-    if cfg.critic == "separate":  # as train.train_ppo does
-        critic = train._copy(cfg, ref)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    critic, critic_opt = train.separate_critic(cfg, ref)
     gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
     for it in range(critic_warmup + iters):
         t0 = time.time()

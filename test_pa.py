@@ -1449,7 +1449,7 @@ def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(pol_before, policy.parameters())), "the policy must not move"
     assert not torch.equal(head_before, critic.value_head.weight), "the critic must learn"
     critic.load_state_dict(agent.ref.state_dict())
-    train.critic_values(critic, eps, 1.0, ag.pad)
+    train.critic_values(critic, ag, eps)
     idx, mask = model.pack([s.prompt for s in steps], [s.action for s in steps], ag.pad)
     _, v, _ = agent.ref.evaluate(idx, 1.0, action_mask=mask)
     for b, s in enumerate(steps):

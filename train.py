@@ -394,7 +394,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     critic (with its own critic_opt): a separate network whose value head is the critic (--critic=separate):
     the rollouts' values are re-read from it, and the value loss trains it alone, never the policy."""
     if critic is not None:
-        critic_values(critic, episodes, cfg.temperature, agent.pad)
+        critic_values(critic, agent, episodes)
     # 1. rewards and GAE: per-token rewards and GAE over each episode's action tokens (fp32, no grad)
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta)
     adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else cfg.lam)
@@ -452,21 +452,24 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     return out
 
 
-@torch.no_grad()
-def critic_values(critic, episodes, temperature, pad):
-    """Replace each step's values (read from the policy's own head during the rollout) with the separate
-    critic's, teacher-forced on the same (prompt, action) rows."""
-    critic.eval()
-    device = next(critic.parameters()).device
+def separate_critic(cfg, ref):
+    """(critic, its optimizer) for --critic=separate: the reference network again, its value head the critic,
+    trained on its own (saved as ppo.pt's "critic"; the policy's own head stays the reference's, and that is what
+    the report's value-TD scorer reads). (None, None) for the default shared critic."""
+    if cfg.critic != "separate":
+        return None, None
+    critic = _copy(cfg, ref)
+    return critic, torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+
+
+def critic_values(critic, agent, episodes):
+    """Replace each step's values (the policy's own head's, read during the rollout) with the separate critic's,
+    teacher-forced on the same (prompt, action) rows by Agent.score."""
     steps = [s for ep in episodes for s in ep.steps]
-    for c in range(0, len(steps), 256):
-        chunk = steps[c:c + 256]
-        idx, mask = M.pack([s.prompt for s in chunk], [s.action for s in chunk], pad)
-        with M.autocast_ctx(device):
-            _, v, _ = critic.evaluate(idx.to(device), temperature, action_mask=mask.to(device))
-        v = v.float().cpu()
-        for b, s in enumerate(chunk):
-            s.values = v[b, len(s.prompt):len(s.prompt) + len(s.action)].clone()
+    scorer = S.Agent(critic.eval(), agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens,
+                     agent.batch_size)
+    for s, row in zip(steps, scorer.score([s.prompt for s in steps], [s.action for s in steps], ("policy",))):
+        s.values = row["values"]
     critic.train()
 
 
@@ -494,12 +497,7 @@ def train_ppo(cfg, enc, ref):
     policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
-    critic = critic_opt = None
-    if cfg.critic == "separate":  # the reference network again, its value head the critic, trained on its own
-        # (saved as ppo.pt's "critic"; the policy's own head stays the reference's, and that is what the report's
-        # value-TD scorer reads)
-        critic = _copy(cfg, ref)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    critic, critic_opt = separate_critic(cfg, ref)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if cfg.init_from == "resume" and os.path.exists(ppo_path):
