@@ -310,9 +310,9 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     ref.eval().requires_grad_(False)
     policy = train.build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict())
-    agent = S.Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size)
+    agent = train.make_agent(cfg, policy, ref, enc)
     cache_dir = cache_dir or os.path.join(out_dir, "optimum_cache")
-    cache = report.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir)
+    cache = report.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     sols = [envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(report.reference_probs(agent, cache(t)),
                                                                            cfg.beta) for t in range(n_tasks)]
     exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
@@ -363,6 +363,8 @@ def main(argv):
                    "critic before PPO")
     p.add_argument("--critic", default="shared", choices=("shared", "separate"), help="with --few_tasks: the "
                    "policy's own value head, or a critic network of its own (train.py --critic)")
+    p.add_argument("--actions", default="any", choices=("any", "available"), help="with --few_tasks: any text, or "
+                   "sample only available actions (train.py --actions)")
     p.add_argument("--seed", type=int, default=0, help="with --few_tasks: the seed of its sampling and minibatches")
     p.add_argument("--ref", default="out/ref.pt", help="with --few_tasks: the reference to start from")
     p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
@@ -397,7 +399,7 @@ def main(argv):
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters or 30, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, critic_warmup=args.critic_warmup,
-                      critic=args.critic, seed=args.seed,
+                      critic=args.critic, actions=args.actions, seed=args.seed,
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
         except train.M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")

@@ -282,7 +282,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x if select is None else x[select])  # (B, T, V) or (N, V)
         return logits, values
 
-    def evaluate(self, idx, temperature=1.0, topk=0, action_mask=None):
+    def evaluate(self, idx, temperature=1.0, topk=0, action_mask=None, allowed=None):
         """Per-token log-probs, values and entropies of a right-padded batch idx (B, T), all (B, T)
         fp32 and ALIGNED TO TOKENS: column t describes token t given tokens < t:
             logprobs[:, t] = log p(idx[:, t] | idx[:, :t])  (logits / temperature, fp32 log_softmax)
@@ -292,17 +292,19 @@ class GPT(nn.Module):
         earlier positions (causal), so no attention mask is needed: callers mask with action_mask.
         action_mask (B, T), optional: compute log-probs and entropies only where it is 1 (0
         elsewhere), the same numbers for a fraction of the work. topk > 0 adds a fourth output
-        (B, T, topk): the largest log-probs of each of those distributions (self-certainty's input)."""
+        (B, T, topk): the largest log-probs of each of those distributions (self-certainty's input).
+        allowed (N, V) bool, optional (with action_mask; N = its 1s after column 0, row by row): the tokens each
+        of those distributions may produce; the others get probability 0 (constrained decoding, see generate)."""
         B, T = idx.shape
         # the distribution for token t comes from position t-1: select positions 0..T-2
         want = torch.ones(B, T - 1, dtype=torch.bool, device=idx.device) if action_mask is None \
             else action_mask[:, 1:] > 0  # (B, T-1)
         select = torch.cat([want, torch.zeros(B, 1, dtype=torch.bool, device=idx.device)], 1)  # (B, T)
         logits, values = self(idx, select=select)  # (N, V), (B, T)
-        logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (N, V)
+        logp = log_softmax_over(logits.float() / temperature, allowed)  # (N, V)
         tok = idx[:, 1:][want]  # (N,) the tokens these distributions produced
         flat_lp = logp.gather(-1, tok[:, None]).squeeze(-1)  # (N,)
-        flat_ent = -(logp.exp() * logp).sum(-1)  # (N,)
+        flat_ent = entropy(logp)  # (N,)
 
         def unflatten(flat):  # (N, ...) -> (B, T, ...) with zeros elsewhere, column 0 included
             out = flat.new_zeros((B, T) + tuple(flat.shape[1:]))
@@ -311,7 +313,7 @@ class GPT(nn.Module):
         values = torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], 1)
         out = (unflatten(flat_lp), values, unflatten(flat_ent))
         if topk:
-            out += (unflatten(logp.topk(topk, dim=-1).values),)
+            out += (unflatten(top_logprobs(logp, topk)),)
         return out
 
     def value_at(self, idx, pos):
@@ -323,14 +325,17 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, greedy=False, top_k=None,
-                 stop_id=None, use_cache=True, generator=None, stats_topk=0):
+                 stop_id=None, use_cache=True, generator=None, stats_topk=0, allowed=None):
         """Sample an action after each prompt (list of token lists, any lengths). Each row stops at
         stop_id (kept as its last token) or after max_new_tokens. Returns, per row, the action tokens,
         their fp32 log-probs at `temperature` over the FULL distribution (top_k only narrows what is
         sampled, so these match evaluate()), and the values V(state before each token), as CPU tensors.
         stats_topk > 0 adds a fourth list: per row dict(entropy (n,), topk (n, stats_topk) log-probs).
         Prompts are LEFT-padded: one shared write position in the cache; a key-padding mask and
-        position ids counted from the mask (never from token ids) make the padding invisible."""
+        position ids counted from the mask (never from token ids) make the padding invisible.
+        allowed, optional: per row a dict {tokens so far (tuple): the token ids that may come next} (a prefix
+        trie of the row's available actions): constrained decoding, the distribution renormalised over those
+        tokens, and the log-probs are the renormalised ones (evaluate(..., allowed) gives the same)."""
         assert temperature > 0, "use greedy=True for argmax decoding; temperature scales the log-probs"
         assert all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
         device = self.lm_head.weight.device
@@ -365,6 +370,14 @@ class GPT(nn.Module):
                 logits, values = self(idx[:, t - 1:t], (lengths + i - 1)[:, None], mask_for(t - 1, t),
                                       cache)
             logits = logits[:, -1].float() / temperature  # (B, V)
+            if allowed is not None:  # each live row continues its prefix along its trie (a done row: anything)
+                ok = torch.ones_like(logits, dtype=torch.bool)
+                for b in range(B):
+                    nxt = None if done[b] else allowed[b].get(tuple(idx[b, L:t].tolist()))
+                    if nxt:
+                        ok[b] = False
+                        ok[b, nxt] = True
+                logits = logits.masked_fill(~ok, float("-inf"))
             logp = F.log_softmax(logits, dim=-1)
             if greedy:
                 nxt = logits.argmax(-1)
@@ -382,8 +395,8 @@ class GPT(nn.Module):
             out_lp.append(logp.gather(1, nxt[:, None]).squeeze(1))
             out_v.append(values[:, -1])
             if stats_topk:  # what the confidence baselines need, free while the logits are here
-                out_ent.append(-(logp.exp() * logp).sum(-1))
-                out_top.append(logp.topk(stats_topk, dim=-1).values)
+                out_ent.append(entropy(logp))
+                out_top.append(top_logprobs(logp, stats_topk))
             idx[:, t], valid[:, t] = nxt, True
             if stop_id is not None:
                 done |= nxt == stop_id
@@ -402,6 +415,25 @@ class GPT(nn.Module):
         ent, top = torch.stack(out_ent, 1).cpu(), torch.stack(out_top, 1).cpu()  # (B, n_new), (B, n_new, k)
         stats = [dict(entropy=ent[b, :len(a)], topk=top[b, :len(a)]) for b, a in enumerate(actions)]
         return actions, logprobs, values, stats
+
+
+def log_softmax_over(logits, allowed=None):
+    """log_softmax over the last dimension, over the allowed entries only when a bool mask is given (the others
+    get -inf: probability 0)."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+    return F.log_softmax(logits, dim=-1)
+
+
+def entropy(logp):
+    """Entropy of each distribution of log-probs (last dimension); entries at -inf (probability 0) add 0."""
+    return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
+
+
+def top_logprobs(logp, k, floor=-100.0):
+    """The k largest log-probs of each distribution. Under constrained decoding fewer than k tokens may be
+    possible: the impossible ones (-inf) count at `floor` nats, so that the confidence baselines stay finite."""
+    return logp.topk(k, dim=-1).values.nan_to_num(neginf=floor)
 
 
 def pack(prompts, actions, pad_id):

@@ -58,8 +58,8 @@ def scorers(folder, run_):
 
 def action_logprobs(agent, net, steps):
     """log net(a|s) of each step's whole action, teacher-forced at the agent's temperature. -> list of floats"""
-    other = S.Agent(net, net, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens, agent.batch_size)
-    rows = other.score([s.prompt for s in steps], [s.action for s in steps], ("policy",))
+    rows = agent.like(net, net).score([s.prompt for s in steps], [s.action for s in steps], ("policy",),
+                                      [s.choices for s in steps])
     return [float(r["logprobs"].sum()) for r in rows]
 
 

@@ -389,7 +389,9 @@ def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size
 def reference_probs(agent, cache=None):
     """ref_probs for envs.SoftSolution: at each state of a batch [(prompt, actions)], the reference network's
     probability of each action's own tokens. With a cache path the answer is saved there once and reloaded after,
-    so that the costly scoring of every reachable state is paid once per reference, not once per check."""
+    so that the costly scoring of every reachable state is paid once per reference, not once per check.
+    A constrained agent's reference writes available actions only: its probabilities are the renormalised ones
+    (summing to 1 at each state, nothing left for the no-op), so the optimum is that of the constrained objective."""
     def ref_probs(batch):
         if cache and os.path.exists(cache):
             with open(cache) as f:
@@ -397,12 +399,13 @@ def reference_probs(agent, cache=None):
             if [sorted(p) for p in probs] == [sorted(acts) for _, acts in batch]:
                 return probs
             print(f"[optimum] {cache} does not match this task's states: scoring them again")
-        prompts, actions = [], []
+        prompts, actions, choices = [], [], []
         for prompt, acts in batch:
             p = agent.encode(prompt)
             prompts += [p] * len(acts)
             actions += [M.encode_action(agent.enc, a) for a in acts]
-        rows = agent.score(prompts, actions, ("ref",))
+            choices += [tuple(acts)] * len(acts)
+        rows = agent.score(prompts, actions, ("ref",), choices)
         probs, k = [], 0
         for _, acts in batch:
             probs.append({a: math.exp(float(rows[k + j]["ref_logprobs"].sum())) for j, a in enumerate(acts)})
@@ -447,12 +450,14 @@ def _pearson(x, y):
     return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
 
 
-def optimum_cache(ref_path, temperature, max_steps, cache_dir):
+def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False):
     """task -> the file that caches the reference's scores of every state of that validation task, named by the
-    reference file's hash, the temperature and the episode budget (0 = the world's own)."""
+    reference file's hash, the temperature, the episode budget (0 = the world's own) and whether the reference
+    writes available actions only."""
     with open(ref_path, "rb") as f:
         ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
-    return lambda t: os.path.join(cache_dir, f"{ref_hash}-T{temperature:g}-valid{t}-steps{max_steps or 0}.json")
+    tail = "-available" if constrained else ""
+    return lambda t: os.path.join(cache_dir, f"{ref_hash}-T{temperature:g}-valid{t}-steps{max_steps or 0}{tail}.json")
 
 
 def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=8, n_samples=8, seed=0,
@@ -475,7 +480,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     temperature, so later checks of other policies with the same reference only sample and compare."""
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
     cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps,
-                          cache_dir or os.path.join(out_dir, "optimum_cache"))
+                          cache_dir or os.path.join(out_dir, "optimum_cache"), run_.ppo.constrained)
     T = [_optimum_task(run_, t, n_samples, max_steps, cache(t)) for t in range(n)]
     cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
     p, o, a, aref, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "valid"))

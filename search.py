@@ -47,6 +47,7 @@ class Step:
     qstar: float = math.nan  # Q*(s, a) of the action taken (oracle runs only)
     vstar: float = math.nan  # V*(s)
     env: object = None       # a clone of the environment before the action (keep_states runs only)
+    choices: tuple = None    # the available actions it was chosen from (constrained agents only)
 
     @property
     def log_ratio(self):
@@ -74,15 +75,57 @@ TOPK = 5  # top-k log-probs kept per token for the self-certainty baseline
 
 
 class Agent:
-    """The policy, its frozen reference and the tokenizer, plus a counter of forward passes."""
+    """The policy, its frozen reference and the tokenizer, plus a counter of forward passes.
+    constrained (train.py's --actions=available): both networks write only available actions. Each token is drawn
+    from the network's distribution renormalised over the tokens that continue one of the state's actions (a
+    prefix trie of their tokens), and every log-prob, the reference's too, is that renormalised one: pi and pi_ref
+    are then distributions over the available actions alone, and PA compares those."""
 
-    def __init__(self, policy, ref, enc, beta, temperature=1.0, max_action_tokens=16, batch_size=256):
+    def __init__(self, policy, ref, enc, beta, temperature=1.0, max_action_tokens=16, batch_size=256,
+                 constrained=False):
         self.policy, self.ref, self.enc, self.beta = policy, ref, enc, beta
         self.temperature, self.max_action_tokens, self.batch_size = temperature, max_action_tokens, batch_size
+        self.constrained = constrained
         self.stop = M.end_id(enc)
         self.pad = M.pad_id(enc)
         self.device = next(policy.parameters()).device
         self.forward_passes = 0
+        self._tries = {}
+
+    def like(self, policy, ref, constrained=None):
+        """An agent with the same settings (constrained too, unless given) around other networks."""
+        return Agent(policy, ref, self.enc, self.beta, self.temperature, self.max_action_tokens, self.batch_size,
+                     self.constrained if constrained is None else constrained)
+
+    def trie(self, choices):
+        """{tokens so far: the token ids that may come next} over the tokens of the actions `choices` (each
+        ending with the stop token; one longer than max_action_tokens could never be finished, so it is left out)."""
+        key = tuple(choices)
+        if key not in self._tries:
+            if len(self._tries) > 50_000:
+                self._tries.clear()
+            t = {}
+            for text in choices:
+                toks = M.encode_action(self.enc, text)
+                if len(toks) <= self.max_action_tokens:
+                    for i, tok in enumerate(toks):
+                        t.setdefault(tuple(toks[:i]), set()).add(tok)
+            self._tries[key] = {k: sorted(v) for k, v in t.items()}
+        return self._tries[key]
+
+    def allowed_mask(self, choices, actions, vocab_size):
+        """(N, V) bool for evaluate(): at each action token of each row, in order, the tokens its trie allows."""
+        rows = []
+        for ch, a in zip(choices, actions):
+            t = self.trie(ch)
+            for i, tok in enumerate(a):
+                ok = t.get(tuple(a[:i]), ())
+                if tok not in ok:
+                    raise ValueError(f"action {self.decode(a)!r} is not one of the available actions {list(ch)}")
+                m = torch.zeros(vocab_size, dtype=torch.bool)
+                m[ok] = True
+                rows.append(m)
+        return torch.stack(rows) if rows else torch.zeros(0, vocab_size, dtype=torch.bool)
 
     def encode(self, obs):
         return self.enc.encode_ordinary(obs)
@@ -91,32 +134,51 @@ class Agent:
         return M.decode_action(self.enc, action)
 
     @torch.no_grad()
-    def act(self, prompts, greedy=False, generator=None):
+    def act(self, prompts, greedy=False, generator=None, choices=None):
         """Sample (or argmax) one action per prompt. Returns the action token lists and, per row, the
-        policy's records of those tokens (logprobs, values, entropy, topk) taken during generation."""
+        policy's records of those tokens (logprobs, values, entropy, topk) taken during generation.
+        choices: per prompt, its available actions (needed, and used, by a constrained agent only; others ignore
+        them)."""
+        allowed = self._tries_of(choices, len(prompts))
         with M.autocast_ctx(self.device):
             actions, lp, v, stats = self.policy.generate([list(p) for p in prompts], self.max_action_tokens,
                                                          self.temperature, greedy, stop_id=self.stop,
-                                                         generator=generator, stats_topk=TOPK)
+                                                         generator=generator, stats_topk=TOPK, allowed=allowed)
         # one prefill per row, then one decode per further token
         self.forward_passes += sum(len(a) for a in actions)
         return actions, [dict(logprobs=lp[b], values=v[b], **stats[b]) for b in range(len(actions))]
 
+    def _tries_of(self, choices, n):
+        if not self.constrained:
+            return None
+        if choices is None or len(choices) != n:
+            raise ValueError("a constrained agent needs the available actions of every prompt (choices=)")
+        return [self.trie(ch) for ch in choices]
+
+    def evaluate(self, net, idx, action_mask, choices, actions, temperature=None, topk=0):
+        """net.evaluate on packed rows (at the agent's temperature unless given), constrained to each row's
+        available actions when the agent is."""
+        self._tries_of(choices, len(actions))
+        allowed = self.allowed_mask(choices, actions, net.config.vocab_size) if self.constrained else None
+        return net.evaluate(idx, temperature or self.temperature, topk=topk, action_mask=action_mask, allowed=allowed)
+
     @torch.no_grad()
-    def score(self, prompts, actions, models=("policy", "ref")):
+    def score(self, prompts, actions, models=("policy", "ref"), choices=None):
         """Teacher-forced per-token records of each (prompt, action) row, from one forward per model:
         the same evaluate() that PPO trains with, so old and new log-probs agree exactly. More rows than
-        batch_size are scored batch_size at a time."""
+        batch_size are scored batch_size at a time. choices: as for act()."""
         if len(prompts) > self.batch_size:
-            return [r for c in range(0, len(prompts), self.batch_size)
-                    for r in self.score(prompts[c:c + self.batch_size], actions[c:c + self.batch_size], models)]
+            B = self.batch_size
+            return [r for c in range(0, len(prompts), B)
+                    for r in self.score(prompts[c:c + B], actions[c:c + B], models,
+                                        None if choices is None else choices[c:c + B])]
         idx, action_mask = M.pack(prompts, actions, self.pad)
         idx, action_mask = idx.to(self.device), action_mask.to(self.device)
         rows = [dict() for _ in prompts]
         for name in models:
             net = self.policy if name == "policy" else self.ref
             with M.autocast_ctx(self.device):
-                lp, v, ent, topk = net.evaluate(idx, self.temperature, topk=TOPK, action_mask=action_mask)
+                lp, v, ent, topk = self.evaluate(net, idx, action_mask, choices, actions, topk=TOPK)
             self.forward_passes += len(prompts)
             lp, v, ent, topk = lp.float().cpu(), v.float().cpu(), ent.float().cpu(), topk.float().cpu()
             for b, (p, a) in enumerate(zip(prompts, actions)):
@@ -143,11 +205,13 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
         order = sorted(active, key=lambda i: len(prompts[i]))
         for c in range(0, len(order), agent.batch_size):
             chunk = order[c:c + agent.batch_size]
-            actions, rows = agent.act([prompts[i] for i in chunk], greedy, generator)
-            refs = agent.score([prompts[i] for i in chunk], actions, ("ref",))
+            choices = [tuple(env_list[i].actions()) for i in chunk] if agent.constrained else None
+            actions, rows = agent.act([prompts[i] for i in chunk], greedy, generator, choices)
+            refs = agent.score([prompts[i] for i in chunk], actions, ("ref",), choices)
             for j, i in enumerate(chunk):
                 env, text = env_list[i], agent.decode(actions[j])
-                st = Step(prompts[i], actions[j], text, **rows[j], **refs[j])
+                st = Step(prompts[i], actions[j], text, **rows[j], **refs[j],
+                          choices=choices[j] if choices else None)
                 if oracle:
                     st.qstar, st.vstar = env.q_star(text), env.optimal_value()
                 if keep_states:
@@ -195,16 +259,17 @@ def halting_monitor(selector, how, threshold, beta, rng=None):
 def score_actions(agent, states):
     """EVERY available action of each state (an env), teacher-forced through both models: a list of Steps per
     state, in display order (fidelity top-1 and the diagnostics compare scorers over all candidates)."""
-    prompts, actions, owner = [], [], []
+    prompts, actions, owner, choices = [], [], [], []
     for i, env in enumerate(states):
-        p = agent.encode(env.obs())
-        for a in env.actions():
+        p, acts = agent.encode(env.obs()), tuple(env.actions())
+        for a in acts:
             prompts.append(p)
             actions.append(M.encode_action(agent.enc, a))
             owner.append((i, a))
+            choices.append(acts)
     per_state = [[] for _ in states]
-    for (i, a), p, act, row in zip(owner, prompts, actions, agent.score(prompts, actions)):
-        per_state[i].append(Step(p, act, a, **row))
+    for (i, a), p, act, ch, row in zip(owner, prompts, actions, choices, agent.score(prompts, actions, choices=choices)):
+        per_state[i].append(Step(p, act, a, **row, choices=ch if agent.constrained else None))
     return per_state
 
 
@@ -378,9 +443,10 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
         n_live = [sum(not b.done for b in bs) for bs in beams]
         owner = [(t, b) for t, b in live for _ in range(max(K, (B * K) // n_live[t]))]
         prompts = [agent.encode(b.env.obs()) for _, b in owner]
-        actions, rows = agent.act(prompts, greedy=False, generator=generator)
+        choices = [tuple(b.env.actions()) for _, b in owner] if agent.constrained else None
+        actions, rows = agent.act(prompts, greedy=False, generator=generator, choices=choices)
         if SELECTORS[selector].needs_ref:  # one more forward, of the reference
-            for row, ref in zip(rows, agent.score(prompts, actions, ("ref",))):
+            for row, ref in zip(rows, agent.score(prompts, actions, ("ref",), choices)):
                 row.update(ref)
         cands = [[(b, None) for b in bs if b.done] for bs in beams]  # finished beams stay
         seen = set()
@@ -390,7 +456,7 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
                 continue
             seen.add((id(parent), tuple(a)))
             st = Step(prompts[j], a, agent.decode(a), ref_logprobs=row.get("ref_logprobs", row["logprobs"]),
-                      **{k: v for k, v in row.items() if k != "ref_logprobs"})
+                      **{k: v for k, v in row.items() if k != "ref_logprobs"}, choices=choices[j] if choices else None)
             if selector == "oracle":
                 st.qstar, st.vstar = parent.env.q_star(st.text), parent.env.optimal_value()
             cands[t].append((parent, st))
@@ -422,7 +488,7 @@ def load_agent(ckpt, ref=None, device="auto", batch_size=256):
     nets = [load_net(path, ck, device) for path in (ckpt, ref)]
     tc = ck.get("train_config", {})
     agent = Agent(nets[0], nets[1], M.tokenizer_from_spec(ck["tokenizer"]), ck["beta"], tc.get("temperature", 1.0),
-                  tc.get("max_action_tokens", 16), batch_size)
+                  tc.get("max_action_tokens", 16), batch_size, constrained=tc.get("actions", "any") == "available")
     return agent, ck["env_name"], ref, device
 
 
@@ -454,8 +520,7 @@ def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None)
     """pa_ref: another checkpoint as the reference of every PA the PPO agent computes (say an early behaviour
     cloning checkpoint or a weight merge, see prm.py); the reference that acts stays the RL stage's own."""
     agent, env_name, ref_path, device = load_agent(ckpt, ref, device, batch_size)
-    ref_agent = Agent(agent.ref, agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens,
-                      batch_size)
+    ref_agent = agent.like(agent.ref, agent.ref)
     if pa_ref:
         agent.ref = load_net(pa_ref, M.load_checkpoint(ckpt), device)
     return Run(agent, ref_agent, env_name, torch.Generator(device=device).manual_seed(seed), ref_path)

@@ -1472,6 +1472,64 @@ def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path
                            "--init_from=resume", "--critic=separate"])
 
 
+def _constrained(agent, enc):
+    return search.Agent(agent.policy, agent.ref, enc, beta=0.1, max_action_tokens=16, batch_size=5, constrained=True)
+
+
+def test_constrained_agent_is_a_distribution_over_the_available_actions(agent, enc):
+    """--actions=available: each token renormalised over the prefix trie of the state's actions makes pi and
+    pi_ref distributions over those actions alone: at every state their probabilities sum to 1 under both."""
+    ag = _constrained(agent, enc)
+    env = envs.make_env("shop", "train", 3, 0)
+    for _ in range(3):  # the search page, a results page, an item page
+        acts = tuple(env.actions())
+        rows = ag.score([ag.encode(env.obs())] * len(acts), [model.encode_action(enc, a) for a in acts],
+                        choices=[acts] * len(acts))
+        for k in ("logprobs", "ref_logprobs"):
+            total = sum(math.exp(float(r[k].sum())) for r in rows)
+            assert abs(total - 1) < 1e-4, f"{k}: the available actions' probabilities sum to {total}, not 1"
+        assert all(torch.isfinite(r["entropy"]).all() and torch.isfinite(r["topk"]).all() for r in rows)
+        env.step(acts[0])  # search, then the first item of the results
+    with pytest.raises(ValueError, match="not one of the available actions"):
+        ag.score([ag.encode(env.obs())], [model.encode_action(enc, "buy now")], choices=[("back to search",)])
+    with pytest.raises(ValueError, match="needs the available actions"):
+        ag.score([ag.encode(env.obs())], [model.encode_action(enc, "buy now")])
+
+
+def test_constrained_rollouts_write_only_available_actions_and_ppo_starts_at_ratio_one(agent, enc):
+    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1", "--actions=available"]))
+    policy = model.GPT(agent.policy.config)
+    policy.load_state_dict(agent.policy.state_dict())
+    ag = _constrained(agent, enc).like(policy, agent.ref)
+    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4, 5], [0]),
+                         generator=torch.Generator().manual_seed(0))
+    steps = [s for ep in eps for s in ep.steps]
+    assert all(s.valid and s.text in s.choices for s in steps), "a constrained agent writes available actions only"
+    assert sum(len(ep.steps) for ep in eps) > 3
+    stats = train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
+                             torch.Generator().manual_seed(0))
+    # the sampler's renormalised log-probs and the update's (evaluate with the same tries) agree
+    assert stats["first_ratio_dev"] < 1e-5, stats
+    # the optimum check solves the constrained objective: the reference's probabilities sum to 1 at each state
+    env = envs.make_env("shop", "train", 3, 0)
+    probs = report.reference_probs(ag)([(env.obs(), env.actions())])[0]
+    assert abs(sum(probs.values()) - 1) < 1e-4 and set(probs) == set(env.actions())
+    free = report.reference_probs(ag.like(policy, agent.ref, constrained=False))([(env.obs(), env.actions())])[0]
+    assert sum(free.values()) < 1 - 1e-3, "unconstrained, some of the reference's mass is on other texts"
+
+
+def test_constrained_runs_checkpoint_their_choice_and_refuse_to_resume_with_another(tiny_run, tmp_path):
+    with pytest.raises(SystemExit, match="valid: any, available"):
+        train.parse_args(["--actions=valid"])
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false"]
+    train.main(base + ["--ppo_iters=1", "--actions=available"])
+    assert search.load_agent(str(tmp_path / "ppo.pt"), device="cpu")[0].constrained, "the report's agent follows it"
+    assert json.loads(open(tmp_path / "ppo_log.jsonl").readline())["invalid"] == 0
+    with pytest.raises(SystemExit, match="trained with --actions=available"):
+        train.main(base + ["--ppo_iters=2", "--init_from=resume"])
+
+
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]

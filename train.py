@@ -74,6 +74,7 @@ class Config:
     critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     critic: str = "shared"           # shared: the policy's own value head; separate: a copy of the reference network
+    actions: str = "any"             # any text, or available: sample only available actions (search.Agent)
     ppo_lr: float = 3e-4
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
@@ -140,6 +141,8 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --report: {cfg.report!r}; valid: auto, quick, full")
     if cfg.critic not in ("shared", "separate"):
         raise SystemExit(f"bad value for --critic: {cfg.critic!r}; valid: shared, separate")
+    if cfg.actions not in ("any", "available"):
+        raise SystemExit(f"bad value for --actions: {cfg.actions!r}; valid: any, available")
     if cfg.advantage not in ("gae", "rloo"):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo")
     if cfg.preset not in ("auto", "cpu", "gpu"):
@@ -423,8 +426,10 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
             mb_old_lp, mb_old_v = place([s.logprobs for s in mb]), place([s.values for s in mb])
             mb_adv, mb_ret = place([s_adv[i] for i in mbi]), place([s_ret[i] for i in mbi])
             dev = cfg.device
+            choices, actions = [s.choices for s in mb], [s.action for s in mb]
             with M.autocast_ctx(dev):
-                new_lp, new_v, ent = policy.evaluate(idx.to(dev), cfg.temperature, action_mask=mb_mask.to(dev))
+                new_lp, new_v, ent = agent.evaluate(policy, idx.to(dev), mb_mask.to(dev), choices, actions,
+                                                     cfg.temperature)
                 if critic is not None:
                     _, new_v, _ = critic.evaluate(idx.to(dev), cfg.temperature, action_mask=mb_mask.to(dev))
             new_lp, new_v, ent = new_lp.float().cpu(), new_v.float().cpu(), ent.float().cpu()
@@ -452,6 +457,12 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     return out
 
 
+def make_agent(cfg, policy, ref, enc):
+    """The search.Agent of a run: its networks with the run's beta, temperature, sizes and --actions."""
+    return S.Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size,
+                   constrained=cfg.actions == "available")
+
+
 def separate_critic(cfg, ref):
     """(critic, its optimizer) for --critic=separate: the reference network again, its value head the critic,
     trained on its own (saved as ppo.pt's "critic"; the policy's own head stays the reference's, and that is what
@@ -466,9 +477,9 @@ def critic_values(critic, agent, episodes):
     """Replace each step's values (the policy's own head's, read during the rollout) with the separate critic's,
     teacher-forced on the same (prompt, action) rows by Agent.score."""
     steps = [s for ep in episodes for s in ep.steps]
-    scorer = S.Agent(critic.eval(), agent.ref, agent.enc, agent.beta, agent.temperature, agent.max_action_tokens,
-                     agent.batch_size)
-    for s, row in zip(steps, scorer.score([s.prompt for s in steps], [s.action for s in steps], ("policy",))):
+    rows = agent.like(critic.eval(), agent.ref).score([s.prompt for s in steps], [s.action for s in steps],
+                                                      ("policy",), [s.choices for s in steps])
+    for s, row in zip(steps, rows):
         s.values = row["values"]
     critic.train()
 
@@ -507,6 +518,9 @@ def train_ppo(cfg, enc, ref):
         if (critic is not None) != ("critic" in ck):
             was = "separate" if "critic" in ck else "shared"
             raise SystemExit(f"{ppo_path} was trained with --critic={was}: resume it with that, or start anew")
+        was = ck.get("train_config", {}).get("actions", "any")
+        if was != cfg.actions:
+            raise SystemExit(f"{ppo_path} was trained with --actions={was}: resume it with that, or start anew")
         if critic is not None:
             critic.load_state_dict(ck["critic"])
             critic_opt.load_state_dict(ck["critic_optimizer"])
@@ -520,7 +534,7 @@ def train_ppo(cfg, enc, ref):
             open(log, "w").writelines(keep)
     elif os.path.exists(log):
         os.remove(log)
-    agent = S.Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size)
+    agent = make_agent(cfg, policy, ref, enc)
     task_rng = random.Random(cfg.seed + 2)
     for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
         t0 = time.time()
@@ -564,7 +578,7 @@ def prm_rollouts(cfg, enc, policy, ref):
     rng = random.Random(cfg.seed + 7)
     env_list = [envs.make_env(cfg.env, "train", rng.randrange(10**9), rng.randrange(10**9))
                 for _ in range(cfg.prm_episodes)]
-    agent = S.Agent(policy.eval(), ref.eval(), enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size)
+    agent = make_agent(cfg, policy.eval(), ref.eval(), enc)
     with tqdm(total=cfg.prm_episodes * 5, desc="prm rollouts", leave=False) as bar:
         return S.rollout(agent, env_list, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 7),
                          oracle=True, progress=bar)
