@@ -98,8 +98,8 @@ class Agent:
                      self.constrained if constrained is None else constrained)
 
     def trie(self, choices):
-        """{tokens so far: the token ids that may come next} over the tokens of the actions `choices` (each
-        ending with the stop token; one longer than max_action_tokens could never be finished, so it is left out)."""
+        """{tokens so far: the token ids that may come next} over the tokens of the actions `choices`, each ending
+        with the stop token. An action longer than max_action_tokens could never be written: refused."""
         key = tuple(choices)
         if key not in self._tries:
             if len(self._tries) > 50_000:
@@ -107,9 +107,11 @@ class Agent:
             t = {}
             for text in choices:
                 toks = M.encode_action(self.enc, text)
-                if len(toks) <= self.max_action_tokens:
-                    for i, tok in enumerate(toks):
-                        t.setdefault(tuple(toks[:i]), set()).add(tok)
+                if len(toks) > self.max_action_tokens:
+                    raise ValueError(f"the action {text!r} takes {len(toks)} tokens, more than max_action_tokens "
+                                     f"({self.max_action_tokens}): raise --max_action_tokens")
+                for i, tok in enumerate(toks):
+                    t.setdefault(tuple(toks[:i]), set()).add(tok)
             self._tries[key] = {k: sorted(v) for k, v in t.items()}
         return self._tries[key]
 

@@ -1494,6 +1494,8 @@ def test_constrained_agent_is_a_distribution_over_the_available_actions(agent, e
         ag.score([ag.encode(env.obs())], [model.encode_action(enc, "buy now")], choices=[("back to search",)])
     with pytest.raises(ValueError, match="needs the available actions"):
         ag.score([ag.encode(env.obs())], [model.encode_action(enc, "buy now")])
+    with pytest.raises(ValueError, match="more than max_action_tokens"):
+        ag.like(agent.policy, agent.ref).trie(("search[" + "a very long query " * 4 + "]",))
 
 
 def test_constrained_rollouts_write_only_available_actions_and_ppo_starts_at_ratio_one(agent, enc):
