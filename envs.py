@@ -109,7 +109,7 @@ class SoftSolution:
 
     def __init__(self, state, moves_of, transitions_of, render_of, ref_probs, beta, invalid):
         self.transitions_of, self.beta, self.invalid, self.memo, self.qmemo = transitions_of, beta, invalid, {}, {}
-        self.ref_memo = {}  # V^ref, for ref_advantage
+        self.ref_memo, self.z_memo = {}, {}  # V^ref, for ref_advantage; log Z of one round of improvement
         order, seen = [state], {state}
         for st in order:  # every non-terminal state reachable from here, breadth first
             for a in list(moves_of(st)) + [invalid]:
@@ -156,17 +156,30 @@ class SoftSolution:
         """log pi*(a|s) / pi_ref(a|s) = (Q(s,a) - V(s)) / beta; any text that is not an action is the no-op."""
         return (self.q(st, a if a in self.pi_ref[st] else self.invalid) - self.v(st)) / self.beta
 
-    def expect(self, st, optimal=True, memo=None):
+    def improved_log_ratio(self, st, a):
+        """log pi_1(a|s) / pi_ref(a|s) of ONE round of soft policy improvement from the reference,
+        pi_1(a|s) = pi_ref(a|s) exp(A^ref(s,a) / beta) / Z(s): the best policy for the KL-regularised objective if
+        every later step were the reference's. pi* is what many such rounds converge to."""
+        if st not in self.z_memo:
+            terms = [(p, self.ref_advantage(st, b) / self.beta) for b, p in self.ref_terms(st)]
+            m = max(x for _, x in terms)
+            self.z_memo[st] = m + math.log(sum(p * math.exp(x - m) for p, x in terms))
+        return self.ref_advantage(st, a) / self.beta - self.z_memo[st]
+
+    def expect(self, st, policy="optimum", memo=None):
         """(success probability, expected reward, expected sum of log pi/pi_ref) of an episode from st under
-        pi* (optimal=True) or pi_ref (the last is then 0). Under pi*, beta * KL = E[reward] - V(st) exactly."""
+        policy "optimum" (pi*), "improved" (pi_1) or "reference" (pi_ref; the last is then 0). Under pi*,
+        beta * KL = E[reward] - V(st) exactly."""
+        log_ratio = {"optimum": self.log_ratio, "improved": self.improved_log_ratio,
+                     "reference": lambda st, a: 0.0}[policy]
         memo = {} if memo is None else memo
         if st not in memo:
             out = [0.0, 0.0, 0.0]
             for a, pr in self.ref_terms(st):
-                lr = self.log_ratio(st, a) if optimal else 0.0
+                lr = log_ratio(st, a)
                 w = pr * math.exp(lr)
                 for p, s2, r, d in self.transitions_of(st, a):
-                    nxt = (float(r == 1.0), 0.0, 0.0) if d else self.expect(s2, optimal, memo)
+                    nxt = (float(r == 1.0), 0.0, 0.0) if d else self.expect(s2, policy, memo)
                     out[0] += w * p * nxt[0]
                     out[1] += w * p * (r + nxt[1])
                     out[2] += w * p * (lr + nxt[2])

@@ -428,16 +428,19 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
     opt_s, opt_r, opt_kl = sol.expect(s0)
     row = dict(task=task, states=len(sol.states), v_soft=sol.v(s0), v_star=env.optimal_value(), opt_success=opt_s,
                opt_reward=opt_r, opt_kl=opt_kl, identity_err=beta * opt_kl - (opt_r - sol.v(s0)),
-               ref_success=sol.expect(s0, optimal=False)[0])
+               ref_success=sol.expect(s0, "reference")[0])
+    row["imp_success"], _, row["imp_kl"] = sol.expect(s0, "improved")
     samples = [envs.make_env(run_.env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
     eps = S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
     row["steps"] = dict(ppo=[st.log_ratio for ep in eps for st in ep.steps],
                         opt=[sol.log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         astar=[st.qstar - st.vstar for ep in eps for st in ep.steps],
                         aref=[sol.ref_advantage(st.env.state, st.text) for ep in eps for st in ep.steps],
+                        imp=[sol.improved_log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         valid=[st.valid for ep in eps for st in ep.steps])
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
+                        imp=[beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         success=[ep.success for ep in eps])
     row["seconds"] = round(time.time() - t0, 1)
     print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {fmt(opt_s)}% with KL {opt_kl:.2f} "
@@ -472,7 +475,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
       - PA of the optimum (beta times its log-ratio: the soft advantage) as a process reward on those samples,
         next to PPO's PA: Spearman with the hard A*, and AUROC of the trajectory sum for success;
       - Spearman of both with A^ref, the advantage under the reference's own continuation (what one round of
-        policy improvement from pi_ref follows; SoftSolution.ref_advantage).
+        policy improvement from pi_ref follows; SoftSolution.ref_advantage);
+      - that one round itself, pi_1 = pi_ref exp(A^ref / beta) / Z (SoftSolution.improved_log_ratio): its exact
+        success and KL, the Pearson correlation of its log-ratio with PPO's and with the optimum's, and the failure
+        AUROC of its PA on PPO's samples.
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
@@ -483,7 +489,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                           cache_dir or os.path.join(out_dir, "optimum_cache"), run_.ppo.constrained)
     T = [_optimum_task(run_, t, n_samples, max_steps, cache(t)) for t in range(n)]
     cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
-    p, o, a, aref, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "valid"))
+    p, o, a, aref, imp, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "imp", "valid"))
     ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
     beta = run_.ppo.beta
     O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
@@ -496,6 +502,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "log_ratio": dict(pearson=_pearson(p, o), spearman=pa.spearman(p, o), steps=len(p),  # nan: a constant side
                            pearson_ci=ci(lambda idx: _pearson(cat("steps", "ppo", idx), cat("steps", "opt", idx))),
                            pearson_valid=_pearson(p[ok], o[ok]), valid_steps=int(ok.sum())),
+         "improved": dict(success=float(np.mean([t["imp_success"] for t in T])),
+                          kl=float(np.mean([t["imp_kl"] for t in T])), pearson_ppo=_pearson(p, imp),
+                          pearson_optimum=_pearson(o, imp), auroc=pa.auroc(cat("trajs", "imp"), cat("trajs", "success"))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
          "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt")},
@@ -513,6 +522,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"reference's own advantage A^ref: PPO's {O['pa_vs_aref']['ppo']:+.3f}, the optimum's "
           f"{O['pa_vs_aref']['optimum']:+.3f} | failure "
           f"AUROC: PPO's PA {O['auroc']['ppo']:.3f}, the optimum's {O['auroc']['optimum']:.3f}")
+    im = O["improved"]
+    print(f"[optimum] one round of policy improvement from pi_ref, pi_1: succeeds {fmt(im['success'])}% (KL "
+          f"{im['kl']:.2f}); its log-ratio vs PPO's: Pearson {im['pearson_ppo']:+.3f}, vs the optimum's: "
+          f"{im['pearson_optimum']:+.3f}; failure AUROC of its PA on PPO's samples {im['auroc']:.3f}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "optimum.json"), "w") as f:
         json.dump(O, f, indent=1, default=float)

@@ -534,16 +534,18 @@ def test_soft_q_matches_brute_force_with_uniform_reference(name, split, task, wa
 @pytest.mark.parametrize("name,split,task,warmup,steps", [("shop", "train", 2, 0, 5), ("house", "valid", 1, 3, 4),
                                                         ("travel", "test", 3, 2, 5)])
 def test_soft_solution_expectations_match_simulation(name, split, task, warmup, steps):
-    """SoftSolution.expect (exact success, reward and KL under pi* and pi_ref) against episodes sampled from
-    those policies, and beta * KL(pi* || pi_ref) = E*[reward] - V(s0), the identity behind V."""
+    """SoftSolution.expect (exact success, reward and KL under pi*, one round of improvement pi_1 and pi_ref)
+    against episodes sampled from those policies, and beta * KL(pi* || pi_ref) = E*[reward] - V(s0), the identity
+    behind V."""
     beta, rng = 0.1, random.Random(task)
     env = small_budget_env(name, split, task, warmup, steps)
     sol = env.soft_solution(lopsided_reference, beta)
-    for optimal in (True, False):
-        succ, reward, kl = sol.expect(env.state, optimal)
-        if optimal:
+    for policy, log_ratio in (("optimum", sol.log_ratio), ("improved", sol.improved_log_ratio),
+                              ("reference", lambda st, a: 0.0)):
+        succ, reward, kl = sol.expect(env.state, policy)
+        if policy == "optimum":
             assert beta * kl == pytest.approx(reward - sol.v(env.state), abs=1e-9), "beta KL = E[R] - V"
-        else:
+        if policy == "reference":
             assert kl == 0.0, "the reference's own log-ratio to itself is 0 on every path"
         runs = []
         for i in range(3000):
@@ -552,15 +554,15 @@ def test_soft_solution_expectations_match_simulation(name, split, task, warmup, 
             lr_sum, r, info = 0.0, 0.0, {}
             while not e.done:
                 terms = sol.ref_terms(e.state)
-                w = [p * (math.exp(sol.log_ratio(e.state, a)) if optimal else 1.0) for a, p in terms]
+                w = [p * math.exp(log_ratio(e.state, a)) for a, p in terms]
                 a = rng.choices([a for a, _ in terms], weights=w)[0]
-                lr_sum += sol.log_ratio(e.state, a) if optimal else 0.0
+                lr_sum += log_ratio(e.state, a)
                 _, r, _, info = e.step(a)
             runs.append((info["success"], r, lr_sum))
         sim = np.array(runs, dtype=float)
         for k, exact in enumerate((succ, reward, kl)):
             se = sim[:, k].std() / math.sqrt(len(sim)) + 1e-9
-            assert abs(sim[:, k].mean() - exact) < 4 * se + 1e-6, f"optimal={optimal}, quantity {k}: " \
+            assert abs(sim[:, k].mean() - exact) < 4 * se + 1e-6, f"{policy}, quantity {k}: " \
                 f"simulated {sim[:, k].mean():.4f} vs exact {exact:.4f}"
 
 
@@ -573,8 +575,28 @@ def test_reference_advantage_is_zero_on_average_under_the_reference(name, split,
     for st in sol.states[:50]:
         mean = sum(p * sol.ref_advantage(st, a) for a, p in sol.ref_terms(st))
         assert mean == pytest.approx(0.0, abs=1e-12), f"E_ref[A^ref] = {mean} at {st}"
-    assert sol.ref_v(env.state) == pytest.approx(sol.expect(env.state, optimal=False)[1], abs=1e-12), \
+    assert sol.ref_v(env.state) == pytest.approx(sol.expect(env.state, "reference")[1], abs=1e-12), \
         "V^ref(s0) must be the reference's expected reward"
+
+
+@pytest.mark.parametrize("name,split,task,warmup,steps", SOFT_CASES)
+def test_one_round_of_improvement_is_a_policy_that_improves_and_is_the_optimum_one_step_from_the_end(
+        name, split, task, warmup, steps):
+    """pi_1 = pi_ref exp(A^ref / beta) / Z sums to 1 at every state; its KL-regularised value is at least the
+    reference's (policy improvement) and at most the optimum's; with one step left it IS pi*, since no later
+    step of the reference's can differ from the optimum's."""
+    beta = 0.1
+    env = small_budget_env(name, split, task, warmup, steps)
+    sol = env.soft_solution(lopsided_reference, beta)
+    for st in sol.states[:50]:
+        total = sum(p * math.exp(sol.improved_log_ratio(st, a)) for a, p in sol.ref_terms(st))
+        assert total == pytest.approx(1.0, abs=1e-9), f"pi_1 sums to {total} at {st}"
+    value = lambda policy: sol.expect(env.state, policy)[1] - beta * sol.expect(env.state, policy)[2]
+    assert value("reference") - 1e-9 <= value("improved") <= value("optimum") + 1e-9
+    last = small_budget_env(name, split, task, warmup, 1)
+    sol1 = last.soft_solution(lopsided_reference, beta)
+    for a, _ in sol1.ref_terms(last.state):
+        assert sol1.improved_log_ratio(last.state, a) == pytest.approx(sol1.log_ratio(last.state, a), abs=1e-9)
 
 
 # ----------------------------------------------------------------------------- actions, prompts, vocabulary
@@ -1375,6 +1397,7 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
+    assert 0 <= O["improved"]["success"] <= 1 and O["improved"]["kl"] >= -1e-9, "one round of improvement: a KL >= 0"
     assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
     again = report.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
