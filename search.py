@@ -117,17 +117,16 @@ class Agent:
 
     def allowed_mask(self, choices, actions, vocab_size):
         """(N, V) bool for evaluate(): at each action token of each row, in order, the tokens its trie allows."""
-        rows = []
-        for ch, a in zip(choices, actions):
-            t = self.trie(ch)
+        mask = torch.zeros(sum(len(a) for a in actions), vocab_size, dtype=torch.bool)
+        n = 0
+        for t, ch, a in zip(self._tries_of(choices, len(actions)), choices, actions):
             for i, tok in enumerate(a):
                 ok = t.get(tuple(a[:i]), ())
                 if tok not in ok:
                     raise ValueError(f"action {self.decode(a)!r} is not one of the available actions {list(ch)}")
-                m = torch.zeros(vocab_size, dtype=torch.bool)
-                m[ok] = True
-                rows.append(m)
-        return torch.stack(rows) if rows else torch.zeros(0, vocab_size, dtype=torch.bool)
+                mask[n, ok] = True
+                n += 1
+        return mask
 
     def encode(self, obs):
         return self.enc.encode_ordinary(obs)
@@ -160,7 +159,6 @@ class Agent:
     def evaluate(self, net, idx, action_mask, choices, actions, temperature=None, topk=0):
         """net.evaluate on packed rows (at the agent's temperature unless given), constrained to each row's
         available actions when the agent is."""
-        self._tries_of(choices, len(actions))
         allowed = self.allowed_mask(choices, actions, net.config.vocab_size) if self.constrained else None
         return net.evaluate(idx, temperature or self.temperature, topk=topk, action_mask=action_mask, allowed=allowed)
 
