@@ -29,7 +29,7 @@ import torch
 
 import envs
 import pa
-import report
+import optimum
 import search as S
 import train
 
@@ -275,9 +275,9 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
             train.gradient_step(opt, policy, loss, cfg.max_grad_norm, "distillation loss")
             losses.append(loss.item())
         steps = [(ep.task, st) for ep in eps for st in ep.steps]
-        optimum = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
+        target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
         log.append(dict(round=r, success=float(np.mean([ep.success for ep in eps])), states=len(targets),
-                        loss=float(np.mean(losses)), pearson=report._pearson([st.log_ratio for _, st in steps], optimum)))
+                        loss=float(np.mean(losses)), pearson=optimum.pearson([st.log_ratio for _, st in steps], target)))
         print("distil | " + " | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in log[-1].items()))
     return log
@@ -312,8 +312,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     policy.load_state_dict(ref.state_dict())
     agent = train.make_agent(cfg, policy, ref, enc)
     cache_dir = cache_dir or os.path.join(out_dir, "optimum_cache")
-    cache = report.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
-    sols = [envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(report.reference_probs(agent, cache(t)),
+    cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
+    sols = [envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(optimum.reference_probs(agent, cache(t)),
                                                                            cfg.beta) for t in range(n_tasks)]
     exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
     log = []
@@ -336,10 +336,10 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
                                  critic_only=it < critic_warmup, critic=critic, critic_opt=critic_opt)
         log.append(dict(iter=it, critic_only=it < critic_warmup, success=float(np.mean([ep.success for ep in eps])),
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
-                        pearson=report._pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
+                        pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
     train.save(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=critic_warmup + iters - 1)
-    report.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
+    optimum.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
                          max_steps=max_steps, cache_dir=cache_dir)
     with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
         json.dump(log, f)

@@ -34,6 +34,7 @@ import diagnose
 import envs
 import model
 import monitor
+import optimum
 import pa
 import prm
 import report
@@ -1391,7 +1392,7 @@ def test_validation_check_of_a_tiny_run(tiny_run, tmp_path):
 
 
 def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
-    O = report.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
+    O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     assert O["max_identity_err"] < 1e-9, "beta * KL(pi* || pi_ref) = E[reward] - V_soft must hold exactly"
     assert all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success")), "success rates in [0, 1]"
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
@@ -1399,7 +1400,7 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
     assert 0 <= O["improved"]["success"] <= 1 and O["improved"]["kl"] >= -1e-9, "one round of improvement: a KL >= 0"
     assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
-    again = report.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
+    again = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
                                 sort_keys=True, default=float)  # as text: nan == nan
     assert drop(again) == drop(O), "a check from the cached reference scores must give the same numbers"
@@ -1537,9 +1538,9 @@ def test_constrained_rollouts_write_only_available_actions_and_ppo_starts_at_rat
     assert stats["first_ratio_dev"] < 1e-5, stats
     # the optimum check solves the constrained objective: the reference's probabilities sum to 1 at each state
     env = envs.make_env("shop", "train", 3, 0)
-    probs = report.reference_probs(ag)([(env.obs(), env.actions())])[0]
+    probs = optimum.reference_probs(ag)([(env.obs(), env.actions())])[0]
     assert abs(sum(probs.values()) - 1) < 1e-4 and set(probs) == set(env.actions())
-    free = report.reference_probs(ag.like(policy, agent.ref, constrained=False))([(env.obs(), env.actions())])[0]
+    free = optimum.reference_probs(ag.like(policy, agent.ref, constrained=False))([(env.obs(), env.actions())])[0]
     assert sum(free.values()) < 1 - 1e-3, "unconstrained, some of the reference's mass is on other texts"
 
 

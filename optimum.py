@@ -1,0 +1,166 @@
+"""PPO against the exact optimum of its own objective, on validation tasks: every state reachable in a task is
+scored by the reference network, the KL-regularised objective is solved exactly (envs.SoftSolution), and PPO's
+samples are compared with the optimum pi* and with one round of policy improvement pi_1 from the reference.
+`python report.py --ckpt out/ppo.pt --optimum 8` runs it; diagnose.py uses its pieces."""
+import hashlib
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+import envs
+import model as M
+import pa
+import search as S
+
+
+def pct(x):
+    return f"{100 * x:5.1f}"
+
+
+def reference_probs(agent, cache=None):
+    """ref_probs for envs.SoftSolution: at each state of a batch [(prompt, actions)], the reference network's
+    probability of each action's own tokens. With a cache path the answer is saved there once and reloaded after,
+    so that the costly scoring of every reachable state is paid once per reference, not once per check.
+    A constrained agent's reference writes available actions only: its probabilities are the renormalised ones
+    (summing to 1 at each state, nothing left for the no-op), so the optimum is that of the constrained objective."""
+    def ref_probs(batch):
+        if cache and os.path.exists(cache):
+            with open(cache) as f:
+                probs = json.load(f)
+            if [sorted(p) for p in probs] == [sorted(acts) for _, acts in batch]:
+                return probs
+            print(f"[optimum] {cache} does not match this task's states: scoring them again")
+        prompts, actions, choices = [], [], []
+        for prompt, acts in batch:
+            p = agent.encode(prompt)
+            prompts += [p] * len(acts)
+            actions += [M.encode_action(agent.enc, a) for a in acts]
+            choices += [tuple(acts)] * len(acts)
+        rows = agent.score(prompts, actions, ("ref",), choices)
+        probs, k = [], 0
+        for _, acts in batch:
+            probs.append({a: math.exp(float(rows[k + j]["ref_logprobs"].sum())) for j, a in enumerate(acts)})
+            k += len(acts)
+        if cache:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            with open(cache + ".tmp", "w") as f:
+                json.dump(probs, f)
+            os.replace(cache + ".tmp", cache)
+        return probs
+    return ref_probs
+
+
+def _optimum_task(run_, task, n_samples, max_steps, cache):
+    """Solve one validation task exactly and compare PPO's samples with the optimum there."""
+    agent, beta, t0 = run_.ppo, run_.ppo.beta, time.time()
+    env = envs.make_env(run_.env_name, "valid", task=task, seed=0, max_steps=max_steps)
+    sol = env.soft_solution(reference_probs(agent, cache), beta)
+    s0 = env.state
+    opt_s, opt_r, opt_kl = sol.expect(s0)
+    row = dict(task=task, states=len(sol.states), v_soft=sol.v(s0), v_star=env.optimal_value(), opt_success=opt_s,
+               opt_reward=opt_r, opt_kl=opt_kl, identity_err=beta * opt_kl - (opt_r - sol.v(s0)),
+               ref_success=sol.expect(s0, "reference")[0])
+    row["imp_success"], _, row["imp_kl"] = sol.expect(s0, "improved")
+    samples = [envs.make_env(run_.env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
+    eps = S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
+    row["steps"] = dict(ppo=[st.log_ratio for ep in eps for st in ep.steps],
+                        opt=[sol.log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
+                        astar=[st.qstar - st.vstar for ep in eps for st in ep.steps],
+                        aref=[sol.ref_advantage(st.env.state, st.text) for ep in eps for st in ep.steps],
+                        imp=[sol.improved_log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
+                        valid=[st.valid for ep in eps for st in ep.steps])
+    row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
+                        opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
+                        imp=[beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
+                        success=[ep.success for ep in eps])
+    row["seconds"] = round(time.time() - t0, 1)
+    print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {pct(opt_s)}% with KL {opt_kl:.2f} "
+          f"nats/episode, pi_ref {pct(row['ref_success'])}% ({row['seconds']} s)")
+    return row
+
+
+def pearson(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
+
+
+def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False):
+    """task -> the file that caches the reference's scores of every state of that validation task, named by the
+    reference file's hash, the temperature, the episode budget (0 = the world's own) and whether the reference
+    writes available actions only."""
+    with open(ref_path, "rb") as f:
+        ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
+    tail = "-available" if constrained else ""
+    return lambda t: os.path.join(cache_dir, f"{ref_hash}-T{temperature:g}-valid{t}-steps{max_steps or 0}{tail}.json")
+
+
+def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=8, n_samples=8, seed=0,
+                  max_steps=None, cache_dir=None):
+    """How far is PPO from the optimum of its own objective? On n validation tasks, solve the KL-regularised
+    objective exactly (envs.SoftSolution over every state reachable from the start, pi_ref = the reference
+    network's probability of each action's text, the rest of its mass on the no-op) and measure:
+      - the optimum's success probability, expected reward and KL(pi* || pi_ref) per episode, and the
+        reference's own success probability (exact: a check of the solver against sampled success);
+      - at every step of n_samples PPO samples per task: PPO's log-ratio log pi/pi_ref against the optimum's
+        log pi*/pi_ref = (Q - V) / beta for the same action (Pearson and Spearman);
+      - PA of the optimum (beta times its log-ratio: the soft advantage) as a process reward on those samples,
+        next to PPO's PA: Spearman with the hard A*, and AUROC of the trajectory sum for success;
+      - Spearman of both with A^ref, the advantage under the reference's own continuation (what one round of
+        policy improvement from pi_ref follows; SoftSolution.ref_advantage);
+      - that one round itself, pi_1 = pi_ref exp(A^ref / beta) / Z (SoftSolution.improved_log_ratio): its exact
+        success and KL, the Pearson correlation of its log-ratio with PPO's and with the optimum's, and the failure
+        AUROC of its PA on PPO's samples.
+    Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
+    optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
+    reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
+    scores are cached in cache_dir (default out_dir/optimum_cache/) under the reference file's hash and the
+    temperature, so later checks of other policies with the same reference only sample and compare."""
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
+    cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps,
+                          cache_dir or os.path.join(out_dir, "optimum_cache"), run_.ppo.constrained)
+    T = [_optimum_task(run_, t, n_samples, max_steps, cache(t)) for t in range(n)]
+    cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
+    p, o, a, aref, imp, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "imp", "valid"))
+    ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
+    beta = run_.ppo.beta
+    O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
+         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs")} for t in T],
+         "optimum": {k: float(np.mean([t[k] for t in T])) for k in ("opt_success", "opt_reward", "opt_kl",
+                                                                      "ref_success", "v_soft", "v_star")},
+         "max_identity_err": float(max(abs(t["identity_err"]) for t in T)),
+         "ppo": dict(sampled_success=float(np.mean(cat("trajs", "success"))),
+                     kl=float(np.mean(cat("trajs", "ppo"))) / beta),
+         "log_ratio": dict(pearson=pearson(p, o), spearman=pa.spearman(p, o), steps=len(p),  # nan: a constant side
+                           pearson_ci=ci(lambda idx: pearson(cat("steps", "ppo", idx), cat("steps", "opt", idx))),
+                           pearson_valid=pearson(p[ok], o[ok]), valid_steps=int(ok.sum())),
+         "improved": dict(success=float(np.mean([t["imp_success"] for t in T])),
+                          kl=float(np.mean([t["imp_kl"] for t in T])), pearson_ppo=pearson(p, imp),
+                          pearson_optimum=pearson(o, imp), auroc=pa.auroc(cat("trajs", "imp"), cat("trajs", "success"))),
+         "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
+         "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
+         "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt")},
+         "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
+                      for k in ("ppo", "opt")}}
+    O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
+    m, lr = O["optimum"], O["log_ratio"]
+    print(f"[optimum] {n} validation tasks, beta {beta}: pi* succeeds {pct(m['opt_success'])}% "
+          f"(KL {m['opt_kl']:.2f} nats/episode), pi_ref {pct(m['ref_success'])}%; PPO samples "
+          f"{pct(O['ppo']['sampled_success'])}% (KL {O['ppo']['kl']:.2f})")
+    print(f"[optimum] PPO's log-ratio vs the optimum's on {len(p)} steps: Pearson {lr['pearson']:+.3f} "
+          f"[{lr['pearson_ci'][0]:+.2f}, {lr['pearson_ci'][1]:+.2f}] (on the {lr['valid_steps']} steps with an "
+          f"available action: {lr['pearson_valid']:+.3f}), Spearman {lr['spearman']:+.3f} | Spearman with "
+          f"A*: PPO's PA {O['pa_vs_astar']['ppo']:+.3f}, the optimum's {O['pa_vs_astar']['optimum']:+.3f} | with the "
+          f"reference's own advantage A^ref: PPO's {O['pa_vs_aref']['ppo']:+.3f}, the optimum's "
+          f"{O['pa_vs_aref']['optimum']:+.3f} | failure "
+          f"AUROC: PPO's PA {O['auroc']['ppo']:.3f}, the optimum's {O['auroc']['optimum']:.3f}")
+    im = O["improved"]
+    print(f"[optimum] one round of policy improvement from pi_ref, pi_1: succeeds {pct(im['success'])}% (KL "
+          f"{im['kl']:.2f}); its log-ratio vs PPO's: Pearson {im['pearson_ppo']:+.3f}, vs the optimum's: "
+          f"{im['pearson_optimum']:+.3f}; failure AUROC of its PA on PPO's samples {im['auroc']:.3f}")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "optimum.json"), "w") as f:
+        json.dump(O, f, indent=1, default=float)
+    return O
