@@ -15,6 +15,7 @@ to tell estimation (critic, GAE, samples) from optimisation (Adam, clipping, the
     python diagnose.py --ckpt out/ppo.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
     python diagnose.py --few_tasks 8 --advantages exact # the network's PPO on 8 validation tasks against pi* there
     python diagnose.py --few_tasks 8 --start optimum    # ... starting from pi* distilled into the network
+    python diagnose.py --estimates 16                   # how well GAE and re-rollouts know the reference's advantage
 """
 import argparse
 import json
@@ -67,7 +68,12 @@ class Recipe:
     minibatch: int = 128           # steps per minibatch
     clip: float = 0.2
     lam: float = 0.95
-    critic: str = "learned"        # learned (a value table fit to the GAE returns) or exact (V^pi each iteration)
+    critic: str = "learned"        # learned (a value table fit to the GAE returns), exact (V^pi each iteration), or
+                                   # mc: the mean KL-regularised return of mc_rollouts episodes from each visited
+                                   # state, with lambda = 0 (train.py's --advantage=mc)
+    mc_rollouts: int = 4
+    consistency: float = 0.0       # weight of (beta * log pi/pi_ref(a|s) - (r + V(s') - V(s)))^2 on the sampled steps,
+                                   # V the critic's values (train.py's --consistency)
     advantages: str = "gae"        # gae, or exact: beta * (log pi*/pi_ref - log pi/pi_ref), as few_tasks' runs
     target_kl: float = math.inf    # stop an iteration's epochs past this approx_kl (train.py: 0.05)
     seed: int = 0
@@ -82,10 +88,12 @@ def policy_values(P, R, pi, pi_ref, beta, n_iters=200):
     return V
 
 
-def sample_episodes(P, pi, n, rng, max_len=60):
-    """n episodes from state 0 under pi, stepped together: lists of (s, a)."""
+def sample_episodes(P, pi, n, rng, max_len=60, start=None):
+    """n episodes under pi, from state 0 or from the states in start (n = len(start)), stepped together:
+    lists of (s, a)."""
     term, S = P.shape[0] - 1, P.shape[0]
-    s, out = np.zeros(n, dtype=int), [[] for _ in range(n)]
+    s = np.zeros(n, dtype=int) if start is None else np.array(start, dtype=int)
+    out = [[] for _ in range(len(s))]
     for _ in range(max_len):
         live = np.flatnonzero(s != term)
         if not len(live):
@@ -120,13 +128,26 @@ def run(P, R, pi_ref, rc):
         lr_now = np.log(pi) - np.log(pi_ref)
         out.append(dict(iter=it, corr=_wcorr(lr_now, target, occ), value=V_pi[0], v_star=V_star[0],
                         kl=float(np.mean([sum(lr_now[s, a] for s, a in ep) for ep in eps]))))
-        _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target)
+        mc = _mc_values(P, R, pi, lr_now, eps, rc, rng) if rc.critic == "mc" else None
+        _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target, mc)
     return out
 
 
-def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target):
+def _mc_values(P, R, pi, lr_now, eps, rc, rng):
+    """[[V(s_t) per step] per episode]: the mean KL-regularised return of rc.mc_rollouts episodes of pi from each
+    visited state, as search.mc_state_values does for the network."""
+    starts = [s for ep in eps for s, _ in ep for _ in range(rc.mc_rollouts)]
+    G = [sum(R[s, a] - rc.beta * lr_now[s, a] for s, a in ep) for ep in sample_episodes(P, pi, 0, rng, start=starts)]
+    G, k, out = np.reshape(G, (-1, rc.mc_rollouts)).mean(axis=1), 0, []
+    for ep in eps:
+        out.append(list(G[k:k + len(ep)]))
+        k += len(ep)
+    return out
+
+
+def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target, mc=None):
     """One PPO iteration on the episodes: rewards, GAE, whitening, clipped epochs, as train.ppo_update does.
-    target: log pi*/pi_ref, for the exact advantages."""
+    target: log pi*/pi_ref, for the exact advantages. mc: Monte Carlo state values (critic="mc")."""
     L = max(len(ep) for ep in eps)
     E = len(eps)
     r, v, mask = (torch.zeros(E, L, dtype=torch.float64) for _ in range(3))
@@ -135,25 +156,35 @@ def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target):
         for t, (s, a) in enumerate(ep):
             s_idx[e, t], a_idx[e, t], mask[e, t] = s, a, 1.0
             r[e, t] = R[s, a] - rc.beta * lr_now[s, a]  # the per-step KL penalty, as train.episode_tensors
-            v[e, t] = V_pi[s] if rc.critic == "exact" else float(values[s].detach())
-    adv, ret = train.gae(r, v, mask, 1.0, rc.lam)
+            if rc.critic == "exact":
+                v[e, t] = V_pi[s]
+            elif rc.critic == "mc":
+                v[e, t] = mc[e][t]
+            else:
+                v[e, t] = float(values[s].detach())
+    adv, ret = train.gae(r, v, mask, 1.0, 0.0 if rc.critic == "mc" else rc.lam)
     if rc.advantages == "exact":
         adv = rc.beta * torch.tensor(target - lr_now)[s_idx, a_idx] * mask
     adv = train.whiten(adv, mask)
     old_lp = (torch.log_softmax(logits, 1)[s_idx, a_idx]).detach()
+    ref_lp = old_lp - torch.tensor(lr_now)[s_idx, a_idx]
+    v_next = torch.cat([v[:, 1:], torch.zeros(E, 1, dtype=v.dtype)], 1) * torch.cat([mask[:, 1:], mask[:, :1] * 0], 1)
+    tgt = r + rc.beta * torch.tensor(lr_now)[s_idx, a_idx] + v_next - v  # r_t + V(s_t+1) - V(s_t), the KL taken out
     rows = mask.flatten() > 0
-    flat = [x.flatten()[rows] for x in (s_idx, a_idx, old_lp, adv, ret, v)]
+    flat = [x.flatten()[rows] for x in (s_idx, a_idx, old_lp, adv, ret, v, ref_lp, tgt)]
     n = int(rows.sum())
     for _ in range(rc.epochs):
         perm = torch.randperm(n, generator=gen)
         kls = []
         for start in range(0, n, rc.minibatch):
             mb = perm[start:start + rc.minibatch]
-            s, a, mb_old, mb_adv, mb_ret, mb_v = (x[mb] for x in flat)
+            s, a, mb_old, mb_adv, mb_ret, mb_v, mb_ref, mb_tgt = (x[mb] for x in flat)
             new_lp = torch.log_softmax(logits, 1)[s, a]
             one = torch.ones_like(new_lp)
             pg_loss, v_loss, d = train.ppo_losses(new_lp, mb_old, mb_adv, values[s], mb_v, mb_ret, one, rc.clip, 1e9)
             loss = pg_loss + (0.5 * v_loss if rc.critic == "learned" else 0.0)
+            if rc.consistency:
+                loss = loss + rc.consistency * ((rc.beta * (new_lp - mb_ref) - mb_tgt) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -184,10 +215,12 @@ VARIANTS = {  # one change each from train.py's recipe, as far as a table can ha
     "train.py's recipe": dict(target_kl=0.05),
     "no target_kl": dict(),
     "exact critic": dict(critic="exact"),
+    "Monte Carlo values, 4 re-rollouts per state": dict(critic="mc"),
     "exact advantages of pi*": dict(advantages="exact"),
     "4x episodes": dict(episodes=256),
     "64 states (8x fewer visits each)": dict(states=64),
     "256 states (32x fewer visits each)": dict(states=256),
+    "256 states, Monte Carlo values": dict(states=256, critic="mc"),
 }
 
 
@@ -346,12 +379,212 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     return log
 
 
+def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, device="cpu", seed=0, max_steps=None):
+    """How well does each advantage estimator know A^ref, the reference's own advantage, at the states it visits?
+    That is what PPO's first iteration needs (policy = reference, so the KL term is 0 and the soft advantage is
+    A^ref exactly), and what one exact round of improvement (pi_1) is built from. On n_samples of the reference's
+    own episodes per validation task: GAE with the reference's value head (train.py's default, the step's first
+    action token, before whitening) and mc_advantages from k re-rollouts per visited state (--advantage=mc), each
+    against the exact A^ref of envs.SoftSolution; the state values too, against the exact V^ref. Pearson, with 95%
+    bootstrap intervals over tasks. Returns the dict it prints."""
+    ck = train.M.load_checkpoint(ref_path)
+    cfg = train.Config(**{**ck["train_config"], "device": device})
+    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
+    ref, _ = train.load_model(ref_path, cfg, enc, device)
+    ref.eval().requires_grad_(False)
+    agent = train.make_agent(cfg, ref, ref, enc)
+    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(ref_path)), "optimum_cache")
+    cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
+    gen, rows = torch.Generator().manual_seed(seed), []
+    for t in range(n_tasks):
+        sol = envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(
+            optimum.reference_probs(agent, cache(t)), cfg.beta)
+        eps = S.rollout(agent, [envs.make_env(cfg.env, "valid", t, s, max_steps) for s in range(n_samples)],
+                        generator=gen, keep_states=True)
+        steps = [st for ep in eps for st in ep.steps]
+        row = dict(task=t, aref=[sol.ref_advantage(st.env.state, st.text) for st in steps],
+                   vref=[sol.ref_v(st.env.state) for st in steps], critic=[float(st.values[0]) for st in steps])
+        lp, _, v, r, mask = train.episode_tensors(eps, cfg.beta)
+        adv, _ = train.gae(r, v, mask, cfg.gamma, cfg.lam)
+        starts = [sum(len(x.action) for x in ep.steps[:i]) for ep in eps for i in range(len(ep.steps))]
+        row["gae"] = [float(adv[e, j]) for e, j in zip([e for e, ep in enumerate(eps) for _ in ep.steps], starts)]
+        for k in ks:
+            vals = S.mc_state_values(agent, eps, k, gen, cfg.beta, seed=10**6 * (t + 1) + 10**4 * k)
+            row[f"mc{k}"] = [float(a[0]) for per_ep in train.mc_advantages(eps, vals, cfg.beta) for a in per_ep]
+            row[f"v_mc{k}"] = [v for per_ep in vals for v in per_ep]
+        rows.append(row)
+        print(f"[estimates] task {t}: {len(steps)} steps, " + ", ".join(
+            f"{k} {optimum.pearson(row[k], row['aref']):+.2f}" for k in ["gae"] + [f"mc{k}" for k in ks]))
+    cat = lambda key, idx=range(n_tasks): [x for i in idx for x in rows[i][key]]
+    corr = lambda key, target: dict(pearson=optimum.pearson(cat(key), cat(target)), ci=pa.bootstrap_ci(
+        np.arange(n_tasks), lambda idx: optimum.pearson(cat(key, idx), cat(target, idx)), n_boot=300))
+    out = dict(ref=ref_path, n_tasks=n_tasks, n_samples=n_samples, steps=len(cat("aref")),
+               advantage={k: corr(k, "aref") for k in ["gae"] + [f"mc{k}" for k in ks]},
+               value={k: corr(k, "vref") for k in ["critic"] + [f"v_mc{k}" for k in ks]})
+    for what, d in (("A^ref", out["advantage"]), ("V^ref", out["value"])):
+        print(f"[estimates] Pearson with the exact {what} on {out['steps']} steps: " + ", ".join(
+            f"{k} {x['pearson']:+.3f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}]" for k, x in d.items()))
+    return out
+
+
+def improvement_data(agent, cfg, episodes, k, seed, max_steps=None):
+    """Monte Carlo estimates for one round of soft policy improvement from the reference (agent's policy): on every
+    state of the reference's own episodes of new training tasks, Q^ref(s, a) of every available action and of the
+    no-op (any other text; not for a constrained agent): the mean final reward of k reference rollouts after it, or its own reward where it ends
+    the episode. Returns [(prompt, [action texts], [pi_ref of each], [Q of each], Q of the no-op)] per state."""
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    tasks = rng.integers(10**9, size=(episodes, 2))
+    eps = S.rollout(agent, [envs.make_env(cfg.env, "train", int(t), int(sd), max_steps) for t, sd in tasks],
+                    generator=gen, keep_states=True)
+    states = [st for ep in eps for st in ep.steps]
+    noop = [] if agent.constrained else [envs.Env.invalid]  # a constrained reference writes no other text
+    rows = [(i, a) for i, st in enumerate(states) for a in list(st.env.actions()) + noop]
+    q, after, clones = {}, [], []  # Q of the rows that end the episode; the others' rollouts
+    for j, (i, a) in enumerate(rows):
+        c = states[i].env.clone()
+        c.rng = np.random.default_rng([seed, j])
+        _, r, done, _ = c.step(a)
+        if done:
+            q[i, a] = r
+            continue
+        after.append((i, a))
+        for m in range(k):
+            cc = c.clone()
+            cc.rng = np.random.default_rng([seed, j, m + 1])
+            clones.append(cc)
+    outs = S.rollout(agent, clones, generator=gen, fresh=False)
+    for n, key in enumerate(after):
+        q[key] = float(np.mean([o.reward for o in outs[n * k:(n + 1) * k]]))
+    out = []
+    for i, st in enumerate(states):
+        acts = list(st.env.actions())
+        scored = agent.score([st.prompt] * len(acts), [train.M.encode_action(agent.enc, a) for a in acts], ("ref",),
+                             [tuple(acts)] * len(acts))
+        out.append((st.prompt, acts, [math.exp(float(x["ref_logprobs"].sum())) for x in scored],
+                    [q[i, a] for a in acts], q.get((i, envs.Env.invalid), 0.0)))
+    return out
+
+
+def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr=1e-3, batch=32, device="cpu",
+            seed=0, n_check=16, max_steps=None, cache_dir=None, actions="any"):
+    """One round of soft policy improvement, estimated and distilled: can the network learn pi_1 = pi_ref exp(A^ref /
+    beta) / Z, whose PA predicts failure (LOG.md), from Monte Carlo estimates on training tasks
+    (improvement_data, saved in out_dir and reused)? The network starts from the reference and learns, epochs
+    passes over batches of states, either
+      loss="ce": the cross-entropy of its probabilities of the available actions to pi_ref exp(Q / beta) / Z (the
+        no-op in Z, not taught), or
+      loss="regression": at each state, beta * log pi/pi_ref of each available action and of the no-op against Q,
+        both centred over the state's actions (least squares: the noise of Q averages out, where exp(Q / beta)
+        magnifies it).
+    actions="available": both networks write only available actions (train.py --actions), so there is no no-op.
+    Saved as out_dir/ppo.pt, then the optimum check on n_check validation tasks (it also reports the correlation
+    with the exact pi_1). A diagnostic of what PA needs, not PPO. Returns the optimum check's pi_1 summary."""
+    if loss not in ("ce", "regression"):
+        raise ValueError(f"loss: ce or regression, not {loss!r}")
+    ck = train.M.load_checkpoint(ref_path)
+    cfg = train.Config(**{**ck["train_config"], "out_dir": out_dir, "device": device, "seed": seed, "actions": actions})
+    os.makedirs(out_dir, exist_ok=True)
+    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
+    ref, _ = train.load_model(ref_path, cfg, enc, device)
+    ref.eval().requires_grad_(False)
+    agent = train.make_agent(cfg, ref, ref, enc)
+    t0, gen = time.time(), torch.Generator().manual_seed(seed + 1)
+    data_path = os.path.join(out_dir, f"improve_data-{episodes}-{k}-{seed}-{max_steps or 0}-{actions}.pt")
+    if os.path.exists(data_path):
+        data = torch.load(data_path)
+    else:
+        data = improvement_data(agent, cfg, episodes, k, seed, max_steps)
+        torch.save(data, data_path)
+    print(f"improve | {len(data)} states, {sum(len(d[1]) for d in data)} actions ({time.time() - t0:.0f} s)")
+    policy = train.build_model(cfg, enc)
+    policy.load_state_dict(ref.state_dict())
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    policy.train()
+    for epoch in range(epochs):
+        losses = []
+        for chunk in torch.randperm(len(data), generator=gen).split(batch):
+            mb = [data[i] for i in chunk.tolist()]
+            prompts = [d[0] for d in mb for _ in d[1]]
+            tokens = [train.M.encode_action(enc, a) for d in mb for a in d[1]]
+            idx, mask = train.M.pack(prompts, tokens, agent.pad)
+            choices = [tuple(d[1]) for d in mb for _ in d[1]]
+            lp = (agent.evaluate(policy, idx, mask, choices, tokens)[0].float() * mask).sum(-1)
+            terms, n = [], 0
+            for _, acts, p_ref, q, q_noop in mb:
+                mine, p_ref, q = lp[n:n + len(acts)], torch.tensor(p_ref), torch.tensor(q)
+                n += len(acts)
+                if loss == "ce":
+                    lw = torch.log(torch.cat([p_ref, (1 - p_ref.sum()).clamp(min=1e-12)[None]])) + \
+                        torch.cat([q, torch.tensor([q_noop])]) / cfg.beta
+                    terms.append(-(torch.softmax(lw, 0)[:-1] * mine).sum())
+                elif agent.constrained:  # the available actions are all there is
+                    d = cfg.beta * (mine - torch.log(p_ref.clamp(min=1e-12))) - q
+                    terms.append(((d - d.mean()) ** 2).mean())
+                else:  # the no-op too, with what the available actions leave: else their mass drains into it
+                    rest = torch.log(-torch.expm1(torch.logsumexp(mine, 0).clamp(max=-1e-6)))
+                    d = cfg.beta * (torch.cat([mine, rest[None]]) - torch.log(torch.cat(
+                        [p_ref, (1 - p_ref.sum())[None]]).clamp(min=1e-12))) - torch.cat([q, torch.tensor([q_noop])])
+                    terms.append(((d - d.mean()) ** 2).mean())
+            step_loss = torch.stack(terms).mean()
+            train.gradient_step(opt, policy, step_loss, cfg.max_grad_norm, "improvement loss")
+            losses.append(step_loss.item())
+        print(f"improve | epoch {epoch} | {loss} loss {np.mean(losses):.5f}")
+    path = os.path.join(out_dir, "ppo.pt")
+    train.save(path, policy.eval(), cfg, enc, stage="ppo", iter=0)
+    return optimum.optimum_check(path, out_dir, ref_path, device, n=n_check, max_steps=max_steps,
+                                 cache_dir=cache_dir)["improved"]
+
+
+def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cpu", seed=0, max_steps=None,
+                 cache_dir=None):
+    """PA read on another policy's samples: the failure AUROC of the summed PA of each policy in scorer_paths
+    (against the shared reference), and of their mean, on n_samples episodes per validation task of sampler_path's
+    policy, next to the sampler's own PA and to the exact pi_1's (the optimum check's cached reference scores). A
+    policy's own samples pick the actions whose log-ratio it overestimates (LOG.md); independently trained
+    scorers' errors do not follow the sampling. Returns the AUROCs, the success rate and every episode's scores."""
+    run_ = S.load_run(sampler_path, None, device, seed=seed)
+    others = [S.load_agent(p, None, device)[0] for p in scorer_paths]
+    agent, beta = run_.ppo, run_.ppo.beta
+    cache = optimum.optimum_cache(run_.ref_path, agent.temperature, max_steps, cache_dir or os.path.join(
+        os.path.dirname(os.path.abspath(run_.ref_path)), "optimum_cache"), agent.constrained)
+    scores = dict(own=[], pi_1=[], success=[], **{p: [] for p in scorer_paths})
+    for t in range(n_tasks):
+        sol = envs.make_env(run_.env_name, "valid", t, 0, max_steps).soft_solution(
+            optimum.reference_probs(agent, cache(t)), beta)
+        eps = S.rollout(agent, [envs.make_env(run_.env_name, "valid", t, s, max_steps) for s in range(n_samples)],
+                        generator=run_.gen, keep_states=True)
+        for ep in eps:
+            for path, other in zip(scorer_paths, others):
+                rows = other.score([st.prompt for st in ep.steps], [st.action for st in ep.steps], ("policy", "ref"),
+                                   [st.choices for st in ep.steps] if other.constrained else None)
+                scores[path].append(beta * sum(float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows))
+            scores["own"].append(beta * sum(st.log_ratio for st in ep.steps))
+            scores["pi_1"].append(beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps))
+            scores["success"].append(ep.success)
+    scores["mean of the scorers"] = list(np.mean([scores[p] for p in scorer_paths], axis=0))
+    out = dict(auroc={k: pa.auroc(x, scores["success"]) for k, x in scores.items() if k != "success"},
+               success=float(np.mean(scores["success"])), scores=scores)
+    print(f"[cross] {len(scores['success'])} episodes of {sampler_path} ({100 * out['success']:.1f}% success), failure "
+          f"AUROC of their summed PA: " + ", ".join(f"{k} {v:.3f}" for k, v in out["auroc"].items()))
+    return out
+
+
 def main(argv):
     p = argparse.ArgumentParser(description="PPO against the exact optimum, in tabular MDPs.")
     p.add_argument("--seeds", type=int, default=3, help="MDPs (and training seeds) per variant")
     p.add_argument("--iters", type=int, default=0, help="PPO iterations per run (0: 100 tabular, 30 with --few_tasks)")
     p.add_argument("--ckpt", default=None, help="with --kl_split: the trained PPO checkpoint to look at")
     p.add_argument("--kl_split", type=int, default=0, help="where the checkpoint's KL goes, on N validation tasks")
+    p.add_argument("--estimates", type=int, default=0, help="how well GAE and Monte Carlo re-rollouts know the "
+                   "reference's own advantage on N validation tasks (with --ref)")
+    p.add_argument("--improve", type=int, default=0, help="one round of soft policy improvement from Monte Carlo "
+                   "estimates on N episodes of the reference (--ref), distilled into the network, then the optimum check")
+    p.add_argument("--loss", default="regression", choices=("ce", "regression"), help="with --improve: how the "
+                   "network learns the improved policy (diagnose.improve)")
+    p.add_argument("--epochs", type=int, default=4, help="with --improve: passes over the states")
+    p.add_argument("--lr", type=float, default=1e-3, help="with --improve: the learning rate")
+    p.add_argument("--cross", default=None, metavar="SCORERS", help="with --ckpt: PA by these other policies' "
+                   "checkpoints (comma-separated) on --ckpt's samples of 16 validation tasks (diagnose.cross_scores)")
     p.add_argument("--few_tasks", type=int, default=0, help="PPO from --ref on N validation tasks only, then the "
                                                              "optimum check on them")
     p.add_argument("--advantages", default="gae", choices=("gae", "exact"), help="with --few_tasks: GAE's "
@@ -385,12 +618,36 @@ def main(argv):
                 change[key] = typ(val)
             except ValueError:
                 p.error(f"--set {kv!r}: {val!r} is not a {typ.__name__}")
-            choices = {"critic": ("learned", "exact"), "advantages": ("gae", "exact")}.get(key)
+            choices = {"critic": ("learned", "exact", "mc"), "advantages": ("gae", "exact")}.get(key)
             if choices and val not in choices:
                 p.error(f"--set {kv!r}: valid: {', '.join(choices)}")
         if args.few_tasks or args.kl_split:
             p.error("--set changes the tabular run only: not with --few_tasks or --kl_split")
         variants = {"train.py's recipe": VARIANTS["train.py's recipe"], "with " + ", ".join(args.set): change}
+    if args.estimates:
+        if not 1 <= args.estimates <= envs.N_TASKS["valid"]:
+            p.error(f"--estimates takes 1 to {envs.N_TASKS['valid']} tasks, not {args.estimates}")
+        try:
+            out = estimates(args.ref, args.estimates, seed=args.seed)
+        except train.M.CheckpointError as e:
+            raise SystemExit(f"diagnose.py: {e}")
+        with open(os.path.join(os.path.dirname(os.path.abspath(args.ref)), "estimates.json"), "w") as f:
+            json.dump(out, f, indent=1)
+        return
+    if args.cross:
+        try:
+            cross_scores(args.ckpt or "out/ppo.pt", args.cross.split(","), seed=args.seed)
+        except train.M.CheckpointError as e:
+            raise SystemExit(f"diagnose.py: {e}")
+        return
+    if args.improve:
+        try:
+            improve(args.ref, args.out_dir, args.improve, loss=args.loss, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                    actions=args.actions,
+                    cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
+        except train.M.CheckpointError as e:
+            raise SystemExit(f"diagnose.py: {e}")
+        return
     if args.few_tasks:
         if args.distil_rounds < 1 or args.critic_warmup < 0:
             p.error("--distil_rounds must be at least 1 and --critic_warmup at least 0")

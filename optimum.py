@@ -72,6 +72,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
                         aref=[sol.ref_advantage(st.env.state, st.text) for ep in eps for st in ep.steps],
                         imp=[sol.improved_log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         valid=[st.valid for ep in eps for st in ep.steps])
+    row["all_actions"] = _all_actions(agent, sol, [st for ep in eps for st in ep.steps])
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         imp=[beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
@@ -80,6 +81,25 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
     print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {pct(opt_s)}% with KL {opt_kl:.2f} "
           f"nats/episode, pi_ref {pct(row['ref_success'])}% ({row['seconds']} s)")
     return row
+
+
+def _all_actions(agent, sol, steps):
+    """At each visited state, every available action: PPO's log-ratio, the optimum's, pi_1's and the reference's
+    log-prob (the control: what a policy that only sharpened the reference would show), each centred over the
+    state's actions (what a policy ranks, wherever its own samples went). Returns them as lists."""
+    states = [(st.prompt, sorted(a for a in sol.pi_ref[st.env.state] if a != sol.invalid), st.env.state) for st in steps]
+    prompts = [p for p, acts, _ in states for _ in acts]
+    actions = [M.encode_action(agent.enc, a) for _, acts, _ in states for a in acts]
+    rows = agent.score(prompts, actions, ("policy", "ref"), [tuple(acts) for _, acts, _ in states for _ in acts])
+    out, k = dict(ppo=[], opt=[], imp=[], ref=[]), 0
+    for _, acts, state in states:
+        lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows[k:k + len(acts)]]
+        ref = [float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]]
+        k += len(acts)
+        for name, xs in (("ppo", lr), ("ref", ref), ("opt", [sol.log_ratio(state, a) for a in acts]),
+                         ("imp", [sol.improved_log_ratio(state, a) for a in acts])):
+            out[name] += list(np.asarray(xs) - np.mean(xs))
+    return out
 
 
 def pearson(x, y):
@@ -112,7 +132,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         policy improvement from pi_ref follows; SoftSolution.ref_advantage);
       - that one round itself, pi_1 = pi_ref exp(A^ref / beta) / Z (SoftSolution.improved_log_ratio): its exact
         success and KL, the Pearson correlation of its log-ratio with PPO's and with the optimum's, and the failure
-        AUROC of its PA on PPO's samples.
+        AUROC of its PA on PPO's samples;
+      - over EVERY available action of the visited states, each log-ratio centred per state: PPO's against pi_1's
+        and the optimum's. A policy can rank actions well where it goes and still show little of it on the actions
+        it samples, since sampling picks the actions whose log-ratio errs upwards.
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
@@ -127,7 +150,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
     beta = run_.ppo.beta
     O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
-         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs")} for t in T],
+         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs", "all_actions")} for t in T],
          "optimum": {k: float(np.mean([t[k] for t in T])) for k in ("opt_success", "opt_reward", "opt_kl",
                                                                       "ref_success", "v_soft", "v_star")},
          "max_identity_err": float(max(abs(t["identity_err"]) for t in T)),
@@ -139,6 +162,12 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "improved": dict(success=float(np.mean([t["imp_success"] for t in T])),
                           kl=float(np.mean([t["imp_kl"] for t in T])), pearson_ppo=pearson(p, imp),
                           pearson_optimum=pearson(o, imp), auroc=pa.auroc(cat("trajs", "imp"), cat("trajs", "success"))),
+         "all_actions": dict(pearson_optimum=pearson(cat("all_actions", "ppo"), cat("all_actions", "opt")),
+                             pearson_improved=pearson(cat("all_actions", "ppo"), cat("all_actions", "imp")),
+                             pearson_improved_sampled=pearson(p, imp), rows=len(cat("all_actions", "ppo")),
+                             sharpening_improved=pearson(cat("all_actions", "ref"), cat("all_actions", "imp")),
+                             pearson_improved_ci=ci(lambda idx: pearson(cat("all_actions", "ppo", idx),
+                                                                        cat("all_actions", "imp", idx)))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
          "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt")},
@@ -160,6 +189,12 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     print(f"[optimum] one round of policy improvement from pi_ref, pi_1: succeeds {pct(im['success'])}% (KL "
           f"{im['kl']:.2f}); its log-ratio vs PPO's: Pearson {im['pearson_ppo']:+.3f}, vs the optimum's: "
           f"{im['pearson_optimum']:+.3f}; failure AUROC of its PA on PPO's samples {im['auroc']:.3f}")
+    aa = O["all_actions"]
+    print(f"[optimum] over every available action at the states of the {len(p)} sampled steps, centred per state: PPO's log-ratio "
+          f"vs pi_1's: Pearson {aa['pearson_improved']:+.3f} [{aa['pearson_improved_ci'][0]:+.2f}, "
+          f"{aa['pearson_improved_ci'][1]:+.2f}] (on its sampled actions: {aa['pearson_improved_sampled']:+.3f}), vs the optimum's: "
+          f"{aa['pearson_optimum']:+.3f}; a policy that only sharpened the reference: {aa['sharpening_improved']:+.3f} "
+          f"with pi_1's")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "optimum.json"), "w") as f:
         json.dump(O, f, indent=1, default=float)

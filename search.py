@@ -349,18 +349,20 @@ def trajectory_score(ep, selector, how, beta, rng=None, mc_values=None):
     return pa.aggregate(step_scores(ep, selector, beta, rng, mc_values), how)
 
 
-def mc_state_values(agent, episodes, n, generator=None):
-    """Monte Carlo V(s_t) for every step of every episode: the mean final reward of n policy rollouts
-    from a clone of the state (needs episodes collected with keep_states=True). Returns a list per episode."""
+def mc_state_values(agent, episodes, n, generator=None, beta=0.0, seed=1_000_003):
+    """Monte Carlo V(s_t) for every step of every episode: the mean return of n policy rollouts from a clone of
+    the state (needs episodes collected with keep_states=True). The return is the final reward, less beta times
+    the rollout's own summed log-ratio when beta > 0 (the KL-regularised value PPO maximises). seed: the first
+    of the rollouts' transition seeds. Returns a list per episode."""
     clones = [s.env.clone() for ep in episodes for s in ep.steps for _ in range(n)]
     for k, c in enumerate(clones):  # fresh transition randomness for every rollout
-        c.rng = np.random.default_rng(1_000_003 + k)
+        c.rng = np.random.default_rng(seed + k)
     outs = rollout(agent, clones, generator=generator, fresh=False)
-    rewards, k, values = [o.reward for o in outs], 0, []
+    returns, k, values = [o.reward - beta * sum(s.log_ratio for s in o.steps) for o in outs], 0, []
     for ep in episodes:
         vs = []
         for _ in ep.steps:
-            vs.append(sum(rewards[k:k + n]) / n)
+            vs.append(sum(returns[k:k + n]) / n)
             k += n
         values.append(vs)
     return values

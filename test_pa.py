@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -1399,11 +1400,27 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
     assert 0 <= O["improved"]["success"] <= 1 and O["improved"]["kl"] >= -1e-9, "one round of improvement: a KL >= 0"
+    assert O["all_actions"]["rows"] >= O["log_ratio"]["steps"], "every available action of every visited state"
     assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
     again = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
                                 sort_keys=True, default=float)  # as text: nan == nan
     assert drop(again) == drop(O), "a check from the cached reference scores must give the same numbers"
+
+
+def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
+    acts = {"s1": {"click[a]": 0.5, "click[b]": 0.3}, "s2": {"search[x]": 0.9, "click[c]": 0.05, "click[d]": 0.05}}
+    sol = types.SimpleNamespace(pi_ref=acts, invalid="\x00", log_ratio=lambda st, a: len(a) + (st == "s2"),
+                                improved_log_ratio=lambda st, a: -len(a))
+    steps = [types.SimpleNamespace(prompt=agent.encode(f"page {st}"), env=types.SimpleNamespace(state=st))
+             for st in ("s1", "s2")]
+    out = optimum._all_actions(agent, sol, steps)
+    assert all(len(xs) == 5 for xs in out.values()), "one row per available action of each state"
+    assert all(abs(sum(xs[:2])) < 1e-9 and abs(sum(xs[2:])) < 1e-9 for xs in out.values()), "centred per state"
+    assert out["opt"][:2] == pytest.approx([0.0, 0.0]) and out["imp"][2:] == pytest.approx([1 / 3, 1 / 3, -2 / 3]), out
+    rows = agent.score([steps[0].prompt] * 2, [model.encode_action(agent.enc, a) for a in ("click[a]", "click[b]")])
+    lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
+    assert out["ppo"][:2] == pytest.approx([(lr[0] - lr[1]) / 2, (lr[1] - lr[0]) / 2], abs=1e-5), "PPO's, sorted"
 
 
 @pytest.mark.parametrize("name", ["house", "travel"])
@@ -1594,7 +1611,7 @@ def test_train_refuses_bad_options_and_devices():
             train.parse_args(argv)
     with pytest.raises(SystemExit, match="--device: device 'tpu' is not available"):
         train.resolve(train.parse_args(["--device=tpu"]))
-    with pytest.raises(SystemExit, match="valid: gae, rloo"):
+    with pytest.raises(SystemExit, match="valid: gae, rloo, mc"):
         train.parse_args(["--advantage=vtrace"])
     with pytest.raises(SystemExit, match="valid: shared, separate"):
         train.parse_args(["--critic=twin"])
@@ -1891,6 +1908,20 @@ def test_tabular_ppo_moves_the_log_ratio_to_the_optimums():
         f"PPO should close most of the gap from V^ref(s0) {v_ref:.3f} to V*(s0) {log[-1]['v_star']:.3f}: {log[-1]['value']:.3f}"
 
 
+@pytest.mark.parametrize("consistency", [0.0, 1.0])
+def test_tabular_ppo_with_monte_carlo_values_moves_the_log_ratio_to_the_optimums(consistency):
+    """--advantage=mc on a table: V(s_t) from 4 re-rollouts of the current policy per visited state, lambda = 0,
+    no critic; with consistency > 0, also the regression of beta * log pi/pi_ref onto r + V(s') - V(s)."""
+    P, R, pi_ref = diagnose.make_mdp(seed=1)
+    rc = diagnose.Recipe(iters=30, seed=1, critic="mc", consistency=consistency)
+    mc = diagnose._mc_values(P, R, pi_ref, np.zeros_like(pi_ref), [[(0, 0), (2, 1)]], replace(rc, mc_rollouts=4000),
+                             np.random.default_rng(0))
+    V_ref = diagnose.policy_values(P, R, pi_ref, pi_ref, rc.beta)
+    assert mc[0] == pytest.approx([V_ref[0], V_ref[2]], abs=0.05), f"Monte Carlo values {mc} vs exact {V_ref[[0, 2]]}"
+    log = diagnose.run(P, R, pi_ref, rc)
+    assert log[-1]["corr"] > 0.9, f"log-ratio correlation with the optimum's after 30 iterations: {log[-1]['corr']:.2f}"
+
+
 def test_tabular_ppo_with_exact_advantages_reaches_the_optimum():
     """With the optimum's exact advantages beta * (log pi*/pi_ref - log pi/pi_ref) in place of GAE's, train.py's
     PPO math descends KL(pi || pi*) at each visited state: the log-ratio must land on pi*'s."""
@@ -1910,6 +1941,49 @@ def test_rloo_advantage_is_the_return_less_the_mean_of_the_same_tasks_others():
     assert [len(x) for x in out] == [2, 1, 1, 1], "one number per step"
     assert [x[0] for x in out] == pytest.approx(want) and out[0][0] == out[0][1], f"{out} vs {want}"
     assert sum(x[0] for x in out[:3]) == pytest.approx(0.0), "leave-one-out advantages of a group sum to 0"
+
+
+def test_mc_advantages_are_the_steps_reward_and_kl_to_go_plus_the_value_it_led_to_less_the_value_it_left():
+    step = lambda lp, ref, r: types.SimpleNamespace(logprobs=torch.tensor(lp), ref_logprobs=torch.tensor(ref), reward=r)
+    ep = types.SimpleNamespace(steps=[step([-1.0, -2.0], [-1.5, -1.0], 0.0), step([-0.5], [-0.5], 0.8)])
+    V, beta = [0.3, 0.6], 0.1
+    (a0, a1), = train.mc_advantages([ep], [V], beta)
+    # step 0: log-ratios +0.5, -1.0 -> KL to go -0.5 then -1.0; it led to V = 0.6 from V = 0.3
+    assert a0.tolist() == pytest.approx([0.0 + 0.05 + 0.6 - 0.3, 0.0 + 0.1 + 0.6 - 0.3])
+    assert a1.tolist() == pytest.approx([0.8 - 0.0 + 0.0 - 0.6]), "after the last step the value is 0"
+    R = ep.steps[1].reward - beta * sum(float((s.logprobs - s.ref_logprobs).sum()) for s in ep.steps)
+    assert float(a0[0] + a1[0]) == pytest.approx(R - V[0]), "first tokens' advantages telescope to R - V(s_0)"
+    out = train.per_step_to_tokens([[a0, a1]], [types.SimpleNamespace(steps=[types.SimpleNamespace(action=[0, 0]),
+                                                                            types.SimpleNamespace(action=[0])])], (1, 4))
+    assert out[0].tolist() == pytest.approx(a0.tolist() + a1.tolist() + [0.0]), "a vector per step lands on its tokens"
+
+
+def test_mc_state_values_with_beta_are_the_kl_regularised_returns_of_the_same_rollouts(agent):
+    eps = search.rollout(agent, search.make_envs("shop", "train", [3, 4], [0]), generator=torch.Generator().manual_seed(0),
+                         keep_states=True)
+    soft = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), beta=0.5, seed=7)
+    plain = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), seed=7)
+    clones = [s.env.clone() for ep in eps for s in ep.steps for _ in range(3)]
+    for k, c in enumerate(clones):
+        c.rng = np.random.default_rng(7 + k)
+    outs = search.rollout(agent, clones, generator=torch.Generator().manual_seed(1), fresh=False)
+    kl = [sum(s.log_ratio for s in o.steps) for o in outs]
+    assert max(abs(x) for x in kl) > 1e-3, "policy and reference differ: the KL term must matter"
+    flat = lambda vs: [v for ep in vs for v in ep]
+    want = [p - 0.5 * np.mean(kl[3 * i:3 * i + 3]) for i, p in enumerate(flat(plain))]
+    assert flat(soft) == pytest.approx(want), "V = mean over the same rollouts of reward - beta * summed log-ratio"
+
+
+def test_mc_advantage_run_trains_no_critic_and_refuses_one(tiny_run, tmp_path):
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--ppo_iters=1", "--advantage=mc",
+                       "--mc_rollouts=2"])
+    ref, ppo = (model.load_checkpoint(str(tmp_path / f))["model"] for f in ("ref.pt", "ppo.pt"))
+    assert all(torch.equal(ref[k], ppo[k]) for k in ref if k.startswith("value_head")), "no value loss with mc"
+    assert any(not torch.equal(ref[k], ppo[k]) for k in ref), "the policy itself must move"
+    for extra, said in ((["--critic=separate"], "learns no critic"), (["--mc_rollouts=0"], "at least 1")):
+        with pytest.raises(SystemExit, match=said):
+            train.resolve(train.parse_args(TINY + ["--advantage=mc"] + extra))
 
 
 def test_given_advantages_go_on_every_token_of_their_step():
@@ -1932,6 +2006,35 @@ def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, t
     O = json.loads((tmp_path / "optimum.json").read_text())
     assert O["n"] == 2 and O["log_ratio"]["steps"] > 0, "the optimum check ran on the same two tasks"
     assert (tmp_path / "ppo.pt").exists() and (tmp_path / "few_tasks_log.json").exists(), os.listdir(tmp_path)
+
+
+def test_estimates_compare_each_estimator_with_the_exact_reference_advantage(tiny_run, tmp_path):
+    out = diagnose.estimates(str(tiny_run / "ref.pt"), n_tasks=2, n_samples=2, ks=(2,), max_steps=3, cache_dir=tmp_path)
+    assert set(out["advantage"]) == {"gae", "mc2"} and set(out["value"]) == {"critic", "v_mc2"}, out
+    assert 2 <= out["steps"] <= 2 * 2 * 3, f"2 tasks x 2 episodes of at most 3 steps: {out['steps']}"
+
+
+def test_improve_estimates_one_round_and_distils_it(tiny_run, tmp_path):
+    out = diagnose.improve(str(tiny_run / "ref.pt"), str(tmp_path), episodes=2, k=2, epochs=1, n_check=1, max_steps=3,
+                           cache_dir=tmp_path / "cache")
+    data = torch.load(next(tmp_path.glob("improve_data-*.pt")))
+    assert data and all(len(acts) == len(p) == len(q) for _, acts, p, q, _ in data), "one pi_ref and Q per action"
+    assert all(sum(p) <= 1 + 1e-6 and all(0 <= x <= 1 for x in q + [qn]) for _, _, p, q, qn in data), \
+        "pi_ref of the available actions sums to at most 1; Q is a mean final reward"
+    assert (tmp_path / "ppo.pt").exists() and "pearson_ppo" in out, "the distilled policy is saved and checked"
+    with pytest.raises(ValueError, match="loss"):
+        diagnose.improve(str(tiny_run / "ref.pt"), str(tmp_path), loss="kl")
+
+
+def test_cross_scores_by_the_sampler_itself_are_its_own_pa(tiny_run, tmp_path):
+    ppo = str(tiny_run / "ppo.pt")
+    out = diagnose.cross_scores(ppo, [ppo, str(tiny_run / "ref.pt")], n_tasks=1, n_samples=3, max_steps=3,
+                                cache_dir=tmp_path)
+    sc = out["scores"]
+    assert len(sc["success"]) == 3 and sc[ppo] == pytest.approx(sc["own"], abs=1e-4), \
+        "teacher-forced by the sampler itself, the summed PA is the one sampled"
+    assert sc[str(tiny_run / "ref.pt")] == pytest.approx([0.0] * 3, abs=1e-6), "the reference's own PA is 0"
+    assert sc["mean of the scorers"] == pytest.approx([(a + b) / 2 for a, b in zip(sc[ppo], sc[str(tiny_run / "ref.pt")])])
 
 
 def test_distilling_the_optimum_lowers_the_cross_entropy_to_it(tiny_run, tmp_path):

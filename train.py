@@ -70,7 +70,9 @@ class Config:
     episodes_per_iter: int = 0       # rollouts per iteration (0 = preset)
     task_pool: int = 0               # PPO draws its tasks from training tasks 0..N-1 (0 = any: a new task each time)
     samples_per_task: int = 1        # episodes of each drawn task per iteration (episodes_per_iter in all)
-    advantage: str = "gae"           # gae, or rloo: each episode's KL-shaped return less the mean of its task's others
+    advantage: str = "gae"           # gae; rloo: each episode's KL-shaped return less the mean of its task's others;
+                                     # mc: values of the visited states from mc_rollouts re-rollouts each, no critic
+    mc_rollouts: int = 4             # with --advantage=mc: the policy's rollouts from a copy of each visited state
     critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     critic: str = "shared"           # shared: the policy's own value head; separate: a copy of the reference network
@@ -143,8 +145,12 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --critic: {cfg.critic!r}; valid: shared, separate")
     if cfg.actions not in ("any", "available"):
         raise SystemExit(f"bad value for --actions: {cfg.actions!r}; valid: any, available")
-    if cfg.advantage not in ("gae", "rloo"):
-        raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo")
+    if cfg.advantage not in ("gae", "rloo", "mc"):
+        raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo, mc")
+    if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
+        raise SystemExit("--advantage=mc learns no critic: leave out --critic and --critic_warmup")
+    if cfg.mc_rollouts < 1:
+        raise SystemExit(f"bad value for --mc_rollouts: {cfg.mc_rollouts} must be at least 1")
     if cfg.preset not in ("auto", "cpu", "gpu"):
         raise SystemExit(f"bad value for --preset: {cfg.preset!r}; valid: auto, cpu, gpu")
     try:
@@ -333,7 +339,8 @@ def episode_tensors(episodes, beta):
 
 
 def per_step_to_tokens(values, episodes, shape):
-    """[[one number per step] per episode] -> (E, L), each number on every action token of its step."""
+    """[[one number, or one per action token, per step] per episode] -> (E, L): a number goes on every action
+    token of its step."""
     out = torch.zeros(shape)
     for e, (ep, xs) in enumerate(zip(episodes, values)):
         t = 0
@@ -353,6 +360,23 @@ def rloo_advantages(episodes, beta):
         group = list(group)
         total, n = sum(r for _, r in group), len(group)
         out += [[r - ((total - r) / (n - 1) if n > 1 else float(np.mean(R)))] * len(ep.steps) for ep, r in group]
+    return out
+
+
+def mc_advantages(episodes, values, beta):
+    """Per-token advantages from Monte Carlo state values (--advantage=mc), no critic. values[e][t] estimates
+    V(s_t), the KL-regularised return from step t's state (search.mc_state_values with beta). Token i of step t:
+        A = r_t - beta * sum_{j >= i} log(pi/pi_ref)(token j of step t) + V(s_{t+1}) - V(s_t)
+    with V = 0 after the last step: the step's own reward and KL penalty from this token on, then the value of
+    where the step led, less the value of where it started. Returns [[(k,) tensor per step] per episode]."""
+    out = []
+    for ep, vs in zip(episodes, values):
+        rows = []
+        for t, s in enumerate(ep.steps):
+            kl_to_go = (s.logprobs - s.ref_logprobs).flip(0).cumsum(0).flip(0)
+            v_next = vs[t + 1] if t + 1 < len(ep.steps) else 0.0
+            rows.append(s.reward - beta * kl_to_go + v_next - vs[t])
+        out.append(rows)
     return out
 
 
@@ -392,7 +416,8 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
                critic_opt=None):
     """One PPO iteration's learning from its rollouts. Returns the logged statistics. `advantages`, if given,
     replaces GAE's for the policy loss: a function of the episodes giving one number per step of each episode,
-    put on every token of that step's action (diagnose.py's runs with exact advantages from the oracle).
+    put on every token of that step's action, or a vector over its tokens (diagnose.py's runs with exact
+    advantages from the oracle; --advantage=rloo and mc).
     critic_only: fit the critic alone, to Monte Carlo returns (GAE with lambda = 1), with no policy loss.
     critic (with its own critic_opt): a separate network whose value head is the critic (--critic=separate):
     the rollouts' values are re-read from it, and the value loss trains it alone, never the policy."""
@@ -439,8 +464,9 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
             if first_ratio is None:  # nothing has changed yet: this must be exactly 1
                 first_ratio = (d["ratio"] - 1).abs().mul(mb_mask).max().item()
             policy_loss = 0.0 if critic_only else pg_loss - cfg.ent_coef * entropy
-            if critic is None:  # one network: both losses through the shared trunk
-                gradient_step(opt, policy, policy_loss + cfg.vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
+            if critic is None:  # one network: both losses through the shared trunk (mc's advantages need no critic)
+                vf_coef = 0.0 if cfg.advantage == "mc" else cfg.vf_coef
+                gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
             else:
                 if not critic_only:
                     gradient_step(opt, policy, policy_loss, cfg.max_grad_norm, "ppo policy loss")
@@ -546,12 +572,18 @@ def train_ppo(cfg, enc, ref):
                          for _ in range(cfg.samples_per_task)]
         policy.eval()
         with tqdm(total=cfg.episodes_per_iter * 5, desc=f"rollouts {it}", leave=False) as bar:
-            episodes = S.rollout(agent, env_list, generator=sample_gen, progress=bar)
+            episodes = S.rollout(agent, env_list, generator=sample_gen, progress=bar, keep_states=cfg.advantage == "mc")
+        advantages = None
+        if cfg.advantage == "rloo":
+            advantages = lambda eps: rloo_advantages(eps, cfg.beta)
+        elif cfg.advantage == "mc":  # the values of the visited states from the policy's own re-rollouts
+            mc = S.mc_state_values(agent, episodes, cfg.mc_rollouts, sample_gen, cfg.beta,
+                                    seed=cfg.seed * 10**7 + it * 10**5)
+            advantages = lambda eps: mc_advantages(eps, mc, cfg.beta)
         policy.train()
         t1 = time.time()
         critic_only = it < cfg.critic_warmup
-        stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only,
-                           advantages=(lambda eps: rloo_advantages(eps, cfg.beta)) if cfg.advantage == "rloo" else None,
+        stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only, advantages=advantages,
                            critic=critic, critic_opt=critic_opt)
         n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
         steps = [s for ep in episodes for s in ep.steps]
