@@ -16,6 +16,8 @@ to tell estimation (critic, GAE, samples) from optimisation (Adam, clipping, the
     python diagnose.py --few_tasks 8 --advantages exact # the network's PPO on 8 validation tasks against pi* there
     python diagnose.py --few_tasks 8 --start optimum    # ... starting from pi* distilled into the network
     python diagnose.py --estimates 16                   # how well GAE and re-rollouts know the reference's advantage
+    python diagnose.py --improve 64                     # one round of improvement from rollouts, fitted, then checked
+    python diagnose.py --ckpt out/ppo.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo.pt's samples
 """
 import argparse
 import json
