@@ -318,6 +318,15 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
     return log
 
 
+def _reference(ref_path, device, **overrides):
+    """(cfg, tokenizer, frozen reference network) of a saved reference; cfg is its training config with overrides."""
+    ck = train.M.load_checkpoint(ref_path)
+    cfg = train.Config(**{**ck["train_config"], "device": device, **overrides})
+    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
+    ref, _ = train.load_model(ref_path, cfg, enc, device)
+    return cfg, enc, ref.eval().requires_grad_(False)
+
+
 def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
               device="cpu", seed=0, max_steps=None, start="reference", distil_rounds=10, distil_lr=1e-3,
               critic_warmup=0, **overrides):
@@ -336,13 +345,9 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
     if start not in ("reference", "optimum"):
         raise ValueError(f"start: reference or optimum, not {start!r}")
-    ck = train.M.load_checkpoint(ref_path)
-    cfg = train.Config(**{**ck["train_config"], "out_dir": out_dir, "device": device, "seed": seed,
-                          "ppo_iters": iters, "episodes_per_iter": episodes, **overrides})
+    cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, ppo_iters=iters,
+                               episodes_per_iter=episodes, **overrides)
     os.makedirs(out_dir, exist_ok=True)
-    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
-    ref, _ = train.load_model(ref_path, cfg, enc, device)
-    ref.eval().requires_grad_(False)
     policy = train.build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict())
     agent = train.make_agent(cfg, policy, ref, enc)
@@ -389,11 +394,7 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     action token, before whitening) and mc_advantages from k re-rollouts per visited state (--advantage=mc), each
     against the exact A^ref of envs.SoftSolution; the state values too, against the exact V^ref. Pearson, with 95%
     bootstrap intervals over tasks. Returns the dict it prints."""
-    ck = train.M.load_checkpoint(ref_path)
-    cfg = train.Config(**{**ck["train_config"], "device": device})
-    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
-    ref, _ = train.load_model(ref_path, cfg, enc, device)
-    ref.eval().requires_grad_(False)
+    cfg, enc, ref = _reference(ref_path, device)
     agent = train.make_agent(cfg, ref, ref, enc)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(ref_path)), "optimum_cache")
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
@@ -483,12 +484,8 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
     with the exact pi_1). A diagnostic of what PA needs, not PPO. Returns the optimum check's pi_1 summary."""
     if loss not in ("ce", "regression"):
         raise ValueError(f"loss: ce or regression, not {loss!r}")
-    ck = train.M.load_checkpoint(ref_path)
-    cfg = train.Config(**{**ck["train_config"], "out_dir": out_dir, "device": device, "seed": seed, "actions": actions})
+    cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, actions=actions)
     os.makedirs(out_dir, exist_ok=True)
-    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
-    ref, _ = train.load_model(ref_path, cfg, enc, device)
-    ref.eval().requires_grad_(False)
     agent = train.make_agent(cfg, ref, ref, enc)
     t0, gen = time.time(), torch.Generator().manual_seed(seed + 1)
     data_path = os.path.join(out_dir, f"improve_data-{episodes}-{k}-{seed}-{max_steps or 0}-{actions}.pt")
