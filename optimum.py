@@ -73,7 +73,14 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
                         imp=[sol.improved_log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         valid=[st.valid for ep in eps for st in ep.steps])
     row["all_actions"] = _all_actions(agent, sol, [st for ep in eps for st in ep.steps])
+    kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + [len(ep.steps) for ep in eps])
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
+                        centred=[beta * sum(st.log_ratio - k for st, k in zip(ep.steps, kl[i:j]))
+                                 for ep, i, j in zip(eps, ends, ends[1:])],
+                        path_kl=[-beta * sum(kl[i:j]) for i, j in zip(ends, ends[1:])],
+                        path_kl_opt=[-beta * sum(_state_kl(sol, st.env.state, sol.log_ratio) for st in ep.steps) for ep in eps],
+                        path_kl_imp=[-beta * sum(_state_kl(sol, st.env.state, sol.improved_log_ratio) for st in ep.steps)
+                                     for ep in eps],
                         opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         imp=[beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         success=[ep.success for ep in eps])
@@ -83,19 +90,30 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
     return row
 
 
+def _state_kl(sol, state, log_ratio):
+    """KL(pi || pi_ref) at a state of an exact policy given by its log-ratio (sol.log_ratio: pi*; improved: pi_1)."""
+    return sum(p * math.exp(log_ratio(state, a)) * log_ratio(state, a) for a, p in sol.ref_terms(state))
+
+
 def _all_actions(agent, sol, steps):
     """At each visited state, every available action: PPO's log-ratio, the optimum's, pi_1's and the reference's
     log-prob (the control: what a policy that only sharpened the reference would show), each centred over the
-    state's actions (what a policy ranks, wherever its own samples went). Returns them as lists."""
+    state's actions (what a policy ranks, wherever its own samples went). Returns them as lists, and under
+    "state_kl" one number per step: KL(pi || pi_ref) at its state over the available actions and one bucket for
+    every other text (a lower bound on the KL over texts; exact for a constrained agent)."""
     states = [(st.prompt, sorted(a for a in sol.pi_ref[st.env.state] if a != sol.invalid), st.env.state) for st in steps]
     prompts = [p for p, acts, _ in states for _ in acts]
     actions = [M.encode_action(agent.enc, a) for _, acts, _ in states for a in acts]
     rows = agent.score(prompts, actions, ("policy", "ref"), [tuple(acts) for _, acts, _ in states for _ in acts])
-    out, k = dict(ppo=[], opt=[], imp=[], ref=[]), 0
+    out, k = dict(ppo=[], opt=[], imp=[], ref=[], state_kl=[]), 0
     for _, acts, state in states:
         lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows[k:k + len(acts)]]
         ref = [float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]]
         k += len(acts)
+        p = np.exp(np.add(lr, ref))
+        rest_p, rest_ref = 1.0 - p.sum(), 1.0 - np.exp(ref).sum()
+        out["state_kl"].append(float(p @ np.asarray(lr)) + (rest_p * math.log(rest_p / rest_ref)
+                                                             if min(rest_p, rest_ref) > 1e-9 else 0.0))
         for name, xs in (("ppo", lr), ("ref", ref), ("opt", [sol.log_ratio(state, a) for a in acts]),
                          ("imp", [sol.improved_log_ratio(state, a) for a in acts])):
             out[name] += list(np.asarray(xs) - np.mean(xs))
@@ -135,7 +153,11 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         AUROC of its PA on PPO's samples;
       - over EVERY available action of the visited states, each log-ratio centred per state: PPO's against pi_1's
         and the optimum's. A policy can rank actions well where it goes and still show little of it on the actions
-        it samples, since sampling picks the actions whose log-ratio errs upwards.
+        it samples, since sampling picks the actions whose log-ratio errs upwards;
+      - two label-free variants of PPO's PA: less the policy's KL at each visited state (zero mean under the policy,
+        so the upward error of what it samples is taken out on average), and minus the KL summed along the path
+        (failure AUROC under "centred" and "path_kl"; and with pi*'s and pi_1's exact KL at the same states,
+        "path_kl_opt" and "path_kl_imp").
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
@@ -170,7 +192,8 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                                                                         cat("all_actions", "imp", idx)))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
-         "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt")},
+         "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt", "centred", "path_kl",
+                                                                                "path_kl_opt", "path_kl_imp")},
          "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
                       for k in ("ppo", "opt")}}
     O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
@@ -195,6 +218,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"{aa['pearson_improved_ci'][1]:+.2f}] (on its sampled actions: {aa['pearson_improved_sampled']:+.3f}), vs the optimum's: "
           f"{aa['pearson_optimum']:+.3f}; a policy that only sharpened the reference: {aa['sharpening_improved']:+.3f} "
           f"with pi_1's")
+    print(f"[optimum] failure AUROC of PPO's PA less its KL at each state (zero mean under PPO): "
+          f"{O['auroc']['centred']:.3f}; of minus the KL summed along the path: {O['auroc']['path_kl']:.3f} "
+          f"(pi*'s KL on the same states: {O['auroc']['path_kl_opt']:.3f}, pi_1's: {O['auroc']['path_kl_imp']:.3f})")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "optimum.json"), "w") as f:
         json.dump(O, f, indent=1, default=float)

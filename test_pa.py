@@ -1396,6 +1396,8 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     assert O["max_identity_err"] < 1e-9, "beta * KL(pi* || pi_ref) = E[reward] - V_soft must hold exactly"
     assert all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success")), "success rates in [0, 1]"
+    assert all(0 <= O["auroc"][k] <= 1 or math.isnan(O["auroc"][k]) for k in ("centred", "path_kl", "path_kl_opt",
+                                                                                "path_kl_imp")), O["auroc"]
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
@@ -1415,12 +1417,24 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
     steps = [types.SimpleNamespace(prompt=agent.encode(f"page {st}"), env=types.SimpleNamespace(state=st))
              for st in ("s1", "s2")]
     out = optimum._all_actions(agent, sol, steps)
+    kl = out.pop("state_kl")
     assert all(len(xs) == 5 for xs in out.values()), "one row per available action of each state"
     assert all(abs(sum(xs[:2])) < 1e-9 and abs(sum(xs[2:])) < 1e-9 for xs in out.values()), "centred per state"
     assert out["opt"][:2] == pytest.approx([0.0, 0.0]) and out["imp"][2:] == pytest.approx([1 / 3, 1 / 3, -2 / 3]), out
     rows = agent.score([steps[0].prompt] * 2, [model.encode_action(agent.enc, a) for a in ("click[a]", "click[b]")])
     lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
     assert out["ppo"][:2] == pytest.approx([(lr[0] - lr[1]) / 2, (lr[1] - lr[0]) / 2], abs=1e-5), "PPO's, sorted"
+    lp, lq = [float(r["logprobs"].sum()) for r in rows], [float(r["ref_logprobs"].sum()) for r in rows]
+    rest, rest_ref = 1 - math.exp(lp[0]) - math.exp(lp[1]), 1 - math.exp(lq[0]) - math.exp(lq[1])
+    by_hand = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq)) + rest * math.log(rest / rest_ref)
+    assert len(kl) == 2 and kl[0] == pytest.approx(by_hand, abs=1e-5), "KL over the actions and one bucket for the rest"
+
+
+def test_state_kl_of_an_exact_policy_is_its_expected_log_ratio():
+    sol = types.SimpleNamespace(ref_terms=lambda st: [("a", 0.5), ("b", 0.5)])
+    lr = {"a": math.log(1.6), "b": math.log(0.4)}  # pi = (0.8, 0.2)
+    assert optimum._state_kl(sol, "s", lambda st, a: lr[a]) == pytest.approx(0.8 * lr["a"] + 0.2 * lr["b"])
+    assert optimum._state_kl(sol, "s", lambda st, a: 0.0) == 0.0, "the reference itself: no KL"
 
 
 @pytest.mark.parametrize("name", ["house", "travel"])
