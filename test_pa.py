@@ -3,8 +3,8 @@ The nanoPA test suite, in one file, in six sections: pa.py (progress advantage, 
 aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py / worlds.py / shop.py
 (one battery run on the shop, house and travel worlds, then each world's specifics); model.py (tokenizer, GPT,
 KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, a tiny run shared by the report,
-checks, results, resume and SFT tests, bad input at every command line); diagnose.py (tabular PPO against the
-exact optimum, where the KL goes); search.py (agent loop, best-of-N, beam search). No test looks at the clock.
+checks, results, resume and SFT tests, bad input at every command line); tabular.py and diagnose.py (PPO against
+the exact optimum on a table and on validation tasks); search.py (agent loop, best-of-N, beam search). No test looks at the clock.
 
     python -m pytest -q
 """
@@ -43,6 +43,7 @@ import results
 import scale
 import search
 import shop
+import tabular
 import train
 import worlds
 
@@ -1667,7 +1668,9 @@ def test_command_line_arguments_are_checked(capsys):
                        (envs.main, ["--split=dev"]), (report.main, ["--device=tpu"]), (bench.main, ["--only=gpu"]),
                        (diagnose.main, ["--few_tasks=201"]), (diagnose.main, ["--few_tasks=2", "--advantages=oracle"]),
                        (diagnose.main, ["--few_tasks=2", "--start=pi_star"]),
-                       (diagnose.main, ["--few_tasks=2", "--distil_rounds=0"]),
+                       (diagnose.main, ["--few_tasks=2", "--distil_rounds=0"]), (diagnose.main, []),
+                       (tabular.main, ["--set=nope=1"]), (tabular.main, ["--set=critic=oracle"]),
+                       (tabular.main, ["--set=lr=fast"]), (tabular.main, ["--seeds=0"]),
                        (prm.main, ["--n_test=0"]), (monitor.main, ["--n_valid=0"])):
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -1909,14 +1912,14 @@ def test_small_against_large_counts_compute_per_policy(tiny_run, tiny_report, tm
     with pytest.raises(SystemExit, match="scale.py: no checkpoint at"):
         scale.main(["--small=/nonexistent/ppo.pt", "--device=cpu"])
 
-# ==================== diagnose.py: PPO against the exact optimum ============================================
+# ==================== tabular.py and diagnose.py: PPO against the exact optimum ==============================
 
 def test_tabular_ppo_moves_the_log_ratio_to_the_optimums():
     """train.py's PPO math on a tabular policy: its log-ratio must approach log pi*/pi_ref (Proposition 1's
     premise) and its regularised value V*(s0), where one parameter per (state, action) leaves nothing else."""
-    P, R, pi_ref = diagnose.make_mdp(seed=1)
-    log = diagnose.run(P, R, pi_ref, diagnose.Recipe(iters=30, seed=1))
-    v_ref = diagnose.policy_values(P, R, pi_ref, pi_ref, 0.1)[0]
+    P, R, pi_ref = tabular.make_mdp(seed=1)
+    log = tabular.run(P, R, pi_ref, tabular.Recipe(iters=30, seed=1))
+    v_ref = tabular.policy_values(P, R, pi_ref, pi_ref, 0.1)[0]
     assert log[-1]["corr"] > 0.8, f"log-ratio correlation with the optimum's after 30 iterations: {log[-1]['corr']:.2f}"
     assert log[-1]["value"] > v_ref + 0.5 * (log[-1]["v_star"] - v_ref), \
         f"PPO should close most of the gap from V^ref(s0) {v_ref:.3f} to V*(s0) {log[-1]['v_star']:.3f}: {log[-1]['value']:.3f}"
@@ -1926,23 +1929,30 @@ def test_tabular_ppo_moves_the_log_ratio_to_the_optimums():
 def test_tabular_ppo_with_monte_carlo_values_moves_the_log_ratio_to_the_optimums(consistency):
     """--advantage=mc on a table: V(s_t) from 4 re-rollouts of the current policy per visited state, lambda = 0,
     no critic; with consistency > 0, also the regression of beta * log pi/pi_ref onto r + V(s') - V(s)."""
-    P, R, pi_ref = diagnose.make_mdp(seed=1)
-    rc = diagnose.Recipe(iters=30, seed=1, critic="mc", consistency=consistency)
-    mc = diagnose._mc_values(P, R, pi_ref, np.zeros_like(pi_ref), [[(0, 0), (2, 1)]], replace(rc, mc_rollouts=4000),
+    P, R, pi_ref = tabular.make_mdp(seed=1)
+    rc = tabular.Recipe(iters=30, seed=1, critic="mc", consistency=consistency)
+    mc = tabular._mc_values(P, R, pi_ref, np.zeros_like(pi_ref), [[(0, 0), (2, 1)]], replace(rc, mc_rollouts=4000),
                              np.random.default_rng(0))
-    V_ref = diagnose.policy_values(P, R, pi_ref, pi_ref, rc.beta)
+    V_ref = tabular.policy_values(P, R, pi_ref, pi_ref, rc.beta)
     assert mc[0] == pytest.approx([V_ref[0], V_ref[2]], abs=0.05), f"Monte Carlo values {mc} vs exact {V_ref[[0, 2]]}"
-    log = diagnose.run(P, R, pi_ref, rc)
+    log = tabular.run(P, R, pi_ref, rc)
     assert log[-1]["corr"] > 0.9, f"log-ratio correlation with the optimum's after 30 iterations: {log[-1]['corr']:.2f}"
 
 
 def test_tabular_ppo_with_exact_advantages_reaches_the_optimum():
     """With the optimum's exact advantages beta * (log pi*/pi_ref - log pi/pi_ref) in place of GAE's, train.py's
     PPO math descends KL(pi || pi*) at each visited state: the log-ratio must land on pi*'s."""
-    P, R, pi_ref = diagnose.make_mdp(seed=1)
-    log = diagnose.run(P, R, pi_ref, diagnose.Recipe(iters=30, seed=1, advantages="exact"))
+    P, R, pi_ref = tabular.make_mdp(seed=1)
+    log = tabular.run(P, R, pi_ref, tabular.Recipe(iters=30, seed=1, advantages="exact"))
     assert log[-1]["corr"] > 0.99, f"exact advantages: correlation {log[-1]['corr']:.3f} after 30 iterations"
     assert log[-1]["value"] > 0.99 * log[-1]["v_star"], f"V^pi(s0) {log[-1]['value']:.4f} vs V* {log[-1]['v_star']:.4f}"
+
+
+def test_tabular_command_line_compares_the_recipe_with_one_change(capsys):
+    tabular.main(["--seeds=1", "--iters=4", "--set=lam=1.0", "--set=critic=exact"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| train.py's recipe", "| with lam=1.0, critic=exact"], rows
+    assert tabular.parse_changes(["lam=1.0", "epochs=4"], pytest.fail) == dict(target_kl=0.05, lam=1.0, epochs=4)
 
 
 def test_rloo_advantage_is_the_return_less_the_mean_of_the_same_tasks_others():
