@@ -2010,6 +2010,36 @@ def test_mc_advantage_run_trains_no_critic_and_refuses_one(tiny_run, tmp_path):
             train.resolve(train.parse_args(TINY + ["--advantage=mc"] + extra))
 
 
+def test_consistency_targets_telescope_to_the_reward_less_the_first_value():
+    step = lambda v, r: types.SimpleNamespace(values=torch.tensor([v, 9.0]), reward=r)
+    ep = types.SimpleNamespace(steps=[step(0.2, 0.0), step(0.5, 0.0), step(0.4, 0.7)])
+    (tgt,) = train.consistency_targets([ep])
+    assert tgt == pytest.approx([0.5 - 0.2, 0.4 - 0.5, 0.7 + 0.0 - 0.4]), "r + V(s') - V(s), V = values[0], 0 at the end"
+    assert sum(tgt) == pytest.approx(0.7 - 0.2), "summed along the episode: its reward less V(s_0)"
+
+
+def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent, enc):
+    eps = search.rollout(agent, search.make_envs("shop", "train", [3, 4, 5], [0]), generator=torch.Generator().manual_seed(0))
+    steps, tgt = [s for ep in eps for s in ep.steps], torch.tensor([x for xs in train.consistency_targets(eps) for x in xs])
+    errors = []
+    for weight in (0.0, 50.0):
+        cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=4", f"--consistency={weight}"]))
+        policy = model.GPT(agent.policy.config)
+        policy.load_state_dict(agent.policy.state_dict())
+        ag = search.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
+        stats = train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
+                                 torch.Generator().manual_seed(0))
+        rows = ag.score([s.prompt for s in steps], [s.action for s in steps], ("policy", "ref"))
+        lr = torch.tensor([float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows])
+        errors.append(float(((cfg.beta * lr - tgt) ** 2).mean()))
+        assert ("consistency" in stats) == (weight > 0), "the loss is logged when it is on, and only then"
+    before = float(((cfg.beta * torch.tensor([s.log_ratio for s in steps]) - tgt) ** 2).mean())
+    assert errors[1] < errors[0] and errors[1] < before, f"squared error: before {before}, after {errors}"
+    for bad in (["--consistency=-1"], ["--consistency=1", "--advantage=mc"]):
+        with pytest.raises(SystemExit, match="--consistency"):
+            train.parse_args(TINY + bad)
+
+
 def test_given_advantages_go_on_every_token_of_their_step():
     steps = lambda *ks: types.SimpleNamespace(steps=[types.SimpleNamespace(action=[0] * k) for k in ks])
     out = train.per_step_to_tokens([[1.0, -2.0], [3.0]], [steps(2, 3), steps(1)], (2, 6))

@@ -73,6 +73,8 @@ class Config:
     advantage: str = "gae"           # gae; rloo: each episode's KL-shaped return less the mean of its task's others;
                                      # mc: values of the visited states from mc_rollouts re-rollouts each, no critic
     mc_rollouts: int = 4             # with --advantage=mc: the policy's rollouts from a copy of each visited state
+    consistency: float = 0.0         # weight of (beta * log pi/pi_ref(a|s) - (r + V(s') - V(s)))^2 on every sampled
+                                     # step, V the critic's: path consistency, whose fixed point is pi* (0 = off)
     critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     critic: str = "shared"           # shared: the policy's own value head; separate: a copy of the reference network
@@ -149,6 +151,9 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo, mc")
     if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
         raise SystemExit("--advantage=mc learns no critic: leave out --critic and --critic_warmup")
+    if cfg.consistency < 0 or (cfg.consistency and cfg.advantage == "mc"):
+        raise SystemExit(f"bad value for --consistency: {cfg.consistency}: it must be >= 0, and it needs the "
+                         f"critic's values (not with --advantage=mc)")
     if cfg.mc_rollouts < 1:
         raise SystemExit(f"bad value for --mc_rollouts: {cfg.mc_rollouts} must be at least 1")
     if cfg.preset not in ("auto", "cpu", "gpu"):
@@ -380,6 +385,18 @@ def mc_advantages(episodes, values, beta):
     return out
 
 
+def consistency_targets(episodes):
+    """[[r_t + V(s_{t+1}) - V(s_t) per step] per episode], V the critic's value of the step's state (values[0]),
+    0 after the last step. At the optimum of the KL-regularised objective, beta * log pi*/pi_ref(a|s) equals
+    this in expectation (Proposition 1), and along any episode the targets sum to its reward less V(s_0): the
+    property PA needs to predict an outcome. --consistency regresses beta * log pi/pi_ref onto them."""
+    out = []
+    for ep in episodes:
+        v = [float(s.values[0]) for s in ep.steps] + [0.0]
+        out.append([s.reward + v[t + 1] - v[t] for t, s in enumerate(ep.steps)])
+    return out
+
+
 def whiten(x, mask, eps=1e-8):
     """Zero mean, unit variance over the masked entries. A single entry has no spread: centred only."""
     n = mask.sum()
@@ -431,6 +448,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     adv = whiten(adv, mask)
     # 2. one row per step: scatter back to (the Markov prompt + the action), the unit the model sees
     steps, s_adv, s_ret = [], [], []
+    s_tgt = [x for xs in consistency_targets(episodes) for x in xs]
     for e, ep in enumerate(episodes):
         t = 0
         for s in ep.steps:
@@ -464,6 +482,11 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
             if first_ratio is None:  # nothing has changed yet: this must be exactly 1
                 first_ratio = (d["ratio"] - 1).abs().mul(mb_mask).max().item()
             policy_loss = 0.0 if critic_only else pg_loss - cfg.ent_coef * entropy
+            if cfg.consistency and not critic_only:  # the step's log-ratio, regressed onto r + V(s') - V(s)
+                step_lr = ((new_lp - place([s.ref_logprobs for s in mb])) * mb_mask).sum(1)
+                cons = ((cfg.beta * step_lr - torch.tensor([s_tgt[i] for i in mbi])) ** 2).mean()
+                policy_loss = policy_loss + cfg.consistency * cons
+                stats.setdefault("consistency", []).append(cons.item())
             if critic is None:  # one network: both losses through the shared trunk (mc's advantages need no critic)
                 vf_coef = 0.0 if cfg.advantage == "mc" else cfg.vf_coef
                 gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
