@@ -64,6 +64,8 @@ class Recipe:
                                    # V the critic's values (train.py's --consistency)
     advantages: str = "gae"        # gae, or exact: beta * (log pi*/pi_ref - log pi/pi_ref), as few_tasks' runs
     target_kl: float = math.inf    # stop an iteration's epochs past this approx_kl (train.py: 0.05)
+    anneal_lr: bool = False        # the learning rate falls linearly to 0 over the iterations (CleanRL's
+                                   # default; train.py keeps it constant)
     seed: int = 0
 
 
@@ -109,6 +111,9 @@ def run(P, R, pi_ref, rc):
     opt = torch.optim.Adam([logits, values], lr=rc.lr)
     out = []
     for it in range(rc.iters):
+        if rc.anneal_lr:
+            for g in opt.param_groups:
+                g["lr"] = rc.lr * (1 - it / rc.iters)
         with torch.no_grad():
             pi = torch.softmax(logits, 1).numpy()
         eps = sample_episodes(P, pi, rc.episodes, rng)
@@ -221,7 +226,9 @@ def parse_changes(sets, error):
             error(f"--set {kv!r}: valid keys: {', '.join(names)}")
         typ = type(getattr(Recipe(), key))
         try:
-            change[key] = typ(val)
+            if typ is bool and val.lower() not in ("1", "0", "true", "false"):
+                raise ValueError
+            change[key] = val.lower() in ("1", "true") if typ is bool else typ(val)
         except ValueError:
             error(f"--set {kv!r}: {val!r} is not a {typ.__name__}")
         choices = {"critic": ("learned", "exact", "mc"), "advantages": ("gae", "exact")}.get(key)

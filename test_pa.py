@@ -1671,6 +1671,7 @@ def test_command_line_arguments_are_checked(capsys):
                        (diagnose.main, ["--few_tasks=2", "--distil_rounds=0"]), (diagnose.main, []),
                        (tabular.main, ["--set=nope=1"]), (tabular.main, ["--set=critic=oracle"]),
                        (tabular.main, ["--set=lr=fast"]), (tabular.main, ["--seeds=0"]),
+                       (tabular.main, ["--set=anneal_lr=maybe"]),
                        (prm.main, ["--n_test=0"]), (monitor.main, ["--n_valid=0"])):
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -1952,7 +1953,8 @@ def test_tabular_command_line_compares_the_recipe_with_one_change(capsys):
     tabular.main(["--seeds=1", "--iters=4", "--set=lam=1.0", "--set=critic=exact"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r][1:]
     assert [r.split(" | ")[0] for r in rows] == ["| train.py's recipe", "| with lam=1.0, critic=exact"], rows
-    assert tabular.parse_changes(["lam=1.0", "epochs=4"], pytest.fail) == dict(target_kl=0.05, lam=1.0, epochs=4)
+    assert tabular.parse_changes(["lam=1.0", "epochs=4", "anneal_lr=false"], pytest.fail) == \
+        dict(target_kl=0.05, lam=1.0, epochs=4, anneal_lr=False)
 
 
 def test_rloo_advantage_is_the_return_less_the_mean_of_the_same_tasks_others():
