@@ -78,6 +78,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
                         centred=[beta * sum(st.log_ratio - k for st, k in zip(ep.steps, kl[i:j]))
                                  for ep, i, j in zip(eps, ends, ends[1:])],
                         path_kl=[-beta * sum(kl[i:j]) for i, j in zip(ends, ends[1:])],
+                        logprob=[sum(float(st.logprobs.sum()) for st in ep.steps) for ep in eps],
                         path_kl_opt=[-beta * sum(_state_kl(sol, st.env.state, sol.log_ratio) for st in ep.steps) for ep in eps],
                         path_kl_imp=[-beta * sum(_state_kl(sol, st.env.state, sol.improved_log_ratio) for st in ep.steps)
                                      for ep in eps],
@@ -157,7 +158,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
       - two label-free variants of PPO's PA: less the policy's KL at each visited state (zero mean under the policy,
         so the upward error of what it samples is taken out on average), and minus the KL summed along the path
         (failure AUROC under "centred" and "path_kl"; and with pi*'s and pi_1's exact KL at the same states,
-        "path_kl_opt" and "path_kl_imp").
+        "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob").
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
@@ -193,7 +194,8 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
          "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt", "centred", "path_kl",
-                                                                                "path_kl_opt", "path_kl_imp")},
+                                                                                "path_kl_opt", "path_kl_imp",
+                                                                                "logprob")},
          "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
                       for k in ("ppo", "opt")}}
     O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
@@ -220,7 +222,8 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"with pi_1's")
     print(f"[optimum] failure AUROC of PPO's PA less its KL at each state (zero mean under PPO): "
           f"{O['auroc']['centred']:.3f}; of minus the KL summed along the path: {O['auroc']['path_kl']:.3f} "
-          f"(pi*'s KL on the same states: {O['auroc']['path_kl_opt']:.3f}, pi_1's: {O['auroc']['path_kl_imp']:.3f})")
+          f"(pi*'s KL on the same states: {O['auroc']['path_kl_opt']:.3f}, pi_1's: {O['auroc']['path_kl_imp']:.3f}); "
+          f"of the policy's log-prob of the episode: {O['auroc']['logprob']:.3f}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "optimum.json"), "w") as f:
         json.dump(O, f, indent=1, default=float)

@@ -1398,7 +1398,7 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["max_identity_err"] < 1e-9, "beta * KL(pi* || pi_ref) = E[reward] - V_soft must hold exactly"
     assert all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success")), "success rates in [0, 1]"
     assert all(0 <= O["auroc"][k] <= 1 or math.isnan(O["auroc"][k]) for k in ("centred", "path_kl", "path_kl_opt",
-                                                                                "path_kl_imp")), O["auroc"]
+                                                                                "path_kl_imp", "logprob")), O["auroc"]
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
