@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+
 import numpy as np
 import torch
 
@@ -28,8 +29,6 @@ import pa
 import optimum
 import search as S
 import train
-
-
 
 
 def step_kind(text, actions):
@@ -437,8 +436,8 @@ def main(argv):
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.few_tasks:
-        if args.distil_rounds < 1 or args.critic_warmup < 0:
-            p.error("--distil_rounds must be at least 1 and --critic_warmup at least 0")
+        if args.distil_rounds < 1 or args.critic_warmup < 0 or args.iters < 1:
+            p.error("--distil_rounds and --iters must be at least 1 and --critic_warmup at least 0")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
         try:

@@ -8,7 +8,7 @@ train.whiten, train.ppo_losses, Adam; without value clipping or gradient-norm cl
 need) on a tabular softmax policy in a small stochastic MDP whose pi* is solved exactly by pa.soft_value_iteration.
 Each variant changes one thing, so the table shows which one matters. diagnose.py asks the same of the network.
 
-    python tabular.py                       # the table of variants, 3 MDPs each (about 2 minutes)
+    python tabular.py                       # the table of variants, 3 MDPs each (about 1.5 minutes)
     python tabular.py --set lam=1.0         # train.py's recipe against one change (about 15 s)
 """
 import argparse
@@ -231,6 +231,10 @@ def parse_changes(sets, error):
             change[key] = val.lower() in ("1", "true") if typ is bool else typ(val)
         except ValueError:
             error(f"--set {kv!r}: {val!r} is not a {typ.__name__}")
+        if typ in (int, float) and key not in ("lam", "consistency") and not change[key] > (1 if key == "states" else 0):
+            error(f"--set {kv!r}: must be above {1 if key == 'states' else 0}")
+        if key in ("lam", "consistency") and change[key] < 0:
+            error(f"--set {kv!r}: must be at least 0")
         choices = {"critic": ("learned", "exact", "mc"), "advantages": ("gae", "exact")}.get(key)
         if choices and val not in choices:
             error(f"--set {kv!r}: valid: {', '.join(choices)}")

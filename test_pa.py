@@ -1,5 +1,5 @@
 """
-The nanoPA test suite, in one file, in six sections: pa.py (progress advantage, the baseline scorers,
+The nanoPA test suite, in one file, one section per file: pa.py (progress advantage, the baseline scorers,
 aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py / worlds.py / shop.py
 (one battery run on the shop, house and travel worlds, then each world's specifics); model.py (tokenizer, GPT,
 KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, a tiny run shared by the report,
@@ -1425,10 +1425,14 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
     rows = agent.score([steps[0].prompt] * 2, [model.encode_action(agent.enc, a) for a in ("click[a]", "click[b]")])
     lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
     assert out["ppo"][:2] == pytest.approx([(lr[0] - lr[1]) / 2, (lr[1] - lr[0]) / 2], abs=1e-5), "PPO's, sorted"
-    lp, lq = [float(r["logprobs"].sum()) for r in rows], [float(r["ref_logprobs"].sum()) for r in rows]
-    rest, rest_ref = 1 - math.exp(lp[0]) - math.exp(lp[1]), 1 - math.exp(lq[0]) - math.exp(lq[1])
-    by_hand = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq)) + rest * math.log(rest / rest_ref)
-    assert len(kl) == 2 and kl[0] == pytest.approx(by_hand, abs=1e-5), "KL over the actions and one bucket for the rest"
+    assert len(kl) == 2, "one KL per visited state"
+    for step, st, k in zip(steps, ("s1", "s2"), kl):
+        acts = sorted(sol.pi_ref[st])
+        rows = agent.score([step.prompt] * len(acts), [model.encode_action(agent.enc, a) for a in acts])
+        lp, lq = [float(r["logprobs"].sum()) for r in rows], [float(r["ref_logprobs"].sum()) for r in rows]
+        rest, rest_ref = 1 - sum(map(math.exp, lp)), 1 - sum(map(math.exp, lq))
+        by_hand = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq)) + rest * math.log(rest / rest_ref)
+        assert k == pytest.approx(by_hand, abs=1e-5), f"{st}: KL over the actions and one bucket for the rest"
 
 
 def test_state_kl_of_an_exact_policy_is_its_expected_log_ratio():
@@ -1436,6 +1440,8 @@ def test_state_kl_of_an_exact_policy_is_its_expected_log_ratio():
     lr = {"a": math.log(1.6), "b": math.log(0.4)}  # pi = (0.8, 0.2)
     assert optimum._state_kl(sol, "s", lambda st, a: lr[a]) == pytest.approx(0.8 * lr["a"] + 0.2 * lr["b"])
     assert optimum._state_kl(sol, "s", lambda st, a: 0.0) == 0.0, "the reference itself: no KL"
+    worse = {"a": math.log(0.4), "b": math.log(1.6)}  # pi = (0.2, 0.8): the same KL by symmetry
+    assert optimum._state_kl(sol, "s", lambda st, a: worse[a]) == pytest.approx(0.8 * lr["a"] + 0.2 * lr["b"])
 
 
 @pytest.mark.parametrize("name", ["house", "travel"])
@@ -1671,7 +1677,9 @@ def test_command_line_arguments_are_checked(capsys):
                        (diagnose.main, ["--few_tasks=2", "--distil_rounds=0"]), (diagnose.main, []),
                        (tabular.main, ["--set=nope=1"]), (tabular.main, ["--set=critic=oracle"]),
                        (tabular.main, ["--set=lr=fast"]), (tabular.main, ["--seeds=0"]),
-                       (tabular.main, ["--set=anneal_lr=maybe"]),
+                       (tabular.main, ["--set=anneal_lr=maybe"]), (tabular.main, ["--set=episodes=0"]),
+                       (tabular.main, ["--set=states=1"]), (tabular.main, ["--set=lam=-1"]),
+                       (diagnose.main, ["--few_tasks=2", "--iters=0"]),
                        (prm.main, ["--n_test=0"]), (monitor.main, ["--n_valid=0"])):
         with pytest.raises(SystemExit) as e:
             main(argv)
@@ -1955,6 +1963,9 @@ def test_tabular_command_line_compares_the_recipe_with_one_change(capsys):
     assert [r.split(" | ")[0] for r in rows] == ["| train.py's recipe", "| with lam=1.0, critic=exact"], rows
     assert tabular.parse_changes(["lam=1.0", "epochs=4", "anneal_lr=false"], pytest.fail) == \
         dict(target_kl=0.05, lam=1.0, epochs=4, anneal_lr=False)
+    P, R, pi_ref = tabular.make_mdp(seed=1)
+    plain, annealed = (tabular.run(P, R, pi_ref, tabular.Recipe(iters=3, seed=1, anneal_lr=a)) for a in (False, True))
+    assert plain[1] == annealed[1] and plain[2]["corr"] != annealed[2]["corr"], "the full rate first, then less"
 
 
 def test_rloo_advantage_is_the_return_less_the_mean_of_the_same_tasks_others():
@@ -2037,7 +2048,7 @@ def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent,
         assert ("consistency" in stats) == (weight > 0), "the loss is logged when it is on, and only then"
     before = float(((cfg.beta * torch.tensor([s.log_ratio for s in steps]) - tgt) ** 2).mean())
     assert errors[1] < errors[0] and errors[1] < before, f"squared error: before {before}, after {errors}"
-    for bad in (["--consistency=-1"], ["--consistency=1", "--advantage=mc"]):
+    for bad in (["--consistency=-1"], ["--consistency=1", "--advantage=mc"], ["--consistency=1", "--gamma=0.99"]):
         with pytest.raises(SystemExit, match="--consistency"):
             train.parse_args(TINY + bad)
 
@@ -2256,7 +2267,7 @@ def test_student_copy_fails_only_where_an_assignment_is_blank(tmp_path):
     heads = [i for i, l in enumerate(lines) if l.startswith("# ====================")] + [len(lines)]
     skip = [(a, b) for a, b in zip(heads, heads[1:]) if "envs.py" in lines[a] or "model.py" in lines[a]]
     blanked_modules = "|".join(sorted({a.file[:-3] for a in assignments.ASSIGNMENTS} | {"report", "diagnose", "prm",
-                                                                                        "results", "bench"}))
+                                                                                        "results", "bench", "tabular"}))
     for a, b in skip:
         assert not re.search(rf"\b({blanked_modules})\.", "\n".join(lines[a + 1:b])), "a skipped section calls more"
     for f in ("envs.py", "worlds.py", "shop.py", "model.py"):

@@ -151,9 +151,9 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo, mc")
     if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
         raise SystemExit("--advantage=mc learns no critic: leave out --critic and --critic_warmup")
-    if cfg.consistency < 0 or (cfg.consistency and cfg.advantage == "mc"):
+    if cfg.consistency < 0 or (cfg.consistency and (cfg.advantage == "mc" or cfg.gamma != 1)):
         raise SystemExit(f"bad value for --consistency: {cfg.consistency}: it must be >= 0, and it needs the "
-                         f"critic's values (not with --advantage=mc)")
+                         f"critic's values (not with --advantage=mc) and gamma = 1")
     if cfg.mc_rollouts < 1:
         raise SystemExit(f"bad value for --mc_rollouts: {cfg.mc_rollouts} must be at least 1")
     if cfg.preset not in ("auto", "cpu", "gpu"):
