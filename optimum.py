@@ -93,7 +93,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
 
 def _state_kl(sol, state, log_ratio):
     """KL(pi || pi_ref) at a state of an exact policy given by its log-ratio (sol.log_ratio: pi*; improved: pi_1)."""
-    return sum(p * math.exp(log_ratio(state, a)) * log_ratio(state, a) for a, p in sol.ref_terms(state))
+    return sum(p * math.exp(x) * x for x, p in ((log_ratio(state, a), p) for a, p in sol.ref_terms(state)))
 
 
 def _all_actions(agent, sol, steps):

@@ -2024,7 +2024,8 @@ def test_mc_advantage_run_trains_no_critic_and_refuses_one(tiny_run, tmp_path):
 
 
 def test_consistency_targets_telescope_to_the_reward_less_the_first_value():
-    step = lambda v, r: types.SimpleNamespace(values=torch.tensor([v, 9.0]), reward=r)
+    step = lambda v, r: types.SimpleNamespace(values=torch.tensor([v, 9.0]), reward=r, logprobs=torch.tensor([-1.0, -2.0]),
+                                              ref_logprobs=torch.tensor([-3.0, -0.5]))  # no KL in the targets
     ep = types.SimpleNamespace(steps=[step(0.2, 0.0), step(0.5, 0.0), step(0.4, 0.7)])
     (tgt,) = train.consistency_targets([ep])
     assert tgt == pytest.approx([0.5 - 0.2, 0.4 - 0.5, 0.7 + 0.0 - 0.4]), "r + V(s') - V(s), V = values[0], 0 at the end"

@@ -390,11 +390,8 @@ def consistency_targets(episodes):
     0 after the last step. At the optimum of the KL-regularised objective, beta * log pi*/pi_ref(a|s) equals
     this in expectation (Proposition 1), and along any episode the targets sum to its reward less V(s_0): the
     property PA needs to predict an outcome. --consistency regresses beta * log pi/pi_ref onto them."""
-    out = []
-    for ep in episodes:
-        v = [float(s.values[0]) for s in ep.steps] + [0.0]
-        out.append([s.reward + v[t + 1] - v[t] for t, s in enumerate(ep.steps)])
-    return out
+    values = [[float(s.values[0]) for s in ep.steps] for ep in episodes]
+    return [[float(a[0]) for a in rows] for rows in mc_advantages(episodes, values, 0.0)]  # beta 0: no KL term
 
 
 def whiten(x, mask, eps=1e-8):
@@ -448,7 +445,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     adv = whiten(adv, mask)
     # 2. one row per step: scatter back to (the Markov prompt + the action), the unit the model sees
     steps, s_adv, s_ret = [], [], []
-    s_tgt = [x for xs in consistency_targets(episodes) for x in xs]
+    s_tgt = [x for xs in consistency_targets(episodes) for x in xs] if cfg.consistency else None
     for e, ep in enumerate(episodes):
         t = 0
         for s in ep.steps:
