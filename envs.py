@@ -1,6 +1,6 @@
 """
 envs.py: the environment every world shares: one Env with its dynamics, prompt, exact oracle and soft solver,
-written once for every world (the shop in shop.py, house and travel in worlds.py), and the experts.
+written once for every world (shop.py, house.py, travel.py), and the experts.
 
     env = make_env("shop", split="valid", task=3, seed=0)      # or "house", "travel"
     obs = env.reset(); obs, reward, done, info = env.step("search[leather jacket]")
@@ -24,8 +24,9 @@ import sys
 
 import numpy as np
 
+import house
 import shop
-import worlds
+import travel
 from worlds import N_TASKS, TIE, WORD_RE  # N_TASKS: the split sizes, for callers
 
 DEFAULT_EPS = 0.3     # noisy expert: ~5 decisions per episode; measured on valid: 1 in 3 episodes succeeds
@@ -189,8 +190,8 @@ class SoftSolution:
 
 WORLDS = {  # name -> (the task of (split, task_id), the step budget)
     "shop": (shop.get_shop_task, shop.MAX_STEPS),
-    "house": (worlds.get_house_task, worlds.HOUSE_MAX_STEPS),
-    "travel": (worlds.get_travel_task, worlds.TRAVEL_MAX_STEPS),
+    "house": (house.get_house_task, house.HOUSE_MAX_STEPS),
+    "travel": (travel.get_travel_task, travel.TRAVEL_MAX_STEPS),
 }
 
 
@@ -342,7 +343,7 @@ def vocabulary(name="shop"):
     """Every word the world can emit (WORD_RE split of any prompt or action), sorted."""
     if name not in WORLDS:
         raise ValueError(f"unknown environment {name!r} (available: {', '.join(WORLDS)})")
-    return shop.vocabulary() if name == "shop" else worlds.vocabulary(name)
+    return {"shop": shop, "house": house, "travel": travel}[name].vocabulary()
 
 
 def sample_texts(name="shop", n=200):

@@ -1,6 +1,6 @@
 """
 The nanoPA test suite, in one file, one section per file: pa.py (progress advantage, the baseline scorers,
-aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py / worlds.py / shop.py
+aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py and the worlds
 (one battery run on the shop, house and travel worlds, then each world's specifics); model.py (tokenizer, GPT,
 KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, a tiny run shared by the report,
 checks, results, resume and SFT tests, bad input at every command line); tabular.py and diagnose.py (PPO against
@@ -33,6 +33,7 @@ import assignments
 import bench
 import diagnose
 import envs
+import house
 import model
 import monitor
 import optimum
@@ -45,7 +46,7 @@ import search
 import shop
 import tabular
 import train
-import worlds
+import travel
 
 
 # ==================== pa.py: progress advantage, Proposition 1, metrics =====================================
@@ -288,7 +289,7 @@ def test_bootstrap_ci_brackets_auroc_and_is_seeded():
     assert (lo, hi) == pa.bootstrap_ci((scores, labels), pa.auroc, n_boot=200, seed=0), "same seed, same interval"
 
 
-# ==================== envs.py / worlds.py: the battery on every world, then each world's own tests ==========
+# ==================== envs.py and the worlds: the battery on every world, then each world's own tests =======
 
 WORLDS = ["shop", "house", "travel"]
 NOT_AN_ACTION = "not an action"
@@ -704,8 +705,8 @@ def test_split_sizes_are_enforced(name):
 
 def test_make_env_dispatches_to_each_world_with_its_budget():
     assert list(envs.WORLDS) == WORLDS, f"the battery covers {WORLDS}, envs.py offers {envs.WORLDS}"
-    kinds = {"shop": (shop.ShopTask, shop.MAX_STEPS), "house": (worlds.HouseTask, worlds.HOUSE_MAX_STEPS),
-             "travel": (worlds.TravelTask, worlds.TRAVEL_MAX_STEPS)}
+    kinds = {"shop": (shop.ShopTask, shop.MAX_STEPS), "house": (house.HouseTask, house.HOUSE_MAX_STEPS),
+             "travel": (travel.TravelTask, travel.TRAVEL_MAX_STEPS)}
     for name, (cls, max_steps) in kinds.items():
         env = envs.make_env(name)
         assert isinstance(env.task, cls) and env.max_steps == max_steps, f"{name}: {env!r}, budget {env.max_steps}"
@@ -713,7 +714,7 @@ def test_make_env_dispatches_to_each_world_with_its_budget():
         envs.make_env("castle")
 
 
-GET_TASK = {"shop": shop.get_shop_task, "house": worlds.get_house_task, "travel": worlds.get_travel_task}
+GET_TASK = {"shop": shop.get_shop_task, "house": house.get_house_task, "travel": travel.get_travel_task}
 N_SEEN_CHECKED = {"shop": [("train", 300), ("valid", 200)], "house": [("train", 200), ("valid", 200)],
                   "travel": [("train", 200), ("valid", 200)]}
 
@@ -727,9 +728,9 @@ def shows_held_out(name, t):
             pairs |= {(w[-1], a) for a in w[:-1]}
         return bool(pairs & shop.HELD_OUT)
     if name == "house":  # a room layout
-        return t.recs not in worlds.LAYOUTS["kitchen"][:6] + worlds.LAYOUTS["living"][:6]
-    return ((t.area, t.feat) in worlds.HELD_OUT_TRAVEL  # travel: an (area, feature) pair, asked for or on a hotel
-            or bool({(a, f) for _, a, f, _ in t.hotels.values()} & worlds.HELD_OUT_TRAVEL))
+        return t.recs not in house.LAYOUTS["kitchen"][:6] + house.LAYOUTS["living"][:6]
+    return ((t.area, t.feat) in travel.HELD_OUT_TRAVEL  # travel: an (area, feature) pair, asked for or on a hotel
+            or bool({(a, f) for _, a, f, _ in t.hotels.values()} & travel.HELD_OUT_TRAVEL))
 
 
 def targets_held_out(name, t):
@@ -737,8 +738,8 @@ def targets_held_out(name, t):
     if name == "shop":
         return bool({(t.type, a) for a in t.attrs} & shop.HELD_OUT)
     if name == "house":
-        return t.recs in worlds.LAYOUTS["kitchen"][6:] + worlds.LAYOUTS["living"][6:]
-    return (t.area, t.feat) in worlds.HELD_OUT_TRAVEL
+        return t.recs in house.LAYOUTS["kitchen"][6:] + house.LAYOUTS["living"][6:]
+    return (t.area, t.feat) in travel.HELD_OUT_TRAVEL
 
 
 @pytest.mark.parametrize("name", WORLDS)
@@ -868,8 +869,8 @@ def test_first_critical_mistake():
 # ----------------------------------------------------------------------------- house specifics
 
 def house_task(kind, n=None):
-    return next(t for t in range(500) if worlds.get_house_task("train", t).kind == kind
-                and (n is None or len(worlds.get_house_task("train", t).names) == n))
+    return next(t for t in range(500) if house.get_house_task("train", t).kind == kind
+                and (n is None or len(house.get_house_task("train", t).names) == n))
 
 
 def test_house_pruning_is_exact_on_every_kind():
@@ -877,14 +878,14 @@ def test_house_pruning_is_exact_on_every_kind():
     # (small budgets), on states along noisy episodes of every task type, also with the look-alike in hand
     kinds, rng = {}, random.Random(0)
     for task in range(60):
-        kinds.setdefault(worlds.get_house_task("train", task).kind, []).append(task)
-    assert set(kinds) == set(worlds.KINDS), f"the first 60 tasks should cover every kind: {set(kinds)}"
+        kinds.setdefault(house.get_house_task("train", task).kind, []).append(task)
+    assert set(kinds) == set(house.KINDS), f"the first 60 tasks should cover every kind: {set(kinds)}"
     for kind, tasks in kinds.items():
         for task in tasks[:2]:
             env = envs.make_env("house", task=task, seed=task)
             for t in range(8):
                 core = env.state[0]
-                cores = [core] + ([core[:4] + (worlds.HELD,)] if all(w != worlds.HELD for w, _ in core[3]) else [])
+                cores = [core] + ([core[:4] + (house.HELD,)] if all(w != house.HELD for w, _ in core[3]) else [])
                 for core in cores:
                     for steps in (2, 3) if t % 2 else (4,):
                         v = envs.solve(env.task, core, steps)[0]
@@ -895,8 +896,8 @@ def test_house_pruning_is_exact_on_every_kind():
 
 
 def test_house_has_all_six_task_types_and_alfworld_commands():
-    kinds = {worlds.get_house_task("train", t).kind for t in range(60)}
-    assert kinds == set(worlds.KINDS), f"the first 60 tasks should cover every kind: {kinds}"
+    kinds = {house.get_house_task("train", t).kind for t in range(60)}
+    assert kinds == set(house.KINDS), f"the first 60 tasks should cover every kind: {kinds}"
     env = envs.make_env("house", task=house_task("heat"), seed=0)
     seen = set()
     while not env.done:
@@ -931,7 +932,7 @@ def test_heating_twice_ruins_the_object():
 # ----------------------------------------------------------------------------- travel specifics
 
 def test_travel_partial_credit():
-    t = worlds.get_travel_task("train", 0)
+    t = travel.get_travel_task("train", 0)
     good = next(h for h, p in t.lists[t.queries.index(f"hotels near {t.area}")][0] if h == t.good1)
     assert t.score((t.safe, t.flights[t.safe][3]), (good, t.hotels[good][3])) == 1.0, "the safe flight scores 1"
     assert t.score((t.trap, t.flights[t.trap][3]), (good, t.hotels[good][3])) == 0.8, "the top pick breaks the budget"
@@ -2262,7 +2263,7 @@ def test_student_copy_fails_only_where_an_assignment_is_blank(tmp_path):
     assert len(blanked) == sum(len(a.functions) for a in assignments.ASSIGNMENTS)
     assert not (dest / "ANSWERS.md").exists() and not (dest / ".ci").exists()
     assert (dest / "ASSIGNMENTS.md").exists() and "course copy" in (dest / "README.md").read_text()
-    # The world and model sections run elsewhere unchanged: their tests call only envs, worlds, shop and model,
+    # The world and model sections run elsewhere unchanged: their tests call only envs, the worlds and model,
     # which import none of the files with a blank (checked here), so the copy cannot differ there.
     lines = open(__file__).read().splitlines()
     heads = [i for i, l in enumerate(lines) if l.startswith("# ====================")] + [len(lines)]
@@ -2271,7 +2272,7 @@ def test_student_copy_fails_only_where_an_assignment_is_blank(tmp_path):
                                                                                         "results", "bench", "tabular"}))
     for a, b in skip:
         assert not re.search(rf"\b({blanked_modules})\.", "\n".join(lines[a + 1:b])), "a skipped section calls more"
-    for f in ("envs.py", "worlds.py", "shop.py", "model.py"):
+    for f in ("envs.py", "worlds.py", "shop.py", "house.py", "travel.py", "model.py"):
         assert not re.search(rf"^import ({blanked_modules})\b", open(os.path.join(HERE, f)).read(), re.M), f
     tree = ast.parse(open(__file__).read())
     run = [f"test_pa.py::{n.name}" for n in tree.body if isinstance(n, ast.FunctionDef)
