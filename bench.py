@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 import model
+import tokenizer
 import train
 
 BENCHES = {}  # name -> function(args, results) -> dict, in the order they run
@@ -65,7 +66,7 @@ def make_model(args):
     preset = "cpu" if args.device == "cpu" else "gpu"
     torch.manual_seed(0)
     sizes = {k: train.PRESETS[preset][k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
-    cfg = model.GPTConfig(**sizes, vocab_size=model.MAX_VOCAB)  # ids only, no tokenizer needed
+    cfg = model.GPTConfig(**sizes, vocab_size=tokenizer.MAX_VOCAB)  # ids only, no tokenizer needed
     return preset, cfg, model.GPT(cfg).to(args.device)
 
 

@@ -28,6 +28,7 @@ import envs
 import pa
 import optimum
 import search as S
+import tokenizer
 import train
 
 
@@ -101,7 +102,7 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
                 sol, state = sols[ep.task], st.env.state
                 if (ep.task, state) not in targets:
                     targets[ep.task, state] = [
-                        (st.prompt, train.M.encode_action(agent.enc, a), p * math.exp(sol.log_ratio(state, a)))
+                        (st.prompt, tokenizer.encode_action(agent.enc, a), p * math.exp(sol.log_ratio(state, a)))
                         for a, p in sol.pi_ref[state].items()]
         rows = [x for xs in targets.values() for x in xs]
         policy.train()
@@ -127,7 +128,7 @@ def _reference(ref_path, device, **overrides):
     """(cfg, tokenizer, frozen reference network) of a saved reference; cfg is its training config with overrides."""
     ck = train.M.load_checkpoint(ref_path)
     cfg = train.Config(**{**ck["train_config"], "device": device, **overrides})
-    enc = train.M.tokenizer_from_spec(ck["tokenizer"])
+    enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
     ref, _ = train.load_model(ref_path, cfg, enc, device)
     return cfg, enc, ref.eval().requires_grad_(False)
 
@@ -266,7 +267,7 @@ def improvement_data(agent, cfg, episodes, k, seed, max_steps=None):
     out = []
     for i, st in enumerate(states):
         acts = list(st.env.actions())
-        scored = agent.score([st.prompt] * len(acts), [train.M.encode_action(agent.enc, a) for a in acts], ("ref",),
+        scored = agent.score([st.prompt] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts], ("ref",),
                              [tuple(acts)] * len(acts))
         out.append((st.prompt, acts, [math.exp(float(x["ref_logprobs"].sum())) for x in scored],
                     [q[i, a] for a in acts], q.get((i, envs.Env.invalid), 0.0)))
@@ -309,7 +310,7 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
         for chunk in torch.randperm(len(data), generator=gen).split(batch):
             mb = [data[i] for i in chunk.tolist()]
             prompts = [d[0] for d in mb for _ in d[1]]
-            tokens = [train.M.encode_action(enc, a) for d in mb for a in d[1]]
+            tokens = [tokenizer.encode_action(enc, a) for d in mb for a in d[1]]
             idx, mask = train.M.pack(prompts, tokens, agent.pad)
             choices = [tuple(d[1]) for d in mb for _ in d[1]]
             lp = (agent.evaluate(policy, idx, mask, choices, tokens)[0].float() * mask).sum(-1)

@@ -366,7 +366,7 @@ def sample_texts(name="shop", n=200):
 
 
 def tokenizer_texts(name="shop"):
-    """What the world's tokenizer is trained on (model.build_tokenizer): sample prompts and actions, and
+    """What the world's tokenizer is trained on (tokenizer.build_tokenizer): sample prompts and actions, and
     every word the world can emit at the start of a line and (twice: merges need a pair seen at least
     twice) after a space, as words mostly appear, so that most words become one token."""
     words = vocabulary(name)

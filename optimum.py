@@ -14,6 +14,7 @@ import envs
 import model as M
 import pa
 import search as S
+import tokenizer
 
 
 def pct(x):
@@ -37,7 +38,7 @@ def reference_probs(agent, cache=None):
         for prompt, acts in batch:
             p = agent.encode(prompt)
             prompts += [p] * len(acts)
-            actions += [M.encode_action(agent.enc, a) for a in acts]
+            actions += [tokenizer.encode_action(agent.enc, a) for a in acts]
             choices += [tuple(acts)] * len(acts)
         rows = agent.score(prompts, actions, ("ref",), choices)
         probs, k = [], 0
@@ -104,7 +105,7 @@ def _all_actions(agent, sol, steps):
     every other text (a lower bound on the KL over texts; exact for a constrained agent)."""
     states = [(st.prompt, sorted(a for a in sol.pi_ref[st.env.state] if a != sol.invalid), st.env.state) for st in steps]
     prompts = [p for p, acts, _ in states for _ in acts]
-    actions = [M.encode_action(agent.enc, a) for _, acts, _ in states for a in acts]
+    actions = [tokenizer.encode_action(agent.enc, a) for _, acts, _ in states for a in acts]
     rows = agent.score(prompts, actions, ("policy", "ref"), [tuple(acts) for _, acts, _ in states for _ in acts])
     out, k = dict(ppo=[], opt=[], imp=[], ref=[], state_kl=[]), 0
     for _, acts, state in states:

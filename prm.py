@@ -33,6 +33,7 @@ import model as M
 import pa
 import report
 import search as S
+import tokenizer
 
 N_SAMPLES = 8  # sampled episodes per task: best-of-8
 N_ATTRIBUTION = 4  # failed samples among the first 4 of each task are attributed (as in report.py)
@@ -45,7 +46,7 @@ def scorers(folder, run_):
     names = [("pa@ref_early", "ref_early.pt", "ref")]
     names += [(f"pa@{f[:-3]}", f, "ref") for f in sorted(os.listdir(folder)) if f.startswith("merge_") and f.endswith(".pt")]
     names += [("implicit_prm", "implicit_prm.pt", "implicit"), ("supervised_prm", "supervised_prm.pt", "supervised")]
-    out, spec = {}, M.tokenizer_spec(run_.ppo.enc)
+    out, spec = {}, tokenizer.tokenizer_spec(run_.ppo.enc)
     for name, f, kind in names:
         path = os.path.join(folder, f)
         if os.path.exists(path):

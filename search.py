@@ -26,6 +26,7 @@ import torch
 import envs
 import model as M
 import pa
+import tokenizer
 
 # -----------------------------------------------------------------------------
 # records
@@ -86,8 +87,8 @@ class Agent:
         self.policy, self.ref, self.enc, self.beta = policy, ref, enc, beta
         self.temperature, self.max_action_tokens, self.batch_size = temperature, max_action_tokens, batch_size
         self.constrained = constrained
-        self.stop = M.end_id(enc)
-        self.pad = M.pad_id(enc)
+        self.stop = tokenizer.end_id(enc)
+        self.pad = tokenizer.pad_id(enc)
         self.device = next(policy.parameters()).device
         self.forward_passes = 0
         self._tries = {}
@@ -106,7 +107,7 @@ class Agent:
                 self._tries.clear()
             t = {}
             for text in choices:
-                toks = M.encode_action(self.enc, text)
+                toks = tokenizer.encode_action(self.enc, text)
                 if len(toks) > self.max_action_tokens:
                     raise ValueError(f"the action {text!r} takes {len(toks)} tokens, more than max_action_tokens "
                                      f"({self.max_action_tokens}): raise --max_action_tokens")
@@ -132,7 +133,7 @@ class Agent:
         return self.enc.encode_ordinary(obs)
 
     def decode(self, action):
-        return M.decode_action(self.enc, action)
+        return tokenizer.decode_action(self.enc, action)
 
     @torch.no_grad()
     def act(self, prompts, greedy=False, generator=None, choices=None):
@@ -264,7 +265,7 @@ def score_actions(agent, states):
         p, acts = agent.encode(env.obs()), tuple(env.actions())
         for a in acts:
             prompts.append(p)
-            actions.append(M.encode_action(agent.enc, a))
+            actions.append(tokenizer.encode_action(agent.enc, a))
             owner.append((i, a))
             choices.append(acts)
     per_state = [[] for _ in states]
@@ -489,7 +490,7 @@ def load_agent(ckpt, ref=None, device="auto", batch_size=256):
     ref = ref or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ref.pt")
     nets = [load_net(path, ck, device) for path in (ckpt, ref)]
     tc = ck.get("train_config", {})
-    agent = Agent(nets[0], nets[1], M.tokenizer_from_spec(ck["tokenizer"]), ck["beta"], tc.get("temperature", 1.0),
+    agent = Agent(nets[0], nets[1], tokenizer.tokenizer_from_spec(ck["tokenizer"]), ck["beta"], tc.get("temperature", 1.0),
                   tc.get("max_action_tokens", 16), batch_size, constrained=tc.get("actions", "any") == "available")
     return agent, ck["env_name"], ref, device
 

@@ -1,7 +1,7 @@
 """
 The nanoPA test suite, in one file, one section per file: pa.py (progress advantage, the baseline scorers,
 aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py and the worlds
-(one battery run on the shop, house and travel worlds, then each world's specifics); model.py (tokenizer, GPT,
+(one battery run on the shop, house and travel worlds, then each world's specifics); tokenizer.py and model.py (tokenizer, GPT,
 KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, a tiny run shared by the report,
 checks, results, resume and SFT tests, bad input at every command line); tabular.py and diagnose.py (PPO against
 the exact optimum on a table and on validation tasks); search.py (agent loop, best-of-N, beam search). No test looks at the clock.
@@ -45,6 +45,7 @@ import scale
 import search
 import shop
 import tabular
+import tokenizer
 import train
 import travel
 
@@ -953,12 +954,12 @@ def test_expensive_flight_is_the_first_critical_mistake():
     assert envs.first_critical_mistake(env, actions) == 1, "the trap booking (step 1) is the first critical mistake"
 
 
-# ==================== model.py: tokenizer, GPT, KV-cache sampling, checkpoints ==============================
+# ==================== tokenizer.py and model.py: tokenizer, GPT, KV-cache sampling, checkpoints =============
 
 @pytest.fixture(scope="module")
 def enc():
     """The shop's tokenizer, trained on its vocabulary and sample texts (for the model, train and search tests)."""
-    return model.build_tokenizer(envs.tokenizer_texts("shop"), "shop")
+    return tokenizer.build_tokenizer(envs.tokenizer_texts("shop"), "shop")
 
 
 @pytest.fixture(scope="module")
@@ -977,16 +978,16 @@ def _ragged_prompts(n_vocab, lengths=(5, 12, 1, 9)):
 
 def test_tokenizer_is_small_with_special_tokens(enc):
     assert enc.n_vocab <= 1024, f"expected at most 1024 ids, got {enc.n_vocab}"
-    assert model.end_id(enc) != model.pad_id(enc), "END and PAD should be distinct tokens"
-    assert enc.decode([model.end_id(enc)]) == model.END, "END should decode to its own text"
+    assert tokenizer.end_id(enc) != tokenizer.pad_id(enc), "END and PAD should be distinct tokens"
+    assert enc.decode([tokenizer.end_id(enc)]) == tokenizer.END, "END should decode to its own text"
 
 
 def test_tokenizer_is_deterministic():
     texts = envs.sample_texts("shop", 50)
-    a = model.build_tokenizer(texts, "x")
-    model._TOKENIZERS.clear()  # build it again from scratch, not from the cache
-    b = model.build_tokenizer(texts, "x")
-    assert model.tokenizer_spec(a) == model.tokenizer_spec(b), "same texts should give the same tokenizer"
+    a = tokenizer.build_tokenizer(texts, "x")
+    tokenizer._TOKENIZERS.clear()  # build it again from scratch, not from the cache
+    b = tokenizer.build_tokenizer(texts, "x")
+    assert tokenizer.tokenizer_spec(a) == tokenizer.tokenizer_spec(b), "same texts should give the same tokenizer"
 
 
 def test_tokenizer_roundtrips_env_texts(enc):
@@ -1008,7 +1009,7 @@ def test_pretokenizer_covers_every_character():
     rng = random.Random(1)
     for _ in range(200):
         s = "".join(chr(rng.choice([rng.randint(0, 0x7f), rng.randint(0x80, 0x2FFF)])) for _ in range(30))
-        assert "".join(re.findall(model.PAT_STR, s)) == s, f"pre-tokenisation dropped characters of {s!r}"
+        assert "".join(re.findall(tokenizer.PAT_STR, s)) == s, f"pre-tokenisation dropped characters of {s!r}"
 
 
 def test_tokenizer_single_tokens_for_common_pieces(enc):
@@ -1017,16 +1018,16 @@ def test_tokenizer_single_tokens_for_common_pieces(enc):
 
 
 def test_tokenizer_spec_roundtrip(enc):
-    enc2 = model.tokenizer_from_spec(model.tokenizer_spec(enc))
+    enc2 = tokenizer.tokenizer_from_spec(tokenizer.tokenizer_spec(enc))
     text = envs.sample_texts("shop", 2)[0]
     assert enc2.encode(text) == enc.encode(text), "a tokenizer rebuilt from its spec should encode identically"
-    assert model.end_id(enc2) == model.end_id(enc), "END id should survive the spec"
+    assert tokenizer.end_id(enc2) == tokenizer.end_id(enc), "END id should survive the spec"
 
 
 def test_encode_decode_action(enc):
-    toks = model.encode_action(enc, "click[p07]")
-    assert toks[-1] == model.end_id(enc), "an encoded action should end with END"
-    assert model.decode_action(enc, toks + [5, 6]) == "click[p07]", "decoding should stop at END"
+    toks = tokenizer.encode_action(enc, "click[p07]")
+    assert toks[-1] == tokenizer.end_id(enc), "an encoded action should end with END"
+    assert tokenizer.decode_action(enc, toks + [5, 6]) == "click[p07]", "decoding should stop at END"
 
 
 # ----------------------------------------------------------------------------- model
@@ -1056,8 +1057,8 @@ def test_pack_masks_actions_only():
 def test_cached_logprobs_match_full_forward(gpt, enc):
     prompts = _ragged_prompts(enc.n_vocab)
     g = torch.Generator().manual_seed(0)
-    actions, lps, vals = gpt.generate(prompts, 10, temperature=0.8, stop_id=model.end_id(enc), generator=g)
-    idx, mask = model.pack(prompts, actions, model.pad_id(enc))
+    actions, lps, vals = gpt.generate(prompts, 10, temperature=0.8, stop_id=tokenizer.end_id(enc), generator=g)
+    idx, mask = model.pack(prompts, actions, tokenizer.pad_id(enc))
     lp, v, _ = gpt.evaluate(idx, temperature=0.8)
     for b in range(len(prompts)):
         sel = mask[b].bool()
@@ -1113,14 +1114,14 @@ def test_top_k_samples_only_top_tokens(gpt, enc):
 # ----------------------------------------------------------------------------- checkpoints
 
 def _payload(m, enc):
-    return {"model": m.state_dict(), "config": vars(m.config), "tokenizer": model.tokenizer_spec(enc),
+    return {"model": m.state_dict(), "config": vars(m.config), "tokenizer": tokenizer.tokenizer_spec(enc),
             "env_name": "shop"}
 
 
 def test_save_load_gives_identical_outputs(gpt, enc, tmp_path):
     path = str(tmp_path / "ckpt.pt")
     model.save_checkpoint(path, _payload(gpt, enc))
-    ckpt = model.load_checkpoint(path, env_name="shop", tokenizer_spec=model.tokenizer_spec(enc))
+    ckpt = model.load_checkpoint(path, env_name="shop", tokenizer_spec=tokenizer.tokenizer_spec(enc))
     m2 = model.GPT(model.GPTConfig(**ckpt["config"])).eval()
     m2.load_state_dict(ckpt["model"])
     idx = torch.randint(0, 100, (2, 9))
@@ -1133,7 +1134,7 @@ def test_load_refuses_mismatch(gpt, enc, tmp_path):
     model.save_checkpoint(path, _payload(gpt, enc))
     with pytest.raises(ValueError, match="environment"):
         model.load_checkpoint(path, env_name="alfworld")
-    other = model.tokenizer_spec(model.build_tokenizer(["something else entirely"], "other"))
+    other = tokenizer.tokenizer_spec(tokenizer.build_tokenizer(["something else entirely"], "other"))
     with pytest.raises(ValueError, match="tokenizer"):
         model.load_checkpoint(path, tokenizer_spec=other)
 
@@ -1163,8 +1164,8 @@ def test_sampling_follows_the_model_distribution(gpt):
 
 def test_evaluate_with_action_mask_matches_the_full_evaluation(enc, gpt):
     prompts = _ragged_prompts(enc.n_vocab)
-    actions = [[3, 4, model.end_id(enc)], [5, model.end_id(enc)], [7, 8, 9, 1], [2]]
-    idx, action_mask = model.pack(prompts, actions, model.pad_id(enc))
+    actions = [[3, 4, tokenizer.end_id(enc)], [5, tokenizer.end_id(enc)], [7, 8, 9, 1], [2]]
+    idx, action_mask = model.pack(prompts, actions, tokenizer.pad_id(enc))
     full = gpt.evaluate(idx, 0.7, topk=3)
     part = gpt.evaluate(idx, 0.7, topk=3, action_mask=action_mask)
     m = action_mask > 0
@@ -1423,13 +1424,13 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
     assert all(len(xs) == 5 for xs in out.values()), "one row per available action of each state"
     assert all(abs(sum(xs[:2])) < 1e-9 and abs(sum(xs[2:])) < 1e-9 for xs in out.values()), "centred per state"
     assert out["opt"][:2] == pytest.approx([0.0, 0.0]) and out["imp"][2:] == pytest.approx([1 / 3, 1 / 3, -2 / 3]), out
-    rows = agent.score([steps[0].prompt] * 2, [model.encode_action(agent.enc, a) for a in ("click[a]", "click[b]")])
+    rows = agent.score([steps[0].prompt] * 2, [tokenizer.encode_action(agent.enc, a) for a in ("click[a]", "click[b]")])
     lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
     assert out["ppo"][:2] == pytest.approx([(lr[0] - lr[1]) / 2, (lr[1] - lr[0]) / 2], abs=1e-5), "PPO's, sorted"
     assert len(kl) == 2, "one KL per visited state"
     for step, st, k in zip(steps, ("s1", "s2"), kl):
         acts = sorted(sol.pi_ref[st])
-        rows = agent.score([step.prompt] * len(acts), [model.encode_action(agent.enc, a) for a in acts])
+        rows = agent.score([step.prompt] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts])
         lp, lq = [float(r["logprobs"].sum()) for r in rows], [float(r["ref_logprobs"].sum()) for r in rows]
         rest, rest_ref = 1 - sum(map(math.exp, lp)), 1 - sum(map(math.exp, lq))
         by_hand = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq)) + rest * math.log(rest / rest_ref)
@@ -1450,7 +1451,7 @@ def test_agent_loop_and_beam_search_in_every_world(name):
     """The agent loop is world-agnostic: an untrained agent on the world's own tokenizer rolls out with oracle
     annotations, and a beam of one beam and one candidate replays the plain rollout."""
     torch.manual_seed(0)
-    enc = model.build_tokenizer(envs.tokenizer_texts(name), name)
+    enc = tokenizer.build_tokenizer(envs.tokenizer_texts(name), name)
     cfg = model.GPTConfig(block_size=512, vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=32)
     ag = search.Agent(model.GPT(cfg).eval(), model.GPT(cfg).eval(), enc, beta=0.1, max_action_tokens=8)
     ep = search.rollout(ag, search.make_envs(name, "valid", [2], [1]), generator=torch.Generator().manual_seed(3),
@@ -1488,7 +1489,7 @@ def test_sft_fits_demonstrations_at_temperature_one(tiny_run, tmp_path):
     clone sampled at that temperature reproduce the data, undoing the sharpening a lower one is for."""
     cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tmp_path}", "--temperature=0.5"]))
     train.seed_all(cfg.seed)
-    cold = train.train_sft(cfg, train.M.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)).state_dict()
+    cold = train.train_sft(cfg, tokenizer.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)).state_dict()
     warm = model.load_checkpoint(str(tiny_run / "ref.pt"))["model"]  # the same run at temperature 1.0
     for k in warm:
         assert torch.equal(warm[k], cold[k]), f"SFT weights depend on --temperature ({k})"
@@ -1546,7 +1547,7 @@ def test_constrained_agent_is_a_distribution_over_the_available_actions(agent, e
     env = envs.make_env("shop", "train", 3, 0)
     for _ in range(3):  # the search page, a results page, an item page
         acts = tuple(env.actions())
-        rows = ag.score([ag.encode(env.obs())] * len(acts), [model.encode_action(enc, a) for a in acts],
+        rows = ag.score([ag.encode(env.obs())] * len(acts), [tokenizer.encode_action(enc, a) for a in acts],
                         choices=[acts] * len(acts))
         for k in ("logprobs", "ref_logprobs"):
             total = sum(math.exp(float(r[k].sum())) for r in rows)
@@ -1554,9 +1555,9 @@ def test_constrained_agent_is_a_distribution_over_the_available_actions(agent, e
         assert all(torch.isfinite(r["entropy"]).all() and torch.isfinite(r["topk"]).all() for r in rows)
         env.step(acts[0])  # search, then the first item of the results
     with pytest.raises(ValueError, match="not one of the available actions"):
-        ag.score([ag.encode(env.obs())], [model.encode_action(enc, "buy now")], choices=[("back to search",)])
+        ag.score([ag.encode(env.obs())], [tokenizer.encode_action(enc, "buy now")], choices=[("back to search",)])
     with pytest.raises(ValueError, match="needs the available actions"):
-        ag.score([ag.encode(env.obs())], [model.encode_action(enc, "buy now")])
+        ag.score([ag.encode(env.obs())], [tokenizer.encode_action(enc, "buy now")])
     with pytest.raises(ValueError, match="more than max_action_tokens"):
         ag.like(agent.policy, agent.ref).trie(("search[" + "a very long query " * 4 + "]",))
 
@@ -1749,7 +1750,7 @@ def test_implicit_prm_steps_sum_to_beta_times_its_trajectory_log_ratio(tiny_prm)
     eps = run_.episodes(run_.ppo, "valid", [0, 1, 2], [0])
     phi, ck = _net(tiny_prm / "implicit_prm.pt")
     steps = prm.step_table(run_.ppo, {"implicit_prm": ("implicit", phi, ck)}, eps, random.Random(0))["implicit_prm"]
-    pad = model.pad_id(run_.ppo.enc)
+    pad = tokenizer.pad_id(run_.ppo.enc)
     seq = train.episode_logprobs(phi, eps, 1.0, pad) - train.episode_logprobs(run_.ppo.ref, eps, 1.0, pad)
     for e, st, r in zip(eps, steps, seq.tolist()):
         assert len(st) == len(e.steps)
@@ -1765,7 +1766,7 @@ def test_implicit_prm_loss_is_the_outcome_cross_entropy():
 def test_trained_reward_models_fit_their_training_data(tiny_prm):
     cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tiny_prm}"] + PRM_OPTS))
     ck = model.load_checkpoint(str(tiny_prm / "ppo.pt"))
-    enc = model.tokenizer_from_spec(ck["tokenizer"])
+    enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
     for k in ("beta", "temperature", "max_action_tokens"):  # as train.main's prm stage does
         setattr(cfg, k, ck["train_config"][k])
     (ref, _), (pol, _) = _net(tiny_prm / "ref.pt"), _net(tiny_prm / "ppo.pt")
@@ -1773,13 +1774,13 @@ def test_trained_reward_models_fit_their_training_data(tiny_prm):
     phi, _ = _net(tiny_prm / "implicit_prm.pt")
     labels = torch.tensor([float(e.success) for e in eps])
     with torch.no_grad():
-        ref_seq = train.episode_logprobs(ref, eps, cfg.temperature, model.pad_id(enc))
-        loss = pa.implicit_prm_loss(train.episode_logprobs(phi, eps, cfg.temperature, model.pad_id(enc)) - ref_seq,
+        ref_seq = train.episode_logprobs(ref, eps, cfg.temperature, tokenizer.pad_id(enc))
+        loss = pa.implicit_prm_loss(train.episode_logprobs(phi, eps, cfg.temperature, tokenizer.pad_id(enc)) - ref_seq,
                                     labels, cfg.beta)
     assert float(loss) < math.log(2) - 1e-3, f"at its start (phi = ref, r = 0) the loss is log 2; trained: {float(loss)}"
     sup, _ = _net(tiny_prm / "supervised_prm.pt")
     steps = [s for e in eps for s in e.steps]
-    idx, _ = model.pack([s.prompt for s in steps], [s.action for s in steps], model.pad_id(enc))
+    idx, _ = model.pack([s.prompt for s in steps], [s.action for s in steps], tokenizer.pad_id(enc))
     last = torch.tensor([len(s.prompt) + len(s.action) - 1 for s in steps])
     astar = torch.tensor([s.qstar - s.vstar for s in steps])
     with torch.no_grad():
@@ -1789,7 +1790,7 @@ def test_trained_reward_models_fit_their_training_data(tiny_prm):
 
 def test_new_checkpoints_load_and_refuse_another_world_or_tokenizer(tiny_prm, tmp_path):
     spec = model.load_checkpoint(str(tiny_prm / "ppo.pt"))["tokenizer"]
-    other = model.tokenizer_spec(model.build_tokenizer(["something else entirely"], "other"))
+    other = tokenizer.tokenizer_spec(tokenizer.build_tokenizer(["something else entirely"], "other"))
     files = ["ref_early.pt", "merge_0.2.pt", "merge_0.5.pt", "merge_0.7.pt", "implicit_prm.pt", "supervised_prm.pt"]
     for f in files:
         ck = model.load_checkpoint(str(tiny_prm / f), env_name="shop", tokenizer_spec=spec)
@@ -2148,7 +2149,7 @@ def test_rollout_records_align_with_actions(agent):
             k = len(s.action)
             assert s.logprobs.shape == (k,) and s.ref_logprobs.shape == (k,) and s.values.shape == (k,), \
                 "one log-prob, reference log-prob and value per action token"
-            assert s.text == model.decode_action(agent.enc, s.action), "the env must get the decoded action"
+            assert s.text == tokenizer.decode_action(agent.enc, s.action), "the env must get the decoded action"
             assert s.qstar <= s.vstar + 1e-9, "Q*(s, a) can never exceed V*(s)"
 
 
@@ -2263,7 +2264,7 @@ def test_student_copy_fails_only_where_an_assignment_is_blank(tmp_path):
     assert len(blanked) == sum(len(a.functions) for a in assignments.ASSIGNMENTS)
     assert not (dest / "ANSWERS.md").exists() and not (dest / ".ci").exists()
     assert (dest / "ASSIGNMENTS.md").exists() and "course copy" in (dest / "README.md").read_text()
-    # The world and model sections run elsewhere unchanged: their tests call only envs, the worlds and model,
+    # The world and model sections run elsewhere unchanged: their tests call only envs, the worlds, tokenizer and model,
     # which import none of the files with a blank (checked here), so the copy cannot differ there.
     lines = open(__file__).read().splitlines()
     heads = [i for i, l in enumerate(lines) if l.startswith("# ====================")] + [len(lines)]
@@ -2272,7 +2273,7 @@ def test_student_copy_fails_only_where_an_assignment_is_blank(tmp_path):
                                                                                         "results", "bench", "tabular"}))
     for a, b in skip:
         assert not re.search(rf"\b({blanked_modules})\.", "\n".join(lines[a + 1:b])), "a skipped section calls more"
-    for f in ("envs.py", "worlds.py", "shop.py", "house.py", "travel.py", "model.py"):
+    for f in ("envs.py", "worlds.py", "shop.py", "house.py", "travel.py", "tokenizer.py", "model.py"):
         assert not re.search(rf"^import ({blanked_modules})\b", open(os.path.join(HERE, f)).read(), re.M), f
     tree = ast.parse(open(__file__).read())
     run = [f"test_pa.py::{n.name}" for n in tree.body if isinstance(n, ast.FunctionDef)

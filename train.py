@@ -36,6 +36,7 @@ import pa
 import prm
 import report
 import search as S
+import tokenizer
 
 
 @dataclass
@@ -209,12 +210,12 @@ def build_model(cfg, enc):
 
 def save(path, net, cfg, enc, **extra):
     M.save_checkpoint(path, dict(model=net.state_dict(), config=dataclasses.asdict(net.config),
-                                 tokenizer=M.tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
+                                 tokenizer=tokenizer.tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
                                  train_config=dataclasses.asdict(cfg), **extra))
 
 
 def load_model(path, cfg, enc, device):
-    ck = M.load_checkpoint(path, env_name=cfg.env, tokenizer_spec=M.tokenizer_spec(enc))
+    ck = M.load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
     net = M.GPT(M.GPTConfig(**ck["config"])).to(device)
     net.load_state_dict(ck["model"])
     return net, ck
@@ -239,7 +240,7 @@ def demonstrations(cfg, enc):
         obs, done, steps = env.reset(), False, []
         while not done:
             a = envs.noisy_expert_action(env, rng, cfg.sft_eps)
-            steps.append((enc.encode_ordinary(obs), M.encode_action(enc, a)))
+            steps.append((enc.encode_ordinary(obs), tokenizer.encode_action(enc, a)))
             obs, r, done, _ = env.step(a)
         rows += [(p, a, r) for p, a in steps]  # gamma = 1 and one final reward: every step's return is r
     return rows
@@ -254,7 +255,7 @@ def train_sft(cfg, enc):
     rows = demonstrations(cfg, enc)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
-    pad, log = M.pad_id(enc), os.path.join(cfg.out_dir, "sft_log.jsonl")
+    pad, log = tokenizer.pad_id(enc), os.path.join(cfg.out_dir, "sft_log.jsonl")
     t0 = time.time()
     for it in range(cfg.sft_iters):
         lr = cfg.sft_lr * min(1.0, (it + 1) / 50) * 0.5 * (1 + math.cos(math.pi * it / cfg.sft_iters))
@@ -558,7 +559,7 @@ def train_ppo(cfg, enc, ref):
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if cfg.init_from == "resume" and os.path.exists(ppo_path):
-        ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=M.tokenizer_spec(enc))
+        ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if (critic is not None) != ("critic" in ck):
@@ -666,7 +667,7 @@ def train_implicit_prm(cfg, enc, ref, episodes):
     for epoch in range(cfg.prm_epochs):
         losses = []
         for chunk in torch.randperm(len(episodes), generator=gen).split(32):
-            seq = episode_logprobs(phi, [episodes[i] for i in chunk.tolist()], cfg.temperature, M.pad_id(enc))
+            seq = episode_logprobs(phi, [episodes[i] for i in chunk.tolist()], cfg.temperature, tokenizer.pad_id(enc))
             loss = pa.implicit_prm_loss(seq - ref_seq[chunk].to(seq.device), labels[chunk].to(seq.device), cfg.beta)
             gradient_step(opt, phi, loss, cfg.max_grad_norm, "implicit prm loss")
             losses.append(loss.item())
@@ -678,7 +679,7 @@ def train_supervised_prm(cfg, enc, ref, episodes):
     """A copy of the reference whose value head, read at the last token of an action (GPT.value_at), is
     regressed on the oracle's A*(s, a) = Q*(s, a) - V*(s) of that step: a step-labelled reward model, given
     labels that no real user has. prm_epochs passes in minibatches of 128 steps."""
-    net, pad = _copy(cfg, ref), M.pad_id(enc)
+    net, pad = _copy(cfg, ref), tokenizer.pad_id(enc)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 9)
     steps = [s for ep in episodes for s in ep.steps]
@@ -725,7 +726,7 @@ def main(argv):
     cfg = resolve(parse_args(argv))
     os.makedirs(cfg.out_dir, exist_ok=True)
     seed_all(cfg.seed)
-    enc = M.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)
+    enc = tokenizer.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)
     ref_path, ppo_path = os.path.join(cfg.out_dir, "ref.pt"), os.path.join(cfg.out_dir, "ppo.pt")
     times = {}
     if cfg.stage in ("sft", "all") and not (cfg.init_from == "resume" and os.path.exists(ref_path)):
