@@ -1315,7 +1315,8 @@ def test_critic_only_update_with_a_detached_value_head_leaves_the_policy_alone(a
     policy.load_state_dict(agent.policy.state_dict())
     policy.detach_value = detach
     ag = search.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
-    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4, 5], [0]), generator=torch.Generator().manual_seed(0))
+    short = [envs.make_env("shop", "train", t, 0, max_steps=4) for t in (3, 4, 5)]
+    eps = search.rollout(ag, short, generator=torch.Generator().manual_seed(0))
     steps = [s for ep in eps for s in ep.steps]
     score = lambda: ag.score([s.prompt for s in steps], [s.action for s in steps], ("policy",))
     before = score()
@@ -1998,8 +1999,8 @@ def test_mc_advantages_are_the_steps_reward_and_kl_to_go_plus_the_value_it_led_t
 
 
 def test_mc_state_values_with_beta_are_the_kl_regularised_returns_of_the_same_rollouts(agent):
-    eps = search.rollout(agent, search.make_envs("shop", "train", [3, 4], [0]), generator=torch.Generator().manual_seed(0),
-                         keep_states=True)
+    short = [envs.make_env("shop", "train", 3, 0, max_steps=4)]  # four states, few rollouts
+    eps = search.rollout(agent, short, generator=torch.Generator().manual_seed(0), keep_states=True)
     soft = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), beta=0.5, seed=7)
     plain = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), seed=7)
     clones = [s.env.clone() for ep in eps for s in ep.steps for _ in range(3)]
