@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import envs
+import model as M
 import pa
 import optimum
 import search as S
@@ -113,7 +114,7 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
             lp, _, _ = policy.evaluate(idx, cfg.temperature, action_mask=mask)
             w = torch.tensor([x for _, _, x in mb])
             loss = -(w * (lp.float() * mask).sum(-1)).sum() / w.sum()  # cross-entropy per unit of pi*'s mass
-            train.gradient_step(opt, policy, loss, cfg.max_grad_norm, "distillation loss")
+            M.gradient_step(opt, policy, loss, cfg.max_grad_norm, "distillation loss")
             losses.append(loss.item())
         steps = [(ep.task, st) for ep in eps for st in ep.steps]
         target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
@@ -126,10 +127,10 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
 
 def _reference(ref_path, device, **overrides):
     """(cfg, tokenizer, frozen reference network) of a saved reference; cfg is its training config with overrides."""
-    ck = train.M.load_checkpoint(ref_path)
+    ck = M.load_checkpoint(ref_path)
     cfg = train.Config(**{**ck["train_config"], "device": device, **overrides})
     enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
-    ref, _ = train.load_model(ref_path, cfg, enc, device)
+    ref, _ = M.load_net(ref_path, cfg, enc, device)
     return cfg, enc, ref.eval().requires_grad_(False)
 
 
@@ -156,7 +157,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     os.makedirs(out_dir, exist_ok=True)
     policy = train.build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict())
-    agent = train.make_agent(cfg, policy, ref, enc)
+    agent = S.make_agent(cfg, policy, ref, enc)
     cache_dir = cache_dir or os.path.join(out_dir, "optimum_cache")
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     sols = [envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(optimum.reference_probs(agent, cache(t)),
@@ -184,7 +185,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
                         pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
-    train.save(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=critic_warmup + iters - 1)
+    M.save_net(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=critic_warmup + iters - 1)
     optimum.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
                          max_steps=max_steps, cache_dir=cache_dir)
     with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
@@ -201,7 +202,7 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     against the exact A^ref of envs.SoftSolution; the state values too, against the exact V^ref. Pearson, with 95%
     bootstrap intervals over tasks. Returns the dict it prints."""
     cfg, enc, ref = _reference(ref_path, device)
-    agent = train.make_agent(cfg, ref, ref, enc)
+    agent = S.make_agent(cfg, ref, ref, enc)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(ref_path)), "optimum_cache")
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     gen, rows = torch.Generator().manual_seed(seed), []
@@ -292,7 +293,7 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
         raise ValueError(f"loss: ce or regression, not {loss!r}")
     cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, actions=actions)
     os.makedirs(out_dir, exist_ok=True)
-    agent = train.make_agent(cfg, ref, ref, enc)
+    agent = S.make_agent(cfg, ref, ref, enc)
     t0, gen = time.time(), torch.Generator().manual_seed(seed + 1)
     data_path = os.path.join(out_dir, f"improve_data-{episodes}-{k}-{seed}-{max_steps or 0}-{actions}.pt")
     if os.path.exists(data_path):
@@ -331,11 +332,11 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
                         [p_ref, (1 - p_ref.sum())[None]]).clamp(min=1e-12))) - torch.cat([q, torch.tensor([q_noop])])
                     terms.append(((d - d.mean()) ** 2).mean())
             step_loss = torch.stack(terms).mean()
-            train.gradient_step(opt, policy, step_loss, cfg.max_grad_norm, "improvement loss")
+            M.gradient_step(opt, policy, step_loss, cfg.max_grad_norm, "improvement loss")
             losses.append(step_loss.item())
         print(f"improve | epoch {epoch} | {loss} loss {np.mean(losses):.5f}")
     path = os.path.join(out_dir, "ppo.pt")
-    train.save(path, policy.eval(), cfg, enc, stage="ppo", iter=0)
+    M.save_net(path, policy.eval(), cfg, enc, stage="ppo", iter=0)
     return optimum.optimum_check(path, out_dir, ref_path, device, n=n_check, max_steps=max_steps,
                                  cache_dir=cache_dir)["improved"]
 

@@ -11,6 +11,7 @@ Tested in test_pa.py (the model.py section); benchmarked by python bench.py. Siz
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from tokenizer import MAX_VOCAB
+from tokenizer import MAX_VOCAB, tokenizer_spec
 
 
 # -----------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def pack(prompts, actions, pad_id):
     return idx, action_mask
 
 # -----------------------------------------------------------------------------
-# checkpoints and devices
+# checkpoints, training steps and devices
 
 
 def _strip_compile_prefix(obj):
@@ -376,6 +377,45 @@ def load_checkpoint(path, env_name=None, tokenizer_spec=None, map_location="cpu"
                          f"({(ckpt.get('tokenizer') or {}).get('name')!r}); its token ids mean other "
                          f"things here: retrain or rebuild the tokenizer from the checkpoint")
     return _strip_compile_prefix(ckpt)
+
+
+def save_net(path, net, cfg, enc, **extra):
+    """A run's checkpoint of net: its weights and shape, the tokenizer, the world, beta and the whole training
+    config (train.Config), plus any extra fields (stage, iteration, optimizer and RNG states)."""
+    save_checkpoint(path, dict(model=net.state_dict(), config=dataclasses.asdict(net.config),
+                               tokenizer=tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
+                               train_config=dataclasses.asdict(cfg), **extra))
+
+
+def load_net(path, cfg, enc, device):
+    """(net, checkpoint dict) of a run's checkpoint, refused unless it is of cfg's world and enc's tokenizer."""
+    ck = load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer_spec(enc))
+    net = GPT(GPTConfig(**ck["config"])).to(device)
+    net.load_state_dict(ck["model"])
+    return net, ck
+
+
+def copy_net(net, state=None):
+    """A trainable copy of net on its device, with net's weights or the given state_dict."""
+    new = GPT(net.config).to(next(net.parameters()).device)
+    new.load_state_dict(state or net.state_dict())
+    return new.train()
+
+
+def gradient_step(opt, net, loss, max_grad_norm, what):
+    """One optimizer step on loss, its gradient norm clipped; a non-finite loss stops the run (check_finite)."""
+    check_finite(loss, what)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+    opt.step()
+
+
+def check_finite(x, what):
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{what} is {x.item() if x.numel() == 1 else 'not finite'}: stopping; "
+                                 f"the last good checkpoint is kept (resume with --init_from=resume "
+                                 f"after lowering the learning rate)")
 
 
 def get_device(name="auto"):

@@ -11,7 +11,6 @@ import time
 import numpy as np
 
 import envs
-import model as M
 import pa
 import search as S
 import tokenizer

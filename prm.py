@@ -13,8 +13,8 @@ Every row of the table scores each step of the SAME sampled episodes of the PPO 
                      labels that no real user has, an upper reference rather than a baseline
     logprob, value_td, random, oracle            as in the report
 
-The merges and both reward models come from `python train.py --stage=prm`, the early reference from stage 1;
-a row whose checkpoint is missing is left out. Each row's aggregation (sum, mean, min, last) is chosen on
+The merges and both reward models come from `python train.py --stage=prm`, which calls train_prms below; the
+early reference comes from stage 1. A row whose checkpoint is missing is left out. Each row's aggregation (sum, mean, min, last) is chosen on
 validation episodes, then the test episodes are measured once. Columns: best-of-8 success, failure AUROC of
 one sampled episode per task, Spearman of step scores with A*, attribution accuracy (argmin of the running
 sum against the oracle's first critical mistake), and the extra training each scorer needed.
@@ -25,10 +25,13 @@ sum against the oracle's first critical mistake), and the extra training each sc
 import os
 import random
 import sys
+import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+import envs
 import model as M
 import pa
 import report
@@ -201,6 +204,100 @@ def table(P):
         L.append(f"| {name} | {f(b['rate'])} [{f(b['lo'])}, {f(b['hi'])}] | {f(r['auroc'])} [{f(ci[0])}, {f(ci[1])}] "
                  f"| {how} | {f(r['spearman_astar'])} | {f(r['attribution'])} | {cost} |")
     return L
+
+
+# -----------------------------------------------------------------------------
+# the merges and the two reward models (python train.py --stage=prm)
+
+def training_episodes(cfg, enc, policy, ref):
+    """Sampled episodes of the PPO policy on training tasks, the oracle's A* on every step: what both
+    trained reward models learn from (the implicit one uses only each episode's outcome)."""
+    rng = random.Random(cfg.seed + 7)
+    env_list = [envs.make_env(cfg.env, "train", rng.randrange(10**9), rng.randrange(10**9))
+                for _ in range(cfg.prm_episodes)]
+    agent = S.make_agent(cfg, policy.eval(), ref.eval(), enc)
+    with tqdm(total=cfg.prm_episodes * 5, desc="prm rollouts", leave=False) as bar:
+        return S.rollout(agent, env_list, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 7),
+                         oracle=True, progress=bar)
+
+
+def episode_logprobs(net, episodes, temperature, pad):
+    """log net(trajectory) of each episode: the sum over its steps of log net(action | prompt), all steps in
+    one differentiable batch. -> (E,) on net's device"""
+    device = next(net.parameters()).device
+    rows = [(j, s) for j, ep in enumerate(episodes) for s in ep.steps]
+    idx, mask = M.pack([s.prompt for _, s in rows], [s.action for _, s in rows], pad)
+    with M.autocast_ctx(device):
+        lp, _, _ = net.evaluate(idx.to(device), temperature, action_mask=mask.to(device))
+    step_lp = (lp * mask.to(device)).sum(-1)  # (S,) log net of each step's action
+    owner = torch.tensor([j for j, _ in rows], device=device)
+    return torch.zeros(len(episodes), device=device).index_add(0, owner, step_lp.float())
+
+
+def train_implicit_prm(cfg, enc, ref, episodes):
+    """pi_phi: a copy of the reference trained with pa.implicit_prm_loss on whole episodes and their outcome
+    (success 1, failure 0), prm_epochs passes in minibatches of 32 episodes. No step labels."""
+    phi = M.copy_net(ref)
+    opt = torch.optim.AdamW(phi.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 8)
+    ref_seq = torch.tensor([sum(float(s.ref_logprobs.sum()) for s in ep.steps) for ep in episodes])
+    labels = torch.tensor([float(ep.success) for ep in episodes])
+    for epoch in range(cfg.prm_epochs):
+        losses = []
+        for chunk in torch.randperm(len(episodes), generator=gen).split(32):
+            seq = episode_logprobs(phi, [episodes[i] for i in chunk.tolist()], cfg.temperature, tokenizer.pad_id(enc))
+            loss = pa.implicit_prm_loss(seq - ref_seq[chunk].to(seq.device), labels[chunk].to(seq.device), cfg.beta)
+            M.gradient_step(opt, phi, loss, cfg.max_grad_norm, "implicit prm loss")
+            losses.append(loss.item())
+        print(f"implicit prm epoch {epoch}: loss {np.mean(losses):.4f}")
+    return phi.eval()
+
+
+def train_supervised_prm(cfg, enc, ref, episodes):
+    """A copy of the reference whose value head, read at the last token of an action (GPT.value_at), is
+    regressed on the oracle's A*(s, a) = Q*(s, a) - V*(s) of that step: a step-labelled reward model, given
+    labels that no real user has. prm_epochs passes in minibatches of 128 steps."""
+    net, pad = M.copy_net(ref), tokenizer.pad_id(enc)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + 9)
+    steps = [s for ep in episodes for s in ep.steps]
+    target = torch.tensor([s.qstar - s.vstar for s in steps])
+    for epoch in range(cfg.prm_epochs):
+        losses = []
+        for chunk in torch.randperm(len(steps), generator=gen).split(128):
+            rows = [steps[i] for i in chunk.tolist()]
+            idx, _ = M.pack([s.prompt for s in rows], [s.action for s in rows], pad)
+            last = torch.tensor([len(s.prompt) + len(s.action) - 1 for s in rows])
+            with M.autocast_ctx(cfg.device):
+                pred = net.value_at(idx.to(cfg.device), last)
+            loss = 0.5 * ((pred - target[chunk].to(cfg.device)) ** 2).mean()
+            M.gradient_step(opt, net, loss, cfg.max_grad_norm, "supervised prm loss")
+            losses.append(loss.item())
+        print(f"supervised prm epoch {epoch}: mse {2 * np.mean(losses):.4f}")
+    return net.eval()
+
+
+def train_prms(cfg, enc, ref, policy):
+    """Save the weight merges (merge_<alpha>.pt), then collect the training episodes and train the implicit
+    (implicit_prm.pt) and supervised (supervised_prm.pt) reward models. Each checkpoint records its extra
+    training seconds and the labels it used. Returns {name: seconds}."""
+    for a in [float(x) for x in cfg.merge_alphas.split(",")]:
+        merged = M.copy_net(ref, pa.merge_weights(ref.state_dict(), policy.state_dict(), a))
+        M.save_net(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a, seconds=0.0,
+             labels="none")
+    t0 = time.time()
+    episodes = training_episodes(cfg, enc, policy, ref)
+    t_roll = time.time() - t0
+    times = {}
+    for name, fn, labels in (("implicit_prm", train_implicit_prm, f"outcomes of {len(episodes)} episodes"),
+                             ("supervised_prm", train_supervised_prm,
+                              f"oracle A* of {sum(len(e.steps) for e in episodes)} steps")):
+        t0 = time.time()
+        net = fn(cfg, enc, ref, episodes)
+        times[name] = round(t_roll + time.time() - t0, 1)  # each would need the rollouts on its own
+        M.save_net(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name], labels=labels)
+        print(f"{name}: {times[name]} s (rollouts {t_roll:.0f} s), trained on {labels}")
+    return times
 
 
 def main(argv):

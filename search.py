@@ -191,6 +191,12 @@ class Agent:
         return rows
 
 
+def make_agent(cfg, policy, ref, enc):
+    """The Agent of a run (train.Config): its networks with the run's beta, temperature, sizes and --actions."""
+    return Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size,
+                 constrained=cfg.actions == "available")
+
+
 def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_states=False, fresh=True,
             progress=None, monitor=None):
     """Run every environment to the end, batched. fresh=False continues from each env's current state.

@@ -1752,7 +1752,7 @@ def test_implicit_prm_steps_sum_to_beta_times_its_trajectory_log_ratio(tiny_prm)
     phi, ck = _net(tiny_prm / "implicit_prm.pt")
     steps = prm.step_table(run_.ppo, {"implicit_prm": ("implicit", phi, ck)}, eps, random.Random(0))["implicit_prm"]
     pad = tokenizer.pad_id(run_.ppo.enc)
-    seq = train.episode_logprobs(phi, eps, 1.0, pad) - train.episode_logprobs(run_.ppo.ref, eps, 1.0, pad)
+    seq = prm.episode_logprobs(phi, eps, 1.0, pad) - prm.episode_logprobs(run_.ppo.ref, eps, 1.0, pad)
     for e, st, r in zip(eps, steps, seq.tolist()):
         assert len(st) == len(e.steps)
         assert sum(st) == pytest.approx(run_.ppo.beta * r, abs=1e-4), "the steps' scores must sum to r(trajectory)"
@@ -1771,12 +1771,12 @@ def test_trained_reward_models_fit_their_training_data(tiny_prm):
     for k in ("beta", "temperature", "max_action_tokens"):  # as train.main's prm stage does
         setattr(cfg, k, ck["train_config"][k])
     (ref, _), (pol, _) = _net(tiny_prm / "ref.pt"), _net(tiny_prm / "ppo.pt")
-    eps = train.prm_rollouts(cfg, enc, pol, ref)  # the same seeded episodes they were trained on
+    eps = prm.training_episodes(cfg, enc, pol, ref)  # the same seeded episodes they were trained on
     phi, _ = _net(tiny_prm / "implicit_prm.pt")
     labels = torch.tensor([float(e.success) for e in eps])
     with torch.no_grad():
-        ref_seq = train.episode_logprobs(ref, eps, cfg.temperature, tokenizer.pad_id(enc))
-        loss = pa.implicit_prm_loss(train.episode_logprobs(phi, eps, cfg.temperature, tokenizer.pad_id(enc)) - ref_seq,
+        ref_seq = prm.episode_logprobs(ref, eps, cfg.temperature, tokenizer.pad_id(enc))
+        loss = pa.implicit_prm_loss(prm.episode_logprobs(phi, eps, cfg.temperature, tokenizer.pad_id(enc)) - ref_seq,
                                     labels, cfg.beta)
     assert float(loss) < math.log(2) - 1e-3, f"at its start (phi = ref, r = 0) the loss is log 2; trained: {float(loss)}"
     sup, _ = _net(tiny_prm / "supervised_prm.pt")

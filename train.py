@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 import envs
 import model as M
-import pa
 import prm
 import report
 import search as S
@@ -208,19 +207,6 @@ def build_model(cfg, enc):
     return M.GPT(mcfg).to(cfg.device)
 
 
-def save(path, net, cfg, enc, **extra):
-    M.save_checkpoint(path, dict(model=net.state_dict(), config=dataclasses.asdict(net.config),
-                                 tokenizer=tokenizer.tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
-                                 train_config=dataclasses.asdict(cfg), **extra))
-
-
-def load_model(path, cfg, enc, device):
-    ck = M.load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
-    net = M.GPT(M.GPTConfig(**ck["config"])).to(device)
-    net.load_state_dict(ck["model"])
-    return net, ck
-
-
 def log_line(path, rec):
     """One line per iteration with ' | ' separators, and the same numbers appended to a JSONL file."""
     print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
@@ -273,31 +259,16 @@ def train_sft(cfg, enc):
         ce = -(logprobs * action_mask).sum() / n
         v_loss = 0.5 * (((values - returns) ** 2) * action_mask).sum() / n
         loss = ce + cfg.sft_vf_coef * v_loss
-        gradient_step(opt, net, loss, cfg.max_grad_norm, "sft loss")
+        M.gradient_step(opt, net, loss, cfg.max_grad_norm, "sft loss")
         if it + 1 == max(1, round(cfg.sft_early * cfg.sft_iters)):  # knows the format, not yet the task well:
-            save(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
+            M.save_net(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
                  seconds=time.time() - t0)  # the analogue of a base model, a reference for PA (prm.py)
         if it % 100 == 0 or it == cfg.sft_iters - 1:
             log_line(log, dict(iter=it, ce=ce.item(), v_loss=v_loss.item(), lr=lr,
                                seconds=round(time.time() - t0, 1)))
-    save(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
+    M.save_net(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
     return net
 
-
-def gradient_step(opt, net, loss, max_grad_norm, what):
-    """One optimizer step on loss, its gradient norm clipped; a non-finite loss stops the run (check_finite)."""
-    check_finite(loss, what)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-    opt.step()
-
-
-def check_finite(x, what):
-    if not torch.isfinite(x).all():
-        raise FloatingPointError(f"{what} is {x.item() if x.numel() == 1 else 'not finite'}: stopping; "
-                                 f"the last good checkpoint is kept (resume with --init_from=resume "
-                                 f"after lowering the learning rate)")
 
 # -----------------------------------------------------------------------------
 # stage 2: PPO with GAE and a per-token KL penalty
@@ -487,11 +458,11 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
                 stats.setdefault("consistency", []).append(cons.item())
             if critic is None:  # one network: both losses through the shared trunk (mc's advantages need no critic)
                 vf_coef = 0.0 if cfg.advantage == "mc" else cfg.vf_coef
-                gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
+                M.gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
             else:
                 if not critic_only:
-                    gradient_step(opt, policy, policy_loss, cfg.max_grad_norm, "ppo policy loss")
-                gradient_step(critic_opt, critic, cfg.vf_coef * v_loss, cfg.max_grad_norm, "ppo value loss")
+                    M.gradient_step(opt, policy, policy_loss, cfg.max_grad_norm, "ppo policy loss")
+                M.gradient_step(critic_opt, critic, cfg.vf_coef * v_loss, cfg.max_grad_norm, "ppo value loss")
             for k, x in (("pg_loss", pg_loss.item()), ("v_loss", v_loss.item()), ("approx_kl", d["approx_kl"]),
                          ("clipfrac", d["clipfrac"]), ("entropy", entropy.item())):
                 stats[k].append(x)
@@ -504,19 +475,13 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     return out
 
 
-def make_agent(cfg, policy, ref, enc):
-    """The search.Agent of a run: its networks with the run's beta, temperature, sizes and --actions."""
-    return S.Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size,
-                   constrained=cfg.actions == "available")
-
-
 def separate_critic(cfg, ref):
     """(critic, its optimizer) for --critic=separate: the reference network again, its value head the critic,
     trained on its own (saved as ppo.pt's "critic"; the policy's own head stays the reference's, and that is what
     the report's value-TD scorer reads). (None, None) for the default shared critic."""
     if cfg.critic != "separate":
         return None, None
-    critic = _copy(cfg, ref)
+    critic = M.copy_net(ref)
     return critic, torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
 
 
@@ -581,7 +546,7 @@ def train_ppo(cfg, enc, ref):
             open(log, "w").writelines(keep)
     elif os.path.exists(log):
         os.remove(log)
-    agent = make_agent(cfg, policy, ref, enc)
+    agent = S.make_agent(cfg, policy, ref, enc)
     task_rng = random.Random(cfg.seed + 2)
     for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
         t0 = time.time()
@@ -616,111 +581,10 @@ def train_ppo(cfg, enc, ref):
                    rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1),
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
-        save(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
+        M.save_net(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
              gen=gen.get_state(), sample_gen=sample_gen.get_state(),
              **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}))
     return policy
-
-# -----------------------------------------------------------------------------
-# stage prm (optional): other references for PA, and two reward models trained for the job, to compare it with
-
-
-def prm_rollouts(cfg, enc, policy, ref):
-    """Sampled episodes of the PPO policy on training tasks, the oracle's A* on every step: what both
-    trained reward models learn from (the implicit one uses only each episode's outcome)."""
-    rng = random.Random(cfg.seed + 7)
-    env_list = [envs.make_env(cfg.env, "train", rng.randrange(10**9), rng.randrange(10**9))
-                for _ in range(cfg.prm_episodes)]
-    agent = make_agent(cfg, policy.eval(), ref.eval(), enc)
-    with tqdm(total=cfg.prm_episodes * 5, desc="prm rollouts", leave=False) as bar:
-        return S.rollout(agent, env_list, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 7),
-                         oracle=True, progress=bar)
-
-
-def _copy(cfg, net, state=None):
-    new = M.GPT(net.config).to(cfg.device)
-    new.load_state_dict(state or net.state_dict())
-    return new.train()
-
-
-def episode_logprobs(net, episodes, temperature, pad):
-    """log net(trajectory) of each episode: the sum over its steps of log net(action | prompt), all steps in
-    one differentiable batch. -> (E,) on net's device"""
-    device = next(net.parameters()).device
-    rows = [(j, s) for j, ep in enumerate(episodes) for s in ep.steps]
-    idx, mask = M.pack([s.prompt for _, s in rows], [s.action for _, s in rows], pad)
-    with M.autocast_ctx(device):
-        lp, _, _ = net.evaluate(idx.to(device), temperature, action_mask=mask.to(device))
-    step_lp = (lp * mask.to(device)).sum(-1)  # (S,) log net of each step's action
-    owner = torch.tensor([j for j, _ in rows], device=device)
-    return torch.zeros(len(episodes), device=device).index_add(0, owner, step_lp.float())
-
-
-def train_implicit_prm(cfg, enc, ref, episodes):
-    """pi_phi: a copy of the reference trained with pa.implicit_prm_loss on whole episodes and their outcome
-    (success 1, failure 0), prm_epochs passes in minibatches of 32 episodes. No step labels."""
-    phi = _copy(cfg, ref)
-    opt = torch.optim.AdamW(phi.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + 8)
-    ref_seq = torch.tensor([sum(float(s.ref_logprobs.sum()) for s in ep.steps) for ep in episodes])
-    labels = torch.tensor([float(ep.success) for ep in episodes])
-    for epoch in range(cfg.prm_epochs):
-        losses = []
-        for chunk in torch.randperm(len(episodes), generator=gen).split(32):
-            seq = episode_logprobs(phi, [episodes[i] for i in chunk.tolist()], cfg.temperature, tokenizer.pad_id(enc))
-            loss = pa.implicit_prm_loss(seq - ref_seq[chunk].to(seq.device), labels[chunk].to(seq.device), cfg.beta)
-            gradient_step(opt, phi, loss, cfg.max_grad_norm, "implicit prm loss")
-            losses.append(loss.item())
-        print(f"implicit prm epoch {epoch}: loss {np.mean(losses):.4f}")
-    return phi.eval()
-
-
-def train_supervised_prm(cfg, enc, ref, episodes):
-    """A copy of the reference whose value head, read at the last token of an action (GPT.value_at), is
-    regressed on the oracle's A*(s, a) = Q*(s, a) - V*(s) of that step: a step-labelled reward model, given
-    labels that no real user has. prm_epochs passes in minibatches of 128 steps."""
-    net, pad = _copy(cfg, ref), tokenizer.pad_id(enc)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + 9)
-    steps = [s for ep in episodes for s in ep.steps]
-    target = torch.tensor([s.qstar - s.vstar for s in steps])
-    for epoch in range(cfg.prm_epochs):
-        losses = []
-        for chunk in torch.randperm(len(steps), generator=gen).split(128):
-            rows = [steps[i] for i in chunk.tolist()]
-            idx, _ = M.pack([s.prompt for s in rows], [s.action for s in rows], pad)
-            last = torch.tensor([len(s.prompt) + len(s.action) - 1 for s in rows])
-            with M.autocast_ctx(cfg.device):
-                pred = net.value_at(idx.to(cfg.device), last)
-            loss = 0.5 * ((pred - target[chunk].to(cfg.device)) ** 2).mean()
-            gradient_step(opt, net, loss, cfg.max_grad_norm, "supervised prm loss")
-            losses.append(loss.item())
-        print(f"supervised prm epoch {epoch}: mse {2 * np.mean(losses):.4f}")
-    return net.eval()
-
-
-def train_prms(cfg, enc, ref, policy):
-    """Save the weight merges (merge_<alpha>.pt), then collect the training episodes and train the implicit
-    (implicit_prm.pt) and supervised (supervised_prm.pt) reward models. Each checkpoint records its extra
-    training seconds and the labels it used. Returns {name: seconds}."""
-    for a in [float(x) for x in cfg.merge_alphas.split(",")]:
-        merged = _copy(cfg, ref, pa.merge_weights(ref.state_dict(), policy.state_dict(), a))
-        save(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a, seconds=0.0,
-             labels="none")
-    t0 = time.time()
-    episodes = prm_rollouts(cfg, enc, policy, ref)
-    t_roll = time.time() - t0
-    times = {}
-    for name, fn, labels in (("implicit_prm", train_implicit_prm, f"outcomes of {len(episodes)} episodes"),
-                             ("supervised_prm", train_supervised_prm,
-                              f"oracle A* of {sum(len(e.steps) for e in episodes)} steps")):
-        t0 = time.time()
-        net = fn(cfg, enc, ref, episodes)
-        times[name] = round(t_roll + time.time() - t0, 1)  # each would need the rollouts on its own
-        save(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name], labels=labels)
-        print(f"{name}: {times[name]} s (rollouts {t_roll:.0f} s), trained on {labels}")
-    return times
-
 
 def main(argv):
     cfg = resolve(parse_args(argv))
@@ -736,16 +600,16 @@ def main(argv):
         print(f"stage sft (demonstrations + behaviour cloning): {times['sft_s']} s")
     if cfg.stage in ("ppo", "all"):
         t0 = time.time()
-        ref, _ = load_model(ref_path, cfg, enc, cfg.device)
+        ref, _ = M.load_net(ref_path, cfg, enc, cfg.device)
         train_ppo(cfg, enc, ref)
         times["ppo_s"] = round(time.time() - t0, 1)
         print(f"stage ppo: {times['ppo_s']} s")
     if cfg.stage == "prm":
-        ref, _ = load_model(ref_path, cfg, enc, cfg.device)
-        policy, ck = load_model(ppo_path, cfg, enc, cfg.device)
+        ref, _ = M.load_net(ref_path, cfg, enc, cfg.device)
+        policy, ck = M.load_net(ppo_path, cfg, enc, cfg.device)
         for k in ("beta", "temperature", "max_action_tokens"):  # PPO's own, whatever the command line says
             setattr(cfg, k, ck["train_config"][k])
-        train_prms(cfg, enc, ref, policy)
+        prm.train_prms(cfg, enc, ref, policy)
         if cfg.eval:
             prm.compare(ppo_path, cfg.out_dir, cfg.device, cfg.batch_size)
     if cfg.eval and cfg.stage in ("all", "eval"):
