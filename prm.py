@@ -283,8 +283,8 @@ def train_prms(cfg, enc, ref, policy):
     training seconds and the labels it used. Returns {name: seconds}."""
     for a in [float(x) for x in cfg.merge_alphas.split(",")]:
         merged = M.copy_net(ref, pa.merge_weights(ref.state_dict(), policy.state_dict(), a))
-        M.save_net(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a, seconds=0.0,
-             labels="none")
+        M.save_net(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a,
+                   seconds=0.0, labels="none")
     t0 = time.time()
     episodes = training_episodes(cfg, enc, policy, ref)
     t_roll = time.time() - t0
@@ -295,7 +295,8 @@ def train_prms(cfg, enc, ref, policy):
         t0 = time.time()
         net = fn(cfg, enc, ref, episodes)
         times[name] = round(t_roll + time.time() - t0, 1)  # each would need the rollouts on its own
-        M.save_net(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name], labels=labels)
+        M.save_net(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name],
+                   labels=labels)
         print(f"{name}: {times[name]} s (rollouts {t_roll:.0f} s), trained on {labels}")
     return times
 

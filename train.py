@@ -262,7 +262,7 @@ def train_sft(cfg, enc):
         M.gradient_step(opt, net, loss, cfg.max_grad_norm, "sft loss")
         if it + 1 == max(1, round(cfg.sft_early * cfg.sft_iters)):  # knows the format, not yet the task well:
             M.save_net(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
-                 seconds=time.time() - t0)  # the analogue of a base model, a reference for PA (prm.py)
+                       seconds=time.time() - t0)  # the analogue of a base model, a reference for PA (prm.py)
         if it % 100 == 0 or it == cfg.sft_iters - 1:
             log_line(log, dict(iter=it, ce=ce.item(), v_loss=v_loss.item(), lr=lr,
                                seconds=round(time.time() - t0, 1)))
@@ -582,8 +582,8 @@ def train_ppo(cfg, enc, ref):
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
         M.save_net(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
-             gen=gen.get_state(), sample_gen=sample_gen.get_state(),
-             **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}))
+                   gen=gen.get_state(), sample_gen=sample_gen.get_state(),
+                   **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}))
     return policy
 
 def main(argv):
