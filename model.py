@@ -6,6 +6,8 @@ save/load for nanoPA (the tokenizer is tokenizer.py).
   head on the last hidden state: forward(idx) -> (logits, values).
 - generate(): batched sampling over prompts of different lengths with a preallocated KV cache.
 - evaluate(): per-token log-probs / values / entropies of given tokens, aligned to the tokens.
+- save_net / load_net / copy_net: a run's checkpoints (weights, tokenizer, world, training config), checked on
+  load; gradient_step: one clipped optimizer step that stops the run on a non-finite loss.
 
 Tested in test_pa.py (the model.py section); benchmarked by python bench.py. Sizes: train.PRESETS.
 """
