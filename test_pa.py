@@ -2281,7 +2281,7 @@ def test_student_copy_fails_only_where_an_assignment_is_blank(tmp_path):
            and n.name.startswith("test_") and not n.name.startswith(assignments.GENERATOR_TESTS)
            and not any(a < n.lineno - 1 < b for a, b in skip)]
     xml = tmp_path / "junit.xml"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"] + run,
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=line", f"--junitxml={xml}"] + run,
                    cwd=dest, capture_output=True, text=True, timeout=900)
     outcomes = {}
     for case in ET.parse(xml).iter("testcase"):
