@@ -110,7 +110,7 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
         losses = []
         for chunk in torch.randperm(len(rows), generator=gen).split(batch):
             mb = [rows[i] for i in chunk.tolist()]
-            idx, mask = train.M.pack([p for p, _, _ in mb], [a for _, a, _ in mb], agent.pad)
+            idx, mask = M.pack([p for p, _, _ in mb], [a for _, a, _ in mb], agent.pad)
             lp, _, _ = policy.evaluate(idx, cfg.temperature, action_mask=mask)
             w = torch.tensor([x for _, _, x in mb])
             loss = -(w * (lp.float() * mask).sum(-1)).sum() / w.sum()  # cross-entropy per unit of pi*'s mass
@@ -130,7 +130,7 @@ def _reference(ref_path, device, **overrides):
     ck = M.load_checkpoint(ref_path)
     cfg = train.Config(**{**ck["train_config"], "device": device, **overrides})
     enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
-    ref, _ = M.load_net(ref_path, cfg, enc, device)
+    ref, _ = M.load_run(ref_path, cfg, enc, device)
     return cfg, enc, ref.eval().requires_grad_(False)
 
 
@@ -185,7 +185,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
                         pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
-    M.save_net(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=critic_warmup + iters - 1)
+    M.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=critic_warmup + iters - 1)
     optimum.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
                          max_steps=max_steps, cache_dir=cache_dir)
     with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
@@ -312,7 +312,7 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
             mb = [data[i] for i in chunk.tolist()]
             prompts = [d[0] for d in mb for _ in d[1]]
             tokens = [tokenizer.encode_action(enc, a) for d in mb for a in d[1]]
-            idx, mask = train.M.pack(prompts, tokens, agent.pad)
+            idx, mask = M.pack(prompts, tokens, agent.pad)
             choices = [tuple(d[1]) for d in mb for _ in d[1]]
             lp = (agent.evaluate(policy, idx, mask, choices, tokens)[0].float() * mask).sum(-1)
             terms, n = [], 0
@@ -336,7 +336,7 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
             losses.append(step_loss.item())
         print(f"improve | epoch {epoch} | {loss} loss {np.mean(losses):.5f}")
     path = os.path.join(out_dir, "ppo.pt")
-    M.save_net(path, policy.eval(), cfg, enc, stage="ppo", iter=0)
+    M.save_run(path, policy.eval(), cfg, enc, stage="ppo", iter=0)
     return optimum.optimum_check(path, out_dir, ref_path, device, n=n_check, max_steps=max_steps,
                                  cache_dir=cache_dir)["improved"]
 
@@ -418,7 +418,7 @@ def main(argv):
             p.error(f"--estimates takes 1 to {envs.N_TASKS['valid']} tasks, not {args.estimates}")
         try:
             out = estimates(args.ref, args.estimates, seed=args.seed)
-        except train.M.CheckpointError as e:
+        except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         with open(os.path.join(os.path.dirname(os.path.abspath(args.ref)), "estimates.json"), "w") as f:
             json.dump(out, f, indent=1)
@@ -426,7 +426,7 @@ def main(argv):
     if args.cross:
         try:
             cross_scores(args.ckpt or "out/ppo.pt", args.cross.split(","), seed=args.seed)
-        except train.M.CheckpointError as e:
+        except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.improve:
@@ -434,7 +434,7 @@ def main(argv):
             improve(args.ref, args.out_dir, args.improve, loss=args.loss, epochs=args.epochs, lr=args.lr, seed=args.seed,
                     actions=args.actions,
                     cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
-        except train.M.CheckpointError as e:
+        except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.few_tasks:
@@ -447,13 +447,13 @@ def main(argv):
                       start=args.start, distil_rounds=args.distil_rounds, critic_warmup=args.critic_warmup,
                       critic=args.critic, actions=args.actions, seed=args.seed,
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
-        except train.M.CheckpointError as e:
+        except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.kl_split:
         try:
             out = kl_split(args.ckpt or "out/ppo.pt", args.kl_split)
-        except train.M.CheckpointError as e:
+        except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         kinds = sorted(out["kl_per_episode"].items(), key=lambda kv: -abs(kv[1]))
         print(f"{out['env']}, {out['episodes']} sampled episodes: KL per episode by kind of step: "

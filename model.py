@@ -6,7 +6,7 @@ save/load for nanoPA (the tokenizer is tokenizer.py).
   head on the last hidden state: forward(idx) -> (logits, values).
 - generate(): batched sampling over prompts of different lengths with a preallocated KV cache.
 - evaluate(): per-token log-probs / values / entropies of given tokens, aligned to the tokens.
-- save_net / load_net / copy_net: a run's checkpoints (weights, tokenizer, world, training config), checked on
+- save_run / load_run / copy_net: a run's checkpoints (weights, tokenizer, world, training config), checked on
   load; gradient_step: one clipped optimizer step that stops the run on a non-finite loss.
 
 Tested in test_pa.py (the model.py section); benchmarked by python bench.py. Sizes: train.PRESETS.
@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from tokenizer import MAX_VOCAB, tokenizer_spec
+import tokenizer
+from tokenizer import MAX_VOCAB
 
 
 # -----------------------------------------------------------------------------
@@ -381,17 +382,17 @@ def load_checkpoint(path, env_name=None, tokenizer_spec=None, map_location="cpu"
     return _strip_compile_prefix(ckpt)
 
 
-def save_net(path, net, cfg, enc, **extra):
+def save_run(path, net, cfg, enc, **extra):
     """A run's checkpoint of net: its weights and shape, the tokenizer, the world, beta and the whole training
     config (train.Config), plus any extra fields (stage, iteration, optimizer and RNG states)."""
     save_checkpoint(path, dict(model=net.state_dict(), config=dataclasses.asdict(net.config),
-                               tokenizer=tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
+                               tokenizer=tokenizer.tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
                                train_config=dataclasses.asdict(cfg), **extra))
 
 
-def load_net(path, cfg, enc, device):
+def load_run(path, cfg, enc, device):
     """(net, checkpoint dict) of a run's checkpoint, refused unless it is of cfg's world and enc's tokenizer."""
-    ck = load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer_spec(enc))
+    ck = load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
     net = GPT(GPTConfig(**ck["config"])).to(device)
     net.load_state_dict(ck["model"])
     return net, ck

@@ -13,11 +13,11 @@ Every row of the table scores each step of the SAME sampled episodes of the PPO 
                      labels that no real user has, an upper reference rather than a baseline
     logprob, value_td, random, oracle            as in the report
 
-The merges and both reward models come from `python train.py --stage=prm`, which calls train_prms below; the
-early reference comes from stage 1. A row whose checkpoint is missing is left out. Each row's aggregation (sum, mean, min, last) is chosen on
-validation episodes, then the test episodes are measured once. Columns: best-of-8 success, failure AUROC of
-one sampled episode per task, Spearman of step scores with A*, attribution accuracy (argmin of the running
-sum against the oracle's first critical mistake), and the extra training each scorer needed.
+The merges and both reward models come from `python train.py --stage=prm`, which calls train_prms below; the early
+reference comes from stage 1. A row whose checkpoint is missing is left out. Each row's aggregation (sum, mean,
+min, last) is chosen on validation episodes, then the test episodes are measured once. Columns: best-of-8 success,
+failure AUROC of one sampled episode per task, Spearman of step scores with A*, attribution accuracy (argmin of
+the running sum against the oracle's first critical mistake), and the extra training each scorer needed.
 
     python train.py --stage=prm               # train the two reward models, save the merges, write the table
     python prm.py --ckpt out/ppo.pt           # the table again from the saved checkpoints
@@ -258,6 +258,7 @@ def train_supervised_prm(cfg, enc, ref, episodes):
     regressed on the oracle's A*(s, a) = Q*(s, a) - V*(s) of that step: a step-labelled reward model, given
     labels that no real user has. prm_epochs passes in minibatches of 128 steps."""
     net, pad = M.copy_net(ref), tokenizer.pad_id(enc)
+    device = next(net.parameters()).device
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.prm_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 9)
     steps = [s for ep in episodes for s in ep.steps]
@@ -268,9 +269,9 @@ def train_supervised_prm(cfg, enc, ref, episodes):
             rows = [steps[i] for i in chunk.tolist()]
             idx, _ = M.pack([s.prompt for s in rows], [s.action for s in rows], pad)
             last = torch.tensor([len(s.prompt) + len(s.action) - 1 for s in rows])
-            with M.autocast_ctx(cfg.device):
-                pred = net.value_at(idx.to(cfg.device), last)
-            loss = 0.5 * ((pred - target[chunk].to(cfg.device)) ** 2).mean()
+            with M.autocast_ctx(device):
+                pred = net.value_at(idx.to(device), last)
+            loss = 0.5 * ((pred - target[chunk].to(device)) ** 2).mean()
             M.gradient_step(opt, net, loss, cfg.max_grad_norm, "supervised prm loss")
             losses.append(loss.item())
         print(f"supervised prm epoch {epoch}: mse {2 * np.mean(losses):.4f}")
@@ -283,7 +284,7 @@ def train_prms(cfg, enc, ref, policy):
     training seconds and the labels it used. Returns {name: seconds}."""
     for a in [float(x) for x in cfg.merge_alphas.split(",")]:
         merged = M.copy_net(ref, pa.merge_weights(ref.state_dict(), policy.state_dict(), a))
-        M.save_net(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a,
+        M.save_run(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a,
                    seconds=0.0, labels="none")
     t0 = time.time()
     episodes = training_episodes(cfg, enc, policy, ref)
@@ -295,7 +296,7 @@ def train_prms(cfg, enc, ref, policy):
         t0 = time.time()
         net = fn(cfg, enc, ref, episodes)
         times[name] = round(t_roll + time.time() - t0, 1)  # each would need the rollouts on its own
-        M.save_net(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name],
+        M.save_run(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name],
                    labels=labels)
         print(f"{name}: {times[name]} s (rollouts {t_roll:.0f} s), trained on {labels}")
     return times

@@ -1999,7 +1999,7 @@ def test_mc_advantages_are_the_steps_reward_and_kl_to_go_plus_the_value_it_led_t
 
 
 def test_mc_state_values_with_beta_are_the_kl_regularised_returns_of_the_same_rollouts(agent):
-    short = [envs.make_env("shop", "train", 3, 0, max_steps=4)]  # four states, few rollouts
+    short = [envs.make_env("shop", "train", t, 0, max_steps=4) for t in (3, 4)]  # at most 8 states, few rollouts
     eps = search.rollout(agent, short, generator=torch.Generator().manual_seed(0), keep_states=True)
     soft = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), beta=0.5, seed=7)
     plain = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), seed=7)

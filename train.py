@@ -261,12 +261,12 @@ def train_sft(cfg, enc):
         loss = ce + cfg.sft_vf_coef * v_loss
         M.gradient_step(opt, net, loss, cfg.max_grad_norm, "sft loss")
         if it + 1 == max(1, round(cfg.sft_early * cfg.sft_iters)):  # knows the format, not yet the task well:
-            M.save_net(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
+            M.save_run(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
                        seconds=time.time() - t0)  # the analogue of a base model, a reference for PA (prm.py)
         if it % 100 == 0 or it == cfg.sft_iters - 1:
             log_line(log, dict(iter=it, ce=ce.item(), v_loss=v_loss.item(), lr=lr,
                                seconds=round(time.time() - t0, 1)))
-    M.save_net(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
+    M.save_run(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
     return net
 
 
@@ -581,7 +581,7 @@ def train_ppo(cfg, enc, ref):
                    rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1),
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
-        M.save_net(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
+        M.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
                    gen=gen.get_state(), sample_gen=sample_gen.get_state(),
                    **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}))
     return policy
@@ -600,13 +600,13 @@ def main(argv):
         print(f"stage sft (demonstrations + behaviour cloning): {times['sft_s']} s")
     if cfg.stage in ("ppo", "all"):
         t0 = time.time()
-        ref, _ = M.load_net(ref_path, cfg, enc, cfg.device)
+        ref, _ = M.load_run(ref_path, cfg, enc, cfg.device)
         train_ppo(cfg, enc, ref)
         times["ppo_s"] = round(time.time() - t0, 1)
         print(f"stage ppo: {times['ppo_s']} s")
     if cfg.stage == "prm":
-        ref, _ = M.load_net(ref_path, cfg, enc, cfg.device)
-        policy, ck = M.load_net(ppo_path, cfg, enc, cfg.device)
+        ref, _ = M.load_run(ref_path, cfg, enc, cfg.device)
+        policy, ck = M.load_run(ppo_path, cfg, enc, cfg.device)
         for k in ("beta", "temperature", "max_action_tokens"):  # PPO's own, whatever the command line says
             setattr(cfg, k, ck["train_config"][k])
         prm.train_prms(cfg, enc, ref, policy)
