@@ -393,9 +393,14 @@ def save_run(path, net, cfg, enc, **extra):
 def load_run(path, cfg, enc, device):
     """(net, checkpoint dict) of a run's checkpoint, refused unless it is of cfg's world and enc's tokenizer."""
     ck = load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
+    return net_of(ck, device), ck
+
+
+def net_of(ck, device):
+    """The GPT of a loaded checkpoint, with its weights, on device."""
     net = GPT(GPTConfig(**ck["config"])).to(device)
     net.load_state_dict(ck["model"])
-    return net, ck
+    return net
 
 
 def copy_net(net, state=None):

@@ -54,9 +54,7 @@ def scorers(folder, run_):
         path = os.path.join(folder, f)
         if os.path.exists(path):
             ck = M.load_checkpoint(path, env_name=run_.env_name, tokenizer_spec=spec)
-            net = M.GPT(M.GPTConfig(**ck["config"])).to(run_.ppo.device).eval()
-            net.load_state_dict(ck["model"])
-            out[name] = (kind, net, ck)
+            out[name] = (kind, M.net_of(ck, run_.ppo.device).eval(), ck)
     return out
 
 

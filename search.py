@@ -504,9 +504,7 @@ def load_agent(ckpt, ref=None, device="auto", batch_size=256):
 def load_net(path, like, device):
     """The network of a checkpoint, refused unless it shares the world and tokenizer of the checkpoint `like`."""
     c = M.load_checkpoint(path, env_name=like["env_name"], tokenizer_spec=like["tokenizer"])
-    net = M.GPT(M.GPTConfig(**c["config"])).to(device).eval()
-    net.load_state_dict(c["model"])
-    return net
+    return M.net_of(c, device).eval()
 
 
 @dataclass
