@@ -13,6 +13,7 @@ clipping, the network) and from how PA is read:
     python diagnose.py --estimates 16                   # how well GAE and re-rollouts know the reference's advantage
     python diagnose.py --improve 64                     # one round of improvement from rollouts, fitted, then checked
     python diagnose.py --ckpt out/ppo.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo.pt's samples
+    python diagnose.py --soup a/ppo.pt,b/ppo.pt --out c/ppo.pt       # average PPO runs' weights (then check c/)
 """
 import argparse
 import json
@@ -375,10 +376,32 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
     return out
 
 
+def soup(paths, out_path):
+    """Average the weights of PPO runs made from one reference with different seeds into one checkpoint (a
+    "seed soup"; weight averaging of fine-tuned runs that share their start: Wortsman et al. 2022, arXiv
+    2203.05482; of RL runs: Rame et al. 2024, arXiv 2406.16768). Each run's log-ratio is a shared signal plus
+    its seed's noise, so the average keeps the first and shrinks the second. The soup is an evaluation-only
+    checkpoint (no optimizer or RNG state); put a copy of the runs' ref.pt beside it for the optimum check."""
+    if len(paths) < 2:
+        raise M.CheckpointError("--soup needs at least two checkpoints")
+    cks = [M.load_checkpoint(p) for p in paths]
+    setup = lambda ck: (ck["config"], ck["tokenizer"], ck["env_name"], ck.get("beta"),
+                        ck.get("train_config", {}).get("actions"))
+    for p, ck in zip(paths[1:], cks[1:]):
+        if setup(ck) != setup(cks[0]):
+            raise M.CheckpointError(f"{p} and {paths[0]} differ in shape, tokenizer, world, beta or --actions: only "
+                                    f"runs of one setup can be averaged")
+    avg = {k: (sum(ck["model"][k].double() for ck in cks) / len(cks)).to(v.dtype) if v.is_floating_point() else v
+           for k, v in cks[0]["model"].items()}
+    keep = {k: v for k, v in cks[0].items() if k not in ("model", "optimizer", "rng", "gen", "sample_gen")}
+    M.save_checkpoint(out_path, dict(keep, model=avg, soup_of=[os.path.abspath(p) for p in paths]))
+    print(f"[soup] the average of {len(paths)} runs' weights -> {out_path}")
+
+
 def main(argv):
     p = argparse.ArgumentParser(description="Why the network's PPO misses the exact optimum of its objective, on "
                                 "validation tasks (choose one of --kl_split, --few_tasks, --estimates, --improve, "
-                                "--cross; the tabular runs are tabular.py).")
+                                "--cross, --soup; the tabular runs are tabular.py).")
     p.add_argument("--iters", type=int, default=30, help="with --few_tasks: PPO iterations")
     p.add_argument("--ckpt", default=None, help="with --kl_split: the trained PPO checkpoint to look at")
     p.add_argument("--kl_split", type=int, default=0, help="where the checkpoint's KL goes, on N validation tasks")
@@ -392,6 +415,9 @@ def main(argv):
     p.add_argument("--lr", type=float, default=1e-3, help="with --improve: the learning rate")
     p.add_argument("--cross", default=None, metavar="SCORERS", help="with --ckpt: PA by these other policies' "
                    "checkpoints (comma-separated) on --ckpt's samples of 16 validation tasks (diagnose.cross_scores)")
+    p.add_argument("--soup", default=None, metavar="RUNS", help="average these PPO checkpoints' weights "
+                   "(comma-separated, one reference) into --out (diagnose.soup)")
+    p.add_argument("--out", default=None, help="with --soup: the averaged checkpoint's path")
     p.add_argument("--few_tasks", type=int, default=0, help="PPO from --ref on N validation tasks only, then the "
                                                              "optimum check on them")
     p.add_argument("--advantages", default="gae", choices=("gae", "exact"), help="with --few_tasks: GAE's "
@@ -410,9 +436,17 @@ def main(argv):
     p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
                    "(the reference's scores are cached in optimum_cache/ beside --ref)")
     args = p.parse_args(argv)
-    if not (args.kl_split or args.few_tasks or args.estimates or args.improve or args.cross):
-        p.error("choose one of --kl_split N, --few_tasks N, --estimates N, --improve N, --cross A,B "
+    if not (args.kl_split or args.few_tasks or args.estimates or args.improve or args.cross or args.soup):
+        p.error("choose one of --kl_split N, --few_tasks N, --estimates N, --improve N, --cross A,B, --soup A,B "
                 "(the tabular PPO runs are `python tabular.py`)")
+    if args.soup:
+        if not args.out:
+            p.error("--soup needs --out PATH for the averaged checkpoint")
+        try:
+            soup(args.soup.split(","), args.out)
+        except M.CheckpointError as e:
+            raise SystemExit(f"diagnose.py: {e}")
+        return
     if args.estimates:
         if not 1 <= args.estimates <= envs.N_TASKS["valid"]:
             p.error(f"--estimates takes 1 to {envs.N_TASKS['valid']} tasks, not {args.estimates}")

@@ -2108,6 +2108,22 @@ def test_cross_scores_by_the_sampler_itself_are_its_own_pa(tiny_run, tmp_path):
     assert sc["mean of the scorers"] == pytest.approx([(a + b) / 2 for a, b in zip(sc[ppo], sc[str(tiny_run / "ref.pt")])])
 
 
+def test_a_soup_of_two_runs_is_their_midpoint_and_refuses_other_setups(tiny_run, tmp_path):
+    ppo, ref = str(tiny_run / "ppo.pt"), str(tiny_run / "ref.pt")
+    diagnose.soup([ppo, ref], str(tmp_path / "soup.pt"))
+    ck, a, b = (model.load_checkpoint(p) for p in (str(tmp_path / "soup.pt"), ref, ppo))
+    mid = pa.merge_weights(a["model"], b["model"], 0.5)
+    assert all(torch.allclose(ck["model"][k], mid[k], atol=1e-6) for k in mid), "two runs' soup = the 0.5 merge"
+    assert "optimizer" not in ck and ck["soup_of"] == [os.path.abspath(ppo), os.path.abspath(ref)]
+    other = dict(b, beta=0.1)
+    model.save_checkpoint(str(tmp_path / "other.pt"), other)
+    with pytest.raises(model.CheckpointError, match="one setup"):
+        diagnose.soup([ppo, str(tmp_path / "other.pt")], str(tmp_path / "bad.pt"))
+    with pytest.raises(model.CheckpointError, match="at least two"):
+        diagnose.soup([ppo], str(tmp_path / "bad.pt"))
+    assert not (tmp_path / "bad.pt").exists(), "a refused soup writes nothing"
+
+
 def test_distilling_the_optimum_lowers_the_cross_entropy_to_it(tiny_run, tmp_path):
     """The stationarity test's start: cross-entropy to pi* over the available actions of the visited states
     (beta small, so that pi* is far from the tiny reference). The tiny model is too small to write whole actions,
