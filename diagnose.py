@@ -386,7 +386,7 @@ def soup(paths, out_path):
         raise M.CheckpointError("--soup needs at least two checkpoints")
     cks = [M.load_checkpoint(p) for p in paths]
     setup = lambda ck: (ck["config"], ck["tokenizer"], ck["env_name"], ck.get("beta"),
-                        ck.get("train_config", {}).get("actions"))
+                        ck.get("train_config", {}).get("actions", "any"))
     for p, ck in zip(paths[1:], cks[1:]):
         if setup(ck) != setup(cks[0]):
             raise M.CheckpointError(f"{p} and {paths[0]} differ in shape, tokenizer, world, beta or --actions: only "
