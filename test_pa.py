@@ -1597,6 +1597,28 @@ def test_constrained_runs_checkpoint_their_choice_and_refuse_to_resume_with_anot
         train.main(base + ["--ppo_iters=2", "--init_from=resume"])
 
 
+def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run, tmp_path):
+    """--ppo_start (a second round from a soup): the first rollouts are the start's, so their KL to the
+    reference is the start's, where PPO from the reference starts at exactly 0; a network of another shape is
+    refused before anything is trained."""
+    kls = {}
+    for name in ("ref.pt", "ppo.pt"):
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copy(tiny_run / "ref.pt", out / "ref.pt")
+        train.main(TINY + [f"--out_dir={out}", "--stage=ppo", "--ppo_iters=1", "--eval=false",
+                           f"--ppo_start={tiny_run / name}"])
+        kls[name] = json.loads(open(out / "ppo_log.jsonl").readline())["kl"]
+    assert abs(kls["ref.pt"]) < 1e-5 < abs(kls["ppo.pt"]), kls
+    ck = model.load_checkpoint(str(tiny_run / "ppo.pt"))
+    model.save_checkpoint(str(tmp_path / "wide.pt"), dict(ck, config=dict(ck["config"], n_embd=64)))
+    cfg = train.resolve(train.parse_args(TINY + [f"--ppo_start={tmp_path / 'wide.pt'}"]))
+    enc = tokenizer.build_tokenizer(envs.tokenizer_texts("shop"), "shop")
+    policy = train.build_model(cfg, enc)
+    with pytest.raises(model.CheckpointError, match="another shape"):
+        train._start_weights(cfg, enc, policy, policy)
+
+
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]

@@ -79,6 +79,8 @@ class Config:
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     critic: str = "shared"           # shared: the policy's own value head; separate: a copy of the reference network
     actions: str = "any"             # any text, or available: sample only available actions (search.Agent)
+    ppo_start: str = ""              # PPO starts from this checkpoint's weights, not the reference's (say a soup of
+                                     # runs, diagnose.py --soup: a second round); the KL stays to out_dir/ref.pt
     ppo_lr: float = 3e-4
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
@@ -512,11 +514,23 @@ def _place(vectors, mb, shape):
     return out
 
 
+def _start_weights(cfg, enc, ref, policy):
+    """The reference's weights, or those of --ppo_start (a checkpoint of the same world, tokenizer and shape)."""
+    if not cfg.ppo_start:
+        return ref.state_dict()
+    ck = M.load_checkpoint(cfg.ppo_start, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
+    if ck["config"] != dataclasses.asdict(policy.config):
+        raise M.CheckpointError(f"--ppo_start {cfg.ppo_start} is a network of another shape: {ck['config']}")
+    print(f"PPO starts from the weights of {cfg.ppo_start}")
+    return ck["model"]
+
+
 def train_ppo(cfg, enc, ref):
-    """PPO from the reference; a frozen copy of the reference stays for the KL reward."""
+    """PPO from the reference, or from --ppo_start's weights; a frozen copy of the reference stays for the KL
+    reward."""
     ppo_path, log = os.path.join(cfg.out_dir, "ppo.pt"), os.path.join(cfg.out_dir, "ppo_log.jsonl")
     policy = build_model(cfg, enc)
-    policy.load_state_dict(ref.state_dict())
+    policy.load_state_dict(_start_weights(cfg, enc, ref, policy))
     policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
