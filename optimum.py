@@ -91,6 +91,16 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
     return row
 
 
+def _by_improved(p, imp):
+    """PPO's per-step log-ratio (nats) on its sampled steps, grouped by how one exact round of improvement, pi_1,
+    scores the same step: below -2 nats (steps that pi_1 makes much rarer), -2 to 0, and 0 or more. For PA's sum
+    to predict failure as pi_1's does, the first group must sit far below the last."""
+    groups = {"below -2": imp < -2, "-2 to 0": (imp >= -2) & (imp < 0), "0 or more": imp >= 0}
+    stat = lambda fn, x, m: float(fn(x[m])) if m.any() else math.nan
+    return {name: dict(steps=int(m.sum()), ppo=stat(np.mean, p, m), ppo_sd=stat(np.std, p, m), imp=stat(np.mean, imp, m))
+            for name, m in groups.items()}
+
+
 def _state_kl(sol, state, log_ratio):
     """KL(pi || pi_ref) at a state of an exact policy given by its log-ratio (sol.log_ratio: pi*; improved: pi_1)."""
     return sum(p * math.exp(x) * x for x, p in ((log_ratio(state, a), p) for a, p in sol.ref_terms(state)))
@@ -191,6 +201,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                              sharpening_improved=pearson(cat("all_actions", "ref"), cat("all_actions", "imp")),
                              pearson_improved_ci=ci(lambda idx: pearson(cat("all_actions", "ppo", idx),
                                                                         cat("all_actions", "imp", idx)))),
+         "by_improved": _by_improved(p, imp),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
          "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt", "centred", "path_kl",
@@ -220,6 +231,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"{aa['pearson_improved_ci'][1]:+.2f}] (on its sampled actions: {aa['pearson_improved_sampled']:+.3f}), vs the optimum's: "
           f"{aa['pearson_optimum']:+.3f}; a policy that only sharpened the reference: {aa['sharpening_improved']:+.3f} "
           f"with pi_1's")
+    print("[optimum] PPO's log-ratio on its sampled steps, by pi_1's log-ratio of the same step: " + "; ".join(
+        f"{name} ({b['steps']} steps, pi_1 {b['imp']:+.2f}): {b['ppo']:+.2f} (sd {b['ppo_sd']:.2f})"
+        for name, b in O["by_improved"].items()))
     print(f"[optimum] failure AUROC of PPO's PA less its KL at each state (zero mean under PPO): "
           f"{O['auroc']['centred']:.3f}; of minus the KL summed along the path: {O['auroc']['path_kl']:.3f} "
           f"(pi*'s KL on the same states: {O['auroc']['path_kl_opt']:.3f}, pi_1's: {O['auroc']['path_kl_imp']:.3f}); "

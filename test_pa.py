@@ -1407,6 +1407,7 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
     assert 0 <= O["improved"]["success"] <= 1 and O["improved"]["kl"] >= -1e-9, "one round of improvement: a KL >= 0"
     assert O["all_actions"]["rows"] >= O["log_ratio"]["steps"], "every available action of every visited state"
+    assert sum(b["steps"] for b in O["by_improved"].values()) == O["log_ratio"]["steps"], "each step in one group"
     assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
     again = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
