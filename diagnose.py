@@ -13,7 +13,7 @@ clipping, the network) and from how PA is read:
     python diagnose.py --estimates 16                   # how well GAE and re-rollouts know the reference's advantage
     python diagnose.py --improve 64                     # one round of improvement from rollouts, fitted, then checked
     python diagnose.py --ckpt out/ppo.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo.pt's samples
-    python diagnose.py --soup a/ppo.pt,b/ppo.pt --out c/ppo.pt       # average PPO runs' weights (then check c/)
+    python diagnose.py --soup a/ppo.pt,b/ppo.pt --out c/ppo.pt  # average PPO runs' weights (then check c/)
 """
 import argparse
 import json
@@ -381,20 +381,22 @@ def soup(paths, out_path):
     "seed soup"; weight averaging of fine-tuned runs that share their start: Wortsman et al. 2022, arXiv
     2203.05482; of RL runs: Rame et al. 2024, arXiv 2406.16768). Each run's log-ratio is a shared signal plus
     its seed's noise, so the average keeps the first and shrinks the second. The soup is an evaluation-only
-    checkpoint (no optimizer or RNG state); put a copy of the runs' ref.pt beside it for the optimum check."""
+    checkpoint (no optimizer, RNG or separate critic); put a copy of the runs' ref.pt beside it for the optimum
+    check. That the runs share one reference is left to the caller."""
     if len(paths) < 2:
         raise M.CheckpointError("--soup needs at least two checkpoints")
     cks = [M.load_checkpoint(p) for p in paths]
     setup = lambda ck: (ck["config"], ck["tokenizer"], ck["env_name"], ck.get("beta"),
-                        ck.get("train_config", {}).get("actions", "any"))
+                        ck.get("train_config", {}).get("actions", "any"), sorted(ck["model"]))
     for p, ck in zip(paths[1:], cks[1:]):
         if setup(ck) != setup(cks[0]):
             raise M.CheckpointError(f"{p} and {paths[0]} differ in shape, tokenizer, world, beta or --actions: only "
                                     f"runs of one setup can be averaged")
     avg = {k: (sum(ck["model"][k].double() for ck in cks) / len(cks)).to(v.dtype) if v.is_floating_point() else v
            for k, v in cks[0]["model"].items()}
-    keep = {k: v for k, v in cks[0].items() if k not in ("model", "optimizer", "rng", "gen", "sample_gen")}
-    M.save_checkpoint(out_path, dict(keep, model=avg, soup_of=[os.path.abspath(p) for p in paths]))
+    keep = {k: v for k, v in cks[0].items() if k not in ("model", "optimizer", "rng", "gen", "sample_gen", "iter",
+                                                          "critic", "critic_optimizer")}
+    M.save_checkpoint(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths]))
     print(f"[soup] the average of {len(paths)} runs' weights -> {out_path}")
 
 
@@ -439,6 +441,8 @@ def main(argv):
     if not (args.kl_split or args.few_tasks or args.estimates or args.improve or args.cross or args.soup):
         p.error("choose one of --kl_split N, --few_tasks N, --estimates N, --improve N, --cross A,B, --soup A,B "
                 "(the tabular PPO runs are `python tabular.py`)")
+    if args.out and not args.soup:
+        p.error("--out names the averaged checkpoint of --soup (the other modes write to --out_dir)")
     if args.soup:
         if not args.out:
             p.error("--soup needs --out PATH for the averaged checkpoint")

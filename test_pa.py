@@ -1613,11 +1613,21 @@ def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run,
     assert abs(kls["ref.pt"]) < 1e-5 < abs(kls["ppo.pt"]), kls
     ck = model.load_checkpoint(str(tiny_run / "ppo.pt"))
     model.save_checkpoint(str(tmp_path / "wide.pt"), dict(ck, config=dict(ck["config"], n_embd=64)))
-    cfg = train.resolve(train.parse_args(TINY + [f"--ppo_start={tmp_path / 'wide.pt'}"]))
+    cfg = train.resolve(train.parse_args(TINY + ["--stage=ppo", f"--ppo_start={tmp_path / 'wide.pt'}"]))
     enc = tokenizer.build_tokenizer(envs.tokenizer_texts("shop"), "shop")
     policy = train.build_model(cfg, enc)
     with pytest.raises(model.CheckpointError, match="another shape"):
         train._start_weights(cfg, enc, policy, policy)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    shutil.copy(tiny_run / "ref.pt", wide / "ref.pt")
+    with pytest.raises(model.CheckpointError, match="another shape"):
+        train.main(TINY + [f"--out_dir={wide}", "--stage=ppo", f"--ppo_start={tmp_path / 'wide.pt'}"])
+    assert sorted(os.listdir(wide)) == ["ref.pt"], "refused before anything is trained or logged"
+    with pytest.raises(SystemExit, match="ppo_start"):  # resumed without the start it was made from
+        train.main(TINY + [f"--out_dir={tmp_path / 'ppo.pt'}", "--stage=ppo", "--ppo_iters=2", "--init_from=resume"])
+    with pytest.raises(SystemExit, match="--stage=ppo"):
+        train.parse_args(TINY + ["--stage=all", f"--ppo_start={tiny_run / 'ppo.pt'}"])
 
 
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
@@ -2145,6 +2155,20 @@ def test_a_soup_of_two_runs_is_their_midpoint_and_refuses_other_setups(tiny_run,
     with pytest.raises(model.CheckpointError, match="at least two"):
         diagnose.soup([ppo], str(tmp_path / "bad.pt"))
     assert not (tmp_path / "bad.pt").exists(), "a refused soup writes nothing"
+    shutil.copy(ref, tmp_path / "ref.pt")
+    shutil.copy(tmp_path / "soup.pt", tmp_path / "ppo.pt")
+    with pytest.raises(model.CheckpointError, match="no training state"):
+        train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--init_from=resume", "--ppo_iters=3"])
+
+
+def test_by_improved_groups_each_step_by_pi_1s_log_ratio():
+    imp = np.array([-3.0, -2.0, -1.0, 0.0, 1.0])
+    out = optimum._by_improved(np.array([1.0, 2.0, 4.0, 5.0, 7.0]), imp)
+    assert {k: b["steps"] for k, b in out.items()} == {"below -2": 1, "-2 to 0": 2, "0 or more": 2}, \
+        "-2 belongs to the middle group and 0 to the last"
+    assert (out["below -2"]["ppo"], out["-2 to 0"]["ppo"], out["0 or more"]["ppo"]) == (1.0, 3.0, 6.0)
+    assert out["0 or more"]["ppo_sd"] == 1.0 and out["-2 to 0"]["imp"] == -1.5, "PPO's spread and pi_1's mean"
+    assert math.isnan(optimum._by_improved(np.array([1.0]), np.array([0.5]))["below -2"]["ppo"]), "empty: nan"
 
 
 def test_distilling_the_optimum_lowers_the_cross_entropy_to_it(tiny_run, tmp_path):

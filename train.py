@@ -168,6 +168,8 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --merge_alphas: {cfg.merge_alphas!r}; use numbers in [0, 1], e.g. 0.2,0.5,0.7")
     if not 0 < cfg.sft_early <= 1:
         raise SystemExit(f"bad value for --sft_early: {cfg.sft_early} must be in (0, 1]")
+    if cfg.ppo_start and cfg.stage != "ppo":
+        raise SystemExit("--ppo_start needs --stage=ppo: PPO from those weights, against an existing out_dir/ref.pt")
     return cfg
 
 
@@ -519,7 +521,7 @@ def _start_weights(cfg, enc, ref, policy):
     if not cfg.ppo_start:
         return ref.state_dict()
     ck = M.load_checkpoint(cfg.ppo_start, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
-    if ck["config"] != dataclasses.asdict(policy.config):
+    if M.GPTConfig(**ck["config"]) != policy.config:
         raise M.CheckpointError(f"--ppo_start {cfg.ppo_start} is a network of another shape: {ck['config']}")
     print(f"PPO starts from the weights of {cfg.ppo_start}")
     return ck["model"]
@@ -529,16 +531,23 @@ def train_ppo(cfg, enc, ref):
     """PPO from the reference, or from --ppo_start's weights; a frozen copy of the reference stays for the KL
     reward."""
     ppo_path, log = os.path.join(cfg.out_dir, "ppo.pt"), os.path.join(cfg.out_dir, "ppo_log.jsonl")
+    resuming = cfg.init_from == "resume" and os.path.exists(ppo_path)
     policy = build_model(cfg, enc)
-    policy.load_state_dict(_start_weights(cfg, enc, ref, policy))
+    policy.load_state_dict(ref.state_dict() if resuming else _start_weights(cfg, enc, ref, policy))
     policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     critic, critic_opt = separate_critic(cfg, ref)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
-    if cfg.init_from == "resume" and os.path.exists(ppo_path):
+    if resuming:
         ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
+        if "optimizer" not in ck:
+            raise M.CheckpointError(f"{ppo_path} holds no training state (a soup of runs?): start PPO from it "
+                                    f"with --ppo_start, in another out_dir")
+        was = ck.get("train_config", {}).get("ppo_start", "")
+        if was != cfg.ppo_start:
+            raise SystemExit(f"{ppo_path} was started with --ppo_start={was!r}: resume it with that, or start anew")
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if (critic is not None) != ("critic" in ck):
