@@ -97,8 +97,8 @@ def _by_improved(p, imp):
     to predict failure as pi_1's does, the first group must sit far below the last."""
     groups = {"below -2": imp < -2, "-2 to 0": (imp >= -2) & (imp < 0), "0 or more": imp >= 0}
     stat = lambda fn, x, m: float(fn(x[m])) if m.any() else math.nan
-    return {name: dict(steps=int(m.sum()), ppo=stat(np.mean, p, m), ppo_sd=stat(np.std, p, m), imp=stat(np.mean, imp, m))
-            for name, m in groups.items()}
+    return {name: dict(steps=int(m.sum()), ppo=stat(np.mean, p, m), ppo_sd=stat(np.std, p, m),
+                       imp=stat(np.mean, imp, m)) for name, m in groups.items()}
 
 
 def _state_kl(sol, state, log_ratio):
