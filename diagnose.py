@@ -392,8 +392,9 @@ def soup(paths, out_path):
         if setup(ck) != setup(cks[0]):
             raise M.CheckpointError(f"{p} and {paths[0]} differ in shape, tokenizer, world, beta or --actions: only "
                                     f"runs of one setup can be averaged")
-    avg = {k: (sum(ck["model"][k].double() for ck in cks) / len(cks)).to(v.dtype) if v.is_floating_point() else v
-           for k, v in cks[0]["model"].items()}
+    avg = cks[0]["model"]
+    for k, ck in enumerate(cks[1:], 2):  # the running mean: the mean of k-1 runs moved 1/k of the way to the k-th
+        avg = pa.merge_weights(avg, ck["model"], 1 / k)
     keep = {k: v for k, v in cks[0].items() if k not in ("model", "optimizer", "rng", "gen", "sample_gen", "iter",
                                                           "critic", "critic_optimizer")}
     M.save_checkpoint(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths]))
