@@ -170,7 +170,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x if select is None else x[select])  # (B, T, V) or (N, V)
         return logits, values
 
-    def evaluate(self, idx, temperature=1.0, topk=0, action_mask=None, allowed=None):
+    def evaluate(self, idx, temperature=1.0, topk=0, action_mask=None, allowed=None, dist=False):
         """Per-token log-probs, values and entropies of a right-padded batch idx (B, T), all (B, T)
         fp32 and ALIGNED TO TOKENS: column t describes token t given tokens < t:
             logprobs[:, t] = log p(idx[:, t] | idx[:, :t])  (logits / temperature, fp32 log_softmax)
@@ -182,7 +182,9 @@ class GPT(nn.Module):
         elsewhere), the same numbers for a fraction of the work. topk > 0 adds a fourth output
         (B, T, topk): the largest log-probs of each of those distributions (self-certainty's input).
         allowed (N, V) bool, optional (with action_mask; N = its 1s after column 0, row by row): the tokens each
-        of those distributions may produce; the others get probability 0 (constrained decoding, see generate)."""
+        of those distributions may produce; the others get probability 0 (constrained decoding, see generate).
+        dist=True adds a last output: the whole distributions (N, V) of log-probs at the selected positions, row
+        by row (N as for allowed), for an exact KL between two networks (kl_div)."""
         B, T = idx.shape
         # the distribution for token t comes from position t-1: select positions 0..T-2
         want = torch.ones(B, T - 1, dtype=torch.bool, device=idx.device) if action_mask is None \
@@ -202,6 +204,8 @@ class GPT(nn.Module):
         out = (unflatten(flat_lp), values, unflatten(flat_ent))
         if topk:
             out += (unflatten(top_logprobs(logp, topk)),)
+        if dist:
+            out += (logp,)
         return out
 
     def value_at(self, idx, pos):
@@ -316,6 +320,13 @@ def log_softmax_over(logits, allowed=None):
 def entropy(logp):
     """Entropy of each distribution of log-probs (last dimension); entries at -inf (probability 0) add 0."""
     return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
+
+
+def kl_div(logp, logq):
+    """KL(p || q) of each pair of distributions of log-probs (last dimension). Tokens that p cannot produce add 0
+    (constrained decoding gives both networks the same allowed tokens, so q > 0 wherever p > 0)."""
+    p = logp.exp()
+    return (p * torch.where(p > 0, logp - logq, torch.zeros_like(p))).sum(-1)  # no nan where both are -inf
 
 
 def top_logprobs(logp, k, floor=-100.0):

@@ -157,11 +157,12 @@ class Agent:
             raise ValueError("a constrained agent needs the available actions of every prompt (choices=)")
         return [self.trie(ch) for ch in choices]
 
-    def evaluate(self, net, idx, action_mask, choices, actions, temperature=None, topk=0):
+    def evaluate(self, net, idx, action_mask, choices, actions, temperature=None, topk=0, dist=False):
         """net.evaluate on packed rows (at the agent's temperature unless given), constrained to each row's
         available actions when the agent is."""
         allowed = self.allowed_mask(choices, actions, net.config.vocab_size) if self.constrained else None
-        return net.evaluate(idx, temperature or self.temperature, topk=topk, action_mask=action_mask, allowed=allowed)
+        return net.evaluate(idx, temperature or self.temperature, topk=topk, action_mask=action_mask, allowed=allowed,
+                            dist=dist)
 
     @torch.no_grad()
     def score(self, prompts, actions, models=("policy", "ref"), choices=None):

@@ -1255,6 +1255,53 @@ def test_kl_reward_is_zero_when_policy_equals_reference():
     assert r[0].tolist() == pytest.approx([-0.3, -0.15]), "KL reward is -beta * (log pi - log pi_ref)"
 
 
+def test_exact_kl_is_the_kl_of_whole_distributions_and_finite_where_neither_can_go():
+    logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    logq = torch.log_softmax(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)), -1)
+    logp = torch.log_softmax(logits, -1)
+    want = (logp.exp() * (logp - logq)).sum(-1)
+    assert model.kl_div(logp, logq).tolist() == pytest.approx(want.tolist(), abs=1e-6)
+    assert model.kl_div(logq, logq).abs().max() < 1e-6, "a distribution is at KL 0 from itself"
+    allowed = torch.tensor([[True, True, False, False, True, False]] * 3)  # constrained: both over the same tokens
+    kl = model.kl_div(model.log_softmax_over(logits, allowed), model.log_softmax_over(logq, allowed))
+    kl.sum().backward()
+    assert torch.isfinite(kl).all() and (kl >= 0).all() and torch.isfinite(logits.grad).all(), (kl, logits.grad)
+    assert (logits.grad[~allowed] == 0).all(), "tokens neither network may write get no gradient"
+
+
+def test_exact_kl_reward_replaces_the_sampled_tokens_log_ratio():
+    lp, ref = torch.tensor([-1.0, -1.0]), torch.tensor([-2.0, -1.5])
+    eps = [search.Episode(0, 0, False, [_step(2, 1.0, lp, ref)])]
+    _, _, _, r, _ = train.episode_tensors(eps, beta=0.3, kl=[torch.tensor([0.5, 2.0])])
+    assert r[0].tolist() == pytest.approx([-0.15, -0.6 + 1.0]), "-beta * KL on each token, the reward on the last"
+
+
+def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_back(agent, enc):
+    """exact_kl's reference distributions, read at the sampled tokens, are the rollout's own ref_logprobs (so
+    the flat rows line up with the steps' tokens); the KL is 0 from a network to itself; and an update whose
+    advantages are all equal (whitened to 0) moves the policy only by the exact KL term: towards the reference."""
+    eps = search.rollout(agent, search.make_envs("shop", "train", [3, 4], [0]), generator=torch.Generator().manual_seed(0))
+    steps = [s for ep in eps for s in ep.steps]
+    kls, refs = train.exact_kl(agent, agent.policy, steps)
+    for s, kl, ref in zip(steps, kls, refs):
+        assert kl.shape == (len(s.action),) and (kl >= 0).all() and ref.shape == (len(s.action), enc.n_vocab)
+        assert ref.gather(1, torch.tensor(s.action)[:, None]).squeeze(1).tolist() == pytest.approx(
+            s.ref_logprobs.tolist(), abs=1e-4), "the reference's distributions must be those of the step's tokens"
+    same = search.Agent(agent.ref, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=64)
+    assert max(float(k.abs().max()) for k in train.exact_kl(same, agent.ref, steps)[0]) < 1e-5
+    cfg = train.resolve(train.parse_args(TINY + ["--kl=exact", "--update_epochs=4"]))
+    policy = model.GPT(agent.policy.config)
+    policy.load_state_dict(agent.policy.state_dict())
+    ag = search.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
+    stats = train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
+                             torch.Generator().manual_seed(0), advantages=lambda e: [[1.0] * len(x.steps) for x in e])
+    after = train.exact_kl(ag, policy, steps)[0]
+    assert stats["pg_loss"] == 0 and "kl_loss" in stats, stats
+    assert sum(float(k.sum()) for k in after) < 0.9 * sum(float(k.sum()) for k in kls), "the KL must fall"
+    with pytest.raises(SystemExit, match="valid: sampled, exact"):
+        train.parse_args(["--kl=k3"])
+
+
 def test_clipped_policy_loss_has_no_gradient_outside_the_clip_range():
     old = torch.zeros(1, 4)
     new = torch.tensor([[0.5, -0.5, 0.5, 0.05]], requires_grad=True)  # ratios e^.5, e^-.5, e^.5, e^.05

@@ -81,6 +81,9 @@ class Config:
     actions: str = "any"             # any text, or available: sample only available actions (search.Agent)
     ppo_start: str = ""              # PPO starts from this checkpoint's weights, not the reference's (say a soup of
                                      # runs, diagnose.py --soup: a second round); the KL stays to out_dir/ref.pt
+    kl: str = "sampled"              # the KL penalty: sampled, -beta log(pi/pi_ref) of each sampled token in the
+                                     # reward; exact: the whole KL(pi || pi_ref) over the vocabulary at each action
+                                     # token, in the reward and, differentiated at that token, in the loss
     ppo_lr: float = 3e-4
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
@@ -149,6 +152,8 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --critic: {cfg.critic!r}; valid: shared, separate")
     if cfg.actions not in ("any", "available"):
         raise SystemExit(f"bad value for --actions: {cfg.actions!r}; valid: any, available")
+    if cfg.kl not in ("sampled", "exact"):
+        raise SystemExit(f"bad value for --kl: {cfg.kl!r}; valid: sampled, exact")
     if cfg.advantage not in ("gae", "rloo", "mc"):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo, mc")
     if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
@@ -300,23 +305,49 @@ def gae(rewards, values, action_mask, gamma, lam):
     return advantages, returns
 
 
-def episode_tensors(episodes, beta):
+def episode_tensors(episodes, beta, kl=None):
     """Lay each episode's action tokens end to end in one row: (E, L) logprobs, ref_logprobs, values,
     rewards, action_mask. rewards = -beta * (logprobs - ref_logprobs) on every action token, plus each
-    step's environment reward on that step's LAST action token (the stop token)."""
+    step's environment reward on that step's LAST action token (the stop token).
+    kl (--kl=exact): per step of every episode in order, a (k,) tensor of the whole KL(pi || pi_ref) at each
+    action token (exact_kl), used in the reward instead of the sampled token's log-ratio: the same expectation,
+    without the sampling noise."""
     L = max(sum(len(s.action) for s in ep.steps) for ep in episodes)
     E = len(episodes)
-    lp, ref, v, r, mask = (torch.zeros(E, L) for _ in range(5))
+    lp, ref, v, r, mask, penalty = (torch.zeros(E, L) for _ in range(6))
+    kls = iter(kl) if kl is not None else None
     for e, ep in enumerate(episodes):
         t = 0
         for s in ep.steps:
             k = len(s.action)
             lp[e, t:t + k], ref[e, t:t + k], v[e, t:t + k] = s.logprobs, s.ref_logprobs, s.values
+            penalty[e, t:t + k] = s.logprobs - s.ref_logprobs if kls is None else next(kls)
             mask[e, t:t + k] = 1.0
             r[e, t + k - 1] += s.reward
             t += k
-    r += -beta * (lp - ref) * mask
+    r += -beta * penalty * mask
     return lp, ref, v, r, mask
+
+
+def exact_kl(agent, policy, steps):
+    """--kl=exact: for each step, the whole KL(pi || pi_ref) over the vocabulary (over the available actions'
+    tokens when the agent is constrained) at each action token, (k,), and the reference's log-probs there, (k, V),
+    for the loss. No gradient; batch_size steps per model call."""
+    kls, refs, B = [], [], agent.batch_size
+    for c in range(0, len(steps), B):
+        mb = steps[c:c + B]
+        idx, mask = M.pack([s.prompt for s in mb], [s.action for s in mb], agent.pad)
+        idx, mask = idx.to(agent.device), mask.to(agent.device)
+        choices, actions = [s.choices for s in mb], [s.action for s in mb]
+        with torch.no_grad(), M.autocast_ctx(agent.device):
+            logp = agent.evaluate(policy, idx, mask, choices, actions, dist=True)[-1].float()
+            logq = agent.evaluate(agent.ref, idx, mask, choices, actions, dist=True)[-1].float()
+        kl, logq, n = M.kl_div(logp, logq).cpu(), logq.cpu(), 0  # (N,), (N, V): the rows' action tokens in order
+        for s in mb:
+            kls.append(kl[n:n + len(s.action)])
+            refs.append(logq[n:n + len(s.action)])
+            n += len(s.action)
+    return kls, refs
 
 
 def per_step_to_tokens(values, episodes, shape):
@@ -414,10 +445,15 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     if critic is not None:
         critic_values(critic, agent, episodes)
     # 1. rewards and GAE: per-token rewards and GAE over each episode's action tokens (fp32, no grad)
-    lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta)
+    exact = cfg.kl == "exact"
+    kls, ref_dists = exact_kl(agent, policy, [s for ep in episodes for s in ep.steps]) if exact else (None, None)
+    lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta, kls)
     adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else cfg.lam)
     if advantages is not None:
         adv = per_step_to_tokens(advantages(episodes), episodes, mask.shape)
+    # --kl=exact: the KL at each token is also differentiated there (the part of the objective's gradient that the
+    # sampled penalty only estimates); divided by the advantages' spread, as the advantages are by whitening
+    kl_coef = cfg.beta * float(torch.rsqrt(adv[mask > 0].var() + 1e-8)) if exact and mask.sum() > 1 else cfg.beta
     adv = whiten(adv, mask)
     # 2. one row per step: scatter back to (the Markov prompt + the action), the unit the model sees
     steps, s_adv, s_ret = [], [], []
@@ -444,8 +480,8 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
             dev = cfg.device
             choices, actions = [s.choices for s in mb], [s.action for s in mb]
             with M.autocast_ctx(dev):
-                new_lp, new_v, ent = agent.evaluate(policy, idx.to(dev), mb_mask.to(dev), choices, actions,
-                                                     cfg.temperature)
+                new_lp, new_v, ent, *dist = agent.evaluate(policy, idx.to(dev), mb_mask.to(dev), choices, actions,
+                                                            cfg.temperature, dist=exact)
                 if critic is not None:
                     _, new_v, _ = critic.evaluate(idx.to(dev), cfg.temperature, action_mask=mb_mask.to(dev))
             new_lp, new_v, ent = new_lp.float().cpu(), new_v.float().cpu(), ent.float().cpu()
@@ -460,6 +496,10 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
                 cons = ((cfg.beta * step_lr - torch.tensor([s_tgt[i] for i in mbi])) ** 2).mean()
                 policy_loss = policy_loss + cfg.consistency * cons
                 stats.setdefault("consistency", []).append(cons.item())
+            if exact and not critic_only:  # mean over the action tokens, as pg_loss
+                kl_loss = M.kl_div(dist[0].float().cpu(), torch.cat([ref_dists[i] for i in mbi])).mean()
+                policy_loss = policy_loss + kl_coef * kl_loss
+                stats.setdefault("kl_loss", []).append(kl_loss.item())
             if critic is None:  # one network: both losses through the shared trunk (mc's advantages need no critic)
                 vf_coef = 0.0 if cfg.advantage == "mc" else cfg.vf_coef
                 M.gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
