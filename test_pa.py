@@ -1280,7 +1280,8 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
     """exact_kl's reference distributions, read at the sampled tokens, are the rollout's own ref_logprobs (so
     the flat rows line up with the steps' tokens); the KL is 0 from a network to itself; and an update whose
     advantages are all equal (whitened to 0) moves the policy only by the exact KL term: towards the reference."""
-    eps = search.rollout(agent, search.make_envs("shop", "train", [3, 4], [0]), generator=torch.Generator().manual_seed(0))
+    short = [envs.make_env("shop", "train", t, 0, max_steps=6) for t in (3, 4)]
+    eps = search.rollout(agent, short, generator=torch.Generator().manual_seed(0))
     steps = [s for ep in eps for s in ep.steps]
     kls, refs = train.exact_kl(agent, agent.policy, steps)
     for s, kl, ref in zip(steps, kls, refs):
