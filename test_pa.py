@@ -1301,6 +1301,8 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
     assert sum(float(k.sum()) for k in after) < 0.9 * sum(float(k.sum()) for k in kls), "the KL must fall"
     with pytest.raises(SystemExit, match="valid: sampled, exact"):
         train.parse_args(["--kl=k3"])
+    with pytest.raises(SystemExit, match="use it with --advantage=gae"):
+        train.parse_args(["--kl=exact", "--advantage=rloo"])
 
 
 def test_clipped_policy_loss_has_no_gradient_outside_the_clip_range():

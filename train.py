@@ -154,6 +154,9 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --actions: {cfg.actions!r}; valid: any, available")
     if cfg.kl not in ("sampled", "exact"):
         raise SystemExit(f"bad value for --kl: {cfg.kl!r}; valid: sampled, exact")
+    if cfg.kl == "exact" and cfg.advantage != "gae":
+        raise SystemExit("--kl=exact puts the KL into GAE's rewards: use it with --advantage=gae (rloo and mc "
+                         "compute their own sampled penalty)")
     if cfg.advantage not in ("gae", "rloo", "mc"):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo, mc")
     if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
