@@ -1276,7 +1276,7 @@ def test_exact_kl_reward_replaces_the_sampled_tokens_log_ratio():
     assert r[0].tolist() == pytest.approx([-0.15, -0.6 + 1.0]), "-beta * KL on each token, the reward on the last"
 
 
-def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_back(agent, enc):
+def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_back(agent, enc, monkeypatch):
     """exact_kl's reference distributions, read at the sampled tokens, are the rollout's own ref_logprobs (so
     the flat rows line up with the steps' tokens); the KL is 0 from a network to itself; and an update whose
     advantages are all equal (whitened to 0) moves the policy only by the exact KL term: towards the reference."""
@@ -1299,6 +1299,11 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
     after = train.exact_kl(ag, policy, steps)[0]
     assert stats["pg_loss"] == 0 and "kl_loss" in stats, stats
     assert sum(float(k.sum()) for k in after) < 0.9 * sum(float(k.sum()) for k in kls), "the KL must fall"
+    real, seen = train.episode_tensors, []  # with GAE's own advantages, the rewards take the exact KL
+    monkeypatch.setattr(train, "episode_tensors", lambda e, b, kl=None: seen.append(kl) or real(e, b, kl))
+    want = train.exact_kl(ag, policy, steps)[0]
+    train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps, torch.Generator().manual_seed(0))
+    assert seen[0] is not None and all(torch.allclose(a, b) for a, b in zip(seen[0], want)), "GAE's rewards"
     with pytest.raises(SystemExit, match="valid: sampled, exact"):
         train.parse_args(["--kl=k3"])
     with pytest.raises(SystemExit, match="use it with --advantage=gae"):
