@@ -393,10 +393,11 @@ def load_checkpoint(path, env_name=None, tokenizer_spec=None, map_location="cpu"
     return _strip_compile_prefix(ckpt)
 
 
-def save_run(path, net, cfg, enc, **extra):
-    """A run's checkpoint of net: its weights and shape, the tokenizer, the world, beta and the whole training
-    config (train.Config), plus any extra fields (stage, iteration, optimizer and RNG states)."""
-    save_checkpoint(path, dict(model=net.state_dict(), config=dataclasses.asdict(net.config),
+def save_run(path, net, cfg, enc, weights=None, **extra):
+    """A run's checkpoint of net: its weights (or these, of net's shape), shape, the tokenizer, the world, beta and
+    the whole training config (train.Config), plus any extra fields (stage, iteration, optimizer and RNG states)."""
+    weights = net.state_dict() if weights is None else weights
+    save_checkpoint(path, dict(model=weights, config=dataclasses.asdict(net.config),
                                tokenizer=tokenizer.tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,
                                train_config=dataclasses.asdict(cfg), **extra))
 

@@ -1685,6 +1685,38 @@ def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run,
         train.parse_args(TINY + ["--stage=all", f"--ppo_start={tiny_run / 'ppo.pt'}"])
 
 
+def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume(tiny_run, tmp_path, monkeypatch):
+    """--average_from=N: ppo_avg.pt holds the mean of the weights ppo.pt held after iterations N, N+1, ...; a
+    resume inside the averaged iterations carries the mean on; it is refused outside the run's iterations."""
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    snaps, save_run = {}, model.save_run
+
+    def spy(path, net, *args, **kw):  # what ppo.pt holds after each iteration
+        if os.path.basename(path) == "ppo.pt":
+            snaps[kw["iter"]] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        return save_run(path, net, *args, **kw)
+
+    monkeypatch.setattr(model, "save_run", spy)
+    run = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--average_from=1"]
+    train.main(run + ["--ppo_iters=2"])
+    assert model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))["averaged"] == 1
+    train.main(run + ["--ppo_iters=3", "--init_from=resume"])
+    avg = model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))
+    assert (avg["iter"], avg["averaged"], "optimizer" in avg) == (2, 2, False)
+    w = "transformer.wte.weight"
+    assert not torch.equal(snaps[1][w], snaps[2][w])  # the iterates differ, so their mean is neither
+    for k, v in avg["model"].items():
+        torch.testing.assert_close(v, (snaps[1][k] + snaps[2][k]) / 2 if v.is_floating_point() else snaps[2][k])
+    agent = search.load_agent(str(tmp_path / "ppo_avg.pt"), device="cpu")[0]  # the report reads it as a policy
+    torch.testing.assert_close(agent.policy.state_dict()[w], avg["model"][w])
+    with pytest.raises(SystemExit, match="out of step"):  # resumed without the mean it was making
+        os.remove(tmp_path / "ppo_avg.pt")
+        train.main(run + ["--ppo_iters=4", "--init_from=resume"])
+    for bad in (3, -1):
+        with pytest.raises(SystemExit, match="average_from"):
+            train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--ppo_iters=3", f"--average_from={bad}"])
+
+
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]

@@ -84,6 +84,8 @@ class Config:
     kl: str = "sampled"              # the KL penalty: sampled, -beta log(pi/pi_ref) of each sampled token in the
                                      # reward; exact: the whole KL(pi || pi_ref) over the vocabulary at each action
                                      # token, in the reward and, differentiated at that token, in the loss
+    average_from: int = 0            # from this PPO iteration on, also keep the running mean of the policy's weights
+                                     # (iterate averaging) in out_dir/ppo_avg.pt: report.py --ckpt reads it (0 = off)
     ppo_lr: float = 3e-4
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
@@ -194,6 +196,10 @@ def resolve(cfg):
     if cfg.samples_per_task < 1 or cfg.episodes_per_iter % cfg.samples_per_task:
         raise SystemExit(f"bad value for --samples_per_task: {cfg.samples_per_task} must be >= 1 and divide "
                          f"--episodes_per_iter ({cfg.episodes_per_iter})")
+    last = cfg.critic_warmup + cfg.ppo_iters - 1
+    if cfg.average_from and not 0 < cfg.average_from <= last:
+        raise SystemExit(f"bad value for --average_from: {cfg.average_from}; a PPO iteration from 1 to {last}, the "
+                         f"first whose weights enter the mean (0 = off)")
     return cfg
 
 
@@ -574,6 +580,7 @@ def train_ppo(cfg, enc, ref):
     """PPO from the reference, or from --ppo_start's weights; a frozen copy of the reference stays for the KL
     reward."""
     ppo_path, log = os.path.join(cfg.out_dir, "ppo.pt"), os.path.join(cfg.out_dir, "ppo_log.jsonl")
+    avg_path, avg = os.path.join(cfg.out_dir, "ppo_avg.pt"), None
     resuming = cfg.init_from == "resume" and os.path.exists(ppo_path)
     policy = build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict() if resuming else _start_weights(cfg, enc, ref, policy))
@@ -610,8 +617,16 @@ def train_ppo(cfg, enc, ref):
         if os.path.exists(log):  # forget log lines of iterations after the checkpoint
             keep = [l for l in open(log) if _iter_of(l) < start]
             open(log, "w").writelines(keep)
-    elif os.path.exists(log):
-        os.remove(log)
+    else:
+        for path in (log, avg_path):
+            if os.path.exists(path):
+                os.remove(path)
+    if cfg.average_from and start > cfg.average_from:  # a resume inside the averaged iterations
+        ck = M.load_checkpoint(avg_path) if os.path.exists(avg_path) else {}
+        if ck.get("iter") != start - 1 or ck.get("averaged") != start - cfg.average_from:
+            raise SystemExit(f"{avg_path} is missing or out of step with {ppo_path}: resume with the --average_from "
+                             f"the run was started with, or start anew")
+        avg = {k: v.to(cfg.device) for k, v in ck["model"].items()}
     agent = S.make_agent(cfg, policy, ref, enc)
     task_rng = random.Random(cfg.seed + 2)
     for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
@@ -650,7 +665,18 @@ def train_ppo(cfg, enc, ref):
         M.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
                    gen=gen.get_state(), sample_gen=sample_gen.get_state(),
                    **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}))
+        if cfg.average_from and it >= cfg.average_from:
+            n = it - cfg.average_from + 1
+            avg = running_mean(avg, policy.state_dict(), n)
+            M.save_run(avg_path, policy, cfg, enc, weights=avg, stage="ppo", iter=it, averaged=n)
     return policy
+
+
+def running_mean(avg, state, n):
+    """The mean of n state dicts from the mean of the first n - 1 (None when n = 1) and the n-th. Integer
+    buffers are the n-th's."""
+    return {k: v.detach().clone() if avg is None or not v.is_floating_point() else avg[k] + (v.detach() - avg[k]) / n
+            for k, v in state.items()}
 
 def main(argv):
     cfg = resolve(parse_args(argv))
