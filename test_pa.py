@@ -1686,8 +1686,9 @@ def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run,
 
 
 def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume(tiny_run, tmp_path, monkeypatch):
-    """--average_from=N: ppo_avg.pt holds the mean of the weights ppo.pt held after iterations N, N+1, ...; a
-    resume inside the averaged iterations carries the mean on; it is refused outside the run's iterations."""
+    """--average_from=N: ppo_avg.pt holds the mean of the weights ppo.pt held after iterations N, N+1, ...; the
+    mean is saved in ppo.pt too, so a resume carries it on; another --average_from on resume, or one outside the
+    run's iterations, is refused."""
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     snaps, save_run = {}, model.save_run
 
@@ -1709,9 +1710,9 @@ def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume
         torch.testing.assert_close(v, (snaps[1][k] + snaps[2][k]) / 2 if v.is_floating_point() else snaps[2][k])
     agent = search.load_agent(str(tmp_path / "ppo_avg.pt"), device="cpu")[0]  # the report reads it as a policy
     torch.testing.assert_close(agent.policy.state_dict()[w], avg["model"][w])
-    with pytest.raises(SystemExit, match="out of step"):  # resumed without the mean it was making
-        os.remove(tmp_path / "ppo_avg.pt")
-        train.main(run + ["--ppo_iters=4", "--init_from=resume"])
+    with pytest.raises(SystemExit, match="average_from"):  # resumed with another mean than it was making
+        train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--average_from=2",
+                           "--ppo_iters=4", "--init_from=resume"])
     for bad in (3, -1):
         with pytest.raises(SystemExit, match="average_from"):
             train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--ppo_iters=3", f"--average_from={bad}"])

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import envs
 import model as M
+import pa
 import prm
 import report
 import search as S
@@ -617,16 +618,15 @@ def train_ppo(cfg, enc, ref):
         if os.path.exists(log):  # forget log lines of iterations after the checkpoint
             keep = [l for l in open(log) if _iter_of(l) < start]
             open(log, "w").writelines(keep)
+        if ck.get("averaged", 0) != (max(0, start - cfg.average_from) if cfg.average_from else 0):
+            raise SystemExit(f"{ppo_path} holds the mean of {ck.get('averaged', 0)} iterations: resume it with the "
+                             f"--average_from it was started with, or start anew")
+        if ck.get("average") is not None:  # the mean is saved with the run, so a resume cannot lose it
+            avg = {k: v.to(cfg.device) for k, v in ck["average"].items()}
     else:
         for path in (log, avg_path):
             if os.path.exists(path):
                 os.remove(path)
-    if cfg.average_from and start > cfg.average_from:  # a resume inside the averaged iterations
-        ck = M.load_checkpoint(avg_path) if os.path.exists(avg_path) else {}
-        if ck.get("iter") != start - 1 or ck.get("averaged") != start - cfg.average_from:
-            raise SystemExit(f"{avg_path} is missing or out of step with {ppo_path}: resume with the --average_from "
-                             f"the run was started with, or start anew")
-        avg = {k: v.to(cfg.device) for k, v in ck["model"].items()}
     agent = S.make_agent(cfg, policy, ref, enc)
     task_rng = random.Random(cfg.seed + 2)
     for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
@@ -662,21 +662,18 @@ def train_ppo(cfg, enc, ref):
                    rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1),
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
+        n = it - cfg.average_from + 1 if cfg.average_from and it >= cfg.average_from else 0
+        if n:  # the running mean of the weights: the mean of n - 1 iterations moved 1/n of the way to this one
+            state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            avg = state if avg is None else pa.merge_weights(avg, state, 1 / n)
         M.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
                    gen=gen.get_state(), sample_gen=sample_gen.get_state(),
-                   **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}))
-        if cfg.average_from and it >= cfg.average_from:
-            n = it - cfg.average_from + 1
-            avg = running_mean(avg, policy.state_dict(), n)
+                   **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}),
+                   **(dict(average=avg, averaged=n) if n else {}))
+        if n:  # the same mean as a policy of its own, for report.py and search.py
             M.save_run(avg_path, policy, cfg, enc, weights=avg, stage="ppo", iter=it, averaged=n)
     return policy
 
-
-def running_mean(avg, state, n):
-    """The mean of n state dicts from the mean of the first n - 1 (None when n = 1) and the n-th. Integer
-    buffers are the n-th's."""
-    return {k: v.detach().clone() if avg is None or not v.is_floating_point() else avg[k] + (v.detach() - avg[k]) / n
-            for k, v in state.items()}
 
 def main(argv):
     cfg = resolve(parse_args(argv))
