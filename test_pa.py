@@ -1710,9 +1710,11 @@ def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume
         torch.testing.assert_close(v, (snaps[1][k] + snaps[2][k]) / 2 if v.is_floating_point() else snaps[2][k])
     agent = search.load_agent(str(tmp_path / "ppo_avg.pt"), device="cpu")[0]  # the report reads it as a policy
     torch.testing.assert_close(agent.policy.state_dict()[w], avg["model"][w])
+    kept = {name: (tmp_path / name).read_bytes() for name in ("ppo.pt", "ppo_avg.pt", "ppo_log.jsonl")}
     with pytest.raises(SystemExit, match="average_from"):  # resumed with another mean than it was making
         train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--average_from=2",
                            "--ppo_iters=4", "--init_from=resume"])
+    assert {name: (tmp_path / name).read_bytes() for name in kept} == kept  # the refusal loses nothing
     for bad in (3, -1):
         with pytest.raises(SystemExit, match="average_from"):
             train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--ppo_iters=3", f"--average_from={bad}"])

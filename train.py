@@ -577,6 +577,25 @@ def _start_weights(cfg, enc, ref, policy):
     return ck["model"]
 
 
+def _check_resume(ck, cfg, ppo_path, start):
+    """Refuse, before anything is loaded or rewritten, a resume whose options would change the run it continues."""
+    if "optimizer" not in ck:
+        raise M.CheckpointError(f"{ppo_path} holds no training state (a soup of runs?): start PPO from it "
+                                f"with --ppo_start, in another out_dir")
+    was = ck.get("train_config", {})
+    for key, default in (("ppo_start", ""), ("actions", "any")):
+        made_with = was.get(key, default)
+        if made_with != getattr(cfg, key):
+            raise SystemExit(f"{ppo_path} was trained with --{key}={made_with or '(none)'}: resume it with that, "
+                             f"or start anew")
+    if ("critic" in ck) != (cfg.critic == "separate"):
+        raise SystemExit(f"{ppo_path} was trained with --critic={'separate' if 'critic' in ck else 'shared'}: "
+                         f"resume it with that, or start anew")
+    if ck.get("averaged", 0) != (max(0, start - cfg.average_from) if cfg.average_from else 0):
+        raise SystemExit(f"{ppo_path} holds the mean of {ck.get('averaged', 0)} iterations: resume it with the "
+                         f"--average_from it was started with, or start anew")
+
+
 def train_ppo(cfg, enc, ref):
     """PPO from the reference, or from --ppo_start's weights; a frozen copy of the reference stays for the KL
     reward."""
@@ -593,34 +612,20 @@ def train_ppo(cfg, enc, ref):
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if resuming:
         ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
-        if "optimizer" not in ck:
-            raise M.CheckpointError(f"{ppo_path} holds no training state (a soup of runs?): start PPO from it "
-                                    f"with --ppo_start, in another out_dir")
-        was = ck.get("train_config", {}).get("ppo_start", "")
-        if was != cfg.ppo_start:
-            raise SystemExit(f"{ppo_path} was started with --ppo_start={was!r}: resume it with that, or start anew")
+        start = ck["iter"] + 1
+        _check_resume(ck, cfg, ppo_path, start)
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        if (critic is not None) != ("critic" in ck):
-            was = "separate" if "critic" in ck else "shared"
-            raise SystemExit(f"{ppo_path} was trained with --critic={was}: resume it with that, or start anew")
-        was = ck.get("train_config", {}).get("actions", "any")
-        if was != cfg.actions:
-            raise SystemExit(f"{ppo_path} was trained with --actions={was}: resume it with that, or start anew")
         if critic is not None:
             critic.load_state_dict(ck["critic"])
             critic_opt.load_state_dict(ck["critic_optimizer"])
         set_rng_state(ck["rng"])
         gen.set_state(ck["gen"])
         sample_gen.set_state(ck["sample_gen"])
-        start = ck["iter"] + 1
         print(f"resuming PPO at iteration {start} from {ppo_path}")
         if os.path.exists(log):  # forget log lines of iterations after the checkpoint
             keep = [l for l in open(log) if _iter_of(l) < start]
             open(log, "w").writelines(keep)
-        if ck.get("averaged", 0) != (max(0, start - cfg.average_from) if cfg.average_from else 0):
-            raise SystemExit(f"{ppo_path} holds the mean of {ck.get('averaged', 0)} iterations: resume it with the "
-                             f"--average_from it was started with, or start anew")
         if ck.get("average") is not None:  # the mean is saved with the run, so a resume cannot lose it
             avg = {k: v.to(cfg.device) for k, v in ck["average"].items()}
     else:
