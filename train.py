@@ -577,11 +577,13 @@ def _start_weights(cfg, enc, ref, policy):
     return ck["model"]
 
 
-def _check_resume(ck, cfg, ppo_path, start):
-    """Refuse, before anything is loaded or rewritten, a resume whose options would change the run it continues."""
+def _check_resume(ck, cfg, ppo_path):
+    """Refuse, before anything is loaded or rewritten, a resume whose options would change the run it continues.
+    Returns the iteration to resume at."""
     if "optimizer" not in ck:
         raise M.CheckpointError(f"{ppo_path} holds no training state (a soup of runs?): start PPO from it "
                                 f"with --ppo_start, in another out_dir")
+    start = ck["iter"] + 1
     was = ck.get("train_config", {})
     for key, default in (("ppo_start", ""), ("actions", "any")):
         made_with = was.get(key, default)
@@ -594,6 +596,7 @@ def _check_resume(ck, cfg, ppo_path, start):
     if ck.get("averaged", 0) != (max(0, start - cfg.average_from) if cfg.average_from else 0):
         raise SystemExit(f"{ppo_path} holds the mean of {ck.get('averaged', 0)} iterations: resume it with the "
                          f"--average_from it was started with, or start anew")
+    return start
 
 
 def train_ppo(cfg, enc, ref):
@@ -612,8 +615,7 @@ def train_ppo(cfg, enc, ref):
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if resuming:
         ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
-        start = ck["iter"] + 1
-        _check_resume(ck, cfg, ppo_path, start)
+        start = _check_resume(ck, cfg, ppo_path)
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if critic is not None:
