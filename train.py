@@ -577,6 +577,11 @@ def _start_weights(cfg, enc, ref, policy):
     return ck["model"]
 
 
+def _averaged(cfg, it):
+    """How many iterates the --average_from mean holds once iteration `it` is done (0: none yet, or off)."""
+    return max(0, it - cfg.average_from + 1) if cfg.average_from else 0
+
+
 def _check_resume(ck, cfg, ppo_path):
     """Refuse, before anything is loaded or rewritten, a resume whose options would change the run it continues.
     Returns the iteration to resume at."""
@@ -593,7 +598,7 @@ def _check_resume(ck, cfg, ppo_path):
     if ("critic" in ck) != (cfg.critic == "separate"):
         raise SystemExit(f"{ppo_path} was trained with --critic={'separate' if 'critic' in ck else 'shared'}: "
                          f"resume it with that, or start anew")
-    if ck.get("averaged", 0) != (max(0, start - cfg.average_from) if cfg.average_from else 0):
+    if ck.get("averaged", 0) != _averaged(cfg, start - 1):
         raise SystemExit(f"{ppo_path} holds the mean of {ck.get('averaged', 0)} iterations: resume it with the "
                          f"--average_from it was started with, or start anew")
     return start
@@ -669,7 +674,7 @@ def train_ppo(cfg, enc, ref):
                    rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1),
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
-        n = it - cfg.average_from + 1 if cfg.average_from and it >= cfg.average_from else 0
+        n = _averaged(cfg, it)
         if n:  # the running mean of the weights: the mean of n - 1 iterations moved 1/n of the way to this one
             state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
             avg = state if avg is None else pa.merge_weights(avg, state, 1 / n)
