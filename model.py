@@ -208,6 +208,54 @@ class GPT(nn.Module):
             out += (logp,)
         return out
 
+    @torch.no_grad()
+    def continuation_logprobs(self, prompts, conts, temperature=1.0):
+        """The summed log-prob of each of many continuations of each prompt: prompts, S token lists; conts, per
+        prompt a list of continuations (token lists, at least one token each). Returns per prompt a (k,) fp32 CPU
+        tensor, the numbers evaluate() gives on every prompt + continuation row, for a fraction of the work: each
+        prompt is written ONCE, followed by all its continuations in the same row. A continuation sees the prompt
+        and its own earlier tokens, never another continuation (the attention mask), and its positions restart
+        where the prompt ends, so each reads exactly as if it were alone after the prompt. Scoring every action
+        of the thousands of states of a task (optimum.reference_probs) then costs one prompt per state, not one
+        per action."""
+        device = self.lm_head.weight.device
+        seqs, pos, seg = [], [], []  # per row: tokens, position ids, 0 = prompt / j = continuation j / -1 = padding
+        for p, cs in zip(prompts, conts):
+            assert len(p) > 0 and all(len(c) > 0 for c in cs), "empty prompt or continuation"
+            if len(p) + max(map(len, cs)) > self.config.block_size:
+                raise ValueError(f"prompt of {len(p)} tokens + a continuation of {max(map(len, cs))} > block_size "
+                                 f"{self.config.block_size}")
+            seqs.append(list(p) + [t for c in cs for t in c])
+            pos.append(list(range(len(p))) + [len(p) + i for c in cs for i in range(len(c))])
+            seg.append([0] * len(p) + [j + 1 for j, c in enumerate(cs) for _ in c])
+        T = max(map(len, seqs))
+        pad = lambda rows, v: torch.tensor([r + [v] * (T - len(r)) for r in rows], device=device)
+        idx, pos, seg = pad(seqs, 0), pad(pos, 0), pad(seg, -1)  # (S, T) each
+        causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=device))
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (S, T queries, T keys)
+        mask = causal & (same | (seg[:, None, :] == 0)) | torch.eye(T, dtype=torch.bool, device=device)
+        # the distribution of a continuation's first token comes from the prompt's last position, of each later
+        # token from the position before it: select those positions, then read each token's log-prob off them
+        select, src, tok, owner = torch.zeros(S := len(seqs), T, dtype=torch.bool), [], [], []
+        n = 0
+        for s, (p, cs) in enumerate(zip(prompts, conts)):
+            select[s, len(p) - 1] = True
+            last, at = n, len(p)
+            n += 1
+            for c in cs:
+                for i, t in enumerate(c):
+                    src.append(last if i == 0 else n + i - 1)
+                    tok.append(t)
+                select[s, at:at + len(c) - 1] = True
+                n += len(c) - 1
+                at += len(c)
+                owner.append(len(c))
+        logits, _ = self(idx, pos, mask[:, None], select=select.to(device))  # (n, V) in row-major order
+        logp = F.log_softmax(logits.float() / temperature, -1)
+        lp = logp[torch.tensor(src, device=device), torch.tensor(tok, device=device)]  # one per continuation token
+        sums = torch.stack([x.sum() for x in lp.cpu().split(owner)])
+        return list(sums.split([len(cs) for cs in conts]))
+
     def value_at(self, idx, pos):
         """The value head at one position of each row: idx (B, T), pos (B,) long -> (B,) fp32. Read at an
         action's last token it has seen the whole action: a score of (state, action) (prm.py's supervised

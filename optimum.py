@@ -33,17 +33,20 @@ def reference_probs(agent, cache=None):
             if [sorted(p) for p in probs] == [sorted(acts) for _, acts in batch]:
                 return probs
             print(f"[optimum] {cache} does not match this task's states: scoring them again")
-        prompts, actions, choices = [], [], []
-        for prompt, acts in batch:
-            p = agent.encode(prompt)
-            prompts += [p] * len(acts)
-            actions += [tokenizer.encode_action(agent.enc, a) for a in acts]
-            choices += [tuple(acts)] * len(acts)
-        rows = agent.score(prompts, actions, ("ref",), choices)
-        probs, k = [], 0
-        for _, acts in batch:
-            probs.append({a: math.exp(float(rows[k + j]["ref_logprobs"].sum())) for j, a in enumerate(acts)})
-            k += len(acts)
+        if agent.constrained:  # every token renormalised over the state's trie: score() knows how
+            prompts, actions, choices = [], [], []
+            for prompt, acts in batch:
+                p = agent.encode(prompt)
+                prompts += [p] * len(acts)
+                actions += [tokenizer.encode_action(agent.enc, a) for a in acts]
+                choices += [tuple(acts)] * len(acts)
+            rows, k, lps = agent.score(prompts, actions, ("ref",), choices), 0, []
+            for _, acts in batch:
+                lps.append([float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]])
+                k += len(acts)
+        else:  # each state's prompt run once for all its actions
+            lps = [lp.tolist() for lp in agent.action_logprobs([(agent.encode(p), acts) for p, acts in batch])]
+        probs = [{a: math.exp(x) for a, x in zip(acts, lp)} for (_, acts), lp in zip(batch, lps)]
         if cache:
             os.makedirs(os.path.dirname(cache), exist_ok=True)
             with open(cache + ".tmp", "w") as f:

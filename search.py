@@ -192,6 +192,30 @@ class Agent:
         return rows
 
 
+    def action_logprobs(self, states, model="ref"):
+        """states: [(prompt tokens, action texts)]. Per state, a (k,) tensor: the log-prob of each action's own
+        tokens under one network ("policy" or "ref") at the agent's temperature. The numbers of score(), for a
+        fraction of the work: GPT.continuation_logprobs writes each prompt once for all its actions. States go
+        through about batch_size actions at a time, in order of length (less padding). Unconstrained agents only
+        (a constrained one renormalises every token over the state's trie: score() does that)."""
+        assert not self.constrained, "a constrained agent scores with score(..., choices=)"
+        net, codes = self.policy if model == "policy" else self.ref, {}
+        acts = [[codes.setdefault(a, tokenizer.encode_action(self.enc, a)) for a in texts] for _, texts in states]
+        order = sorted(range(len(states)), key=lambda i: len(states[i][0]) + sum(map(len, acts[i])))
+        out, chunk = [None] * len(states), []
+        for k, i in enumerate(order):
+            chunk.append(i)
+            if k + 1 == len(order) or sum(len(acts[j]) for j in chunk) + len(acts[order[k + 1]]) > self.batch_size:
+                with M.autocast_ctx(self.device):
+                    lps = net.continuation_logprobs([states[j][0] for j in chunk], [acts[j] for j in chunk],
+                                                    self.temperature)
+                for j, lp in zip(chunk, lps):
+                    out[j] = lp
+                self.forward_passes += len(chunk) + sum(len(acts[j]) for j in chunk)  # a prompt's, each action's
+                chunk = []
+        return out
+
+
 def make_agent(cfg, policy, ref, enc):
     """The Agent of a run (train.Config): its networks with the run's beta, temperature, sizes and --actions."""
     return Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size,

@@ -1174,6 +1174,23 @@ def test_evaluate_with_action_mask_matches_the_full_evaluation(enc, gpt):
     assert (part[0][~m] == 0).all(), "positions outside the action mask are left at 0"
 
 
+
+def test_continuations_scored_after_one_shared_prompt_match_the_full_evaluation(enc, gpt):
+    """continuation_logprobs runs each prompt once and shares its keys and values with all its continuations
+    (left-padded prompts of different lengths, continuations of 1 to 4 tokens): the sums of evaluate()."""
+    prompts = _ragged_prompts(enc.n_vocab)
+    conts = [[[3, 4, 5], [6]], [[7, 8, 9, 1]], [[2, 2], [5], [9, 8, 7]], [[4]]]
+    fast = gpt.continuation_logprobs(prompts, conts, temperature=0.7)
+    rows = [(p, c) for p, cs in zip(prompts, conts) for c in cs]
+    idx, action_mask = model.pack([p for p, _ in rows], [c for _, c in rows], tokenizer.pad_id(enc))
+    slow = (gpt.evaluate(idx, 0.7, action_mask=action_mask)[0] * action_mask).sum(1)
+    assert [len(x) for x in fast] == [2, 1, 3, 1], "one log-prob per continuation, grouped by prompt"
+    assert torch.allclose(torch.cat(fast), slow, atol=1e-4), (torch.cat(fast), slow)
+    single = gpt.continuation_logprobs(prompts, [[[4]], [[5]], [[6]], [[7]]])
+    assert torch.allclose(torch.cat(single), torch.cat([gpt.continuation_logprobs([p], [[[t]]])[0]
+                                                        for p, t in zip(prompts, (4, 5, 6, 7))]), atol=1e-5), \
+        "one-token continuations need the prompt pass only, and a prompt's padding never leaks into its score"
+
 # ==================== train.py: GAE, PPO losses, rewards, config, pipeline, resume ==========================
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1493,6 +1510,23 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
         by_hand = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq)) + rest * math.log(rest / rest_ref)
         assert k == pytest.approx(by_hand, abs=1e-5), f"{st}: KL over the actions and one bucket for the rest"
 
+
+
+def test_reference_scores_of_every_state_run_each_prompt_once_and_match_score(agent):
+    """optimum.reference_probs scores the thousands of states of a task with Agent.action_logprobs (each prompt
+    once, its actions batched across states): the same probabilities as score() on one row per action."""
+    states = [envs.make_env("shop", "valid", t, 0) for t in range(3)]
+    for e in states[:2]:
+        e.step(e.actions()[-1])
+    batch = [(e.obs(), e.actions()) for e in states]
+    small = agent.like(agent.policy, agent.ref)
+    small.batch_size = max(len(acts) for _, acts in batch)  # several chunks
+    probs = optimum.reference_probs(small)(batch)
+    for (obs, acts), p in zip(batch, probs):
+        rows = agent.score([agent.encode(obs)] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts],
+                           ("ref",))
+        assert list(p) == list(acts) and p == pytest.approx(
+            {a: math.exp(float(r["ref_logprobs"].sum())) for a, r in zip(acts, rows)}, rel=1e-4), obs
 
 def test_state_kl_of_an_exact_policy_is_its_expected_log_ratio():
     sol = types.SimpleNamespace(ref_terms=lambda st: [("a", 0.5), ("b", 0.5)])
