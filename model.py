@@ -219,10 +219,12 @@ class GPT(nn.Module):
         of the thousands of states of a task (optimum.reference_probs) then costs one prompt per state, not one
         per action."""
         device = self.lm_head.weight.device
+        if not any(conts):
+            return [torch.zeros(0) for _ in conts]
         seqs, pos, seg = [], [], []  # per row: tokens, position ids, 0 = prompt / j = continuation j / -1 = padding
         for p, cs in zip(prompts, conts):
             assert len(p) > 0 and all(len(c) > 0 for c in cs), "empty prompt or continuation"
-            if len(p) + max(map(len, cs)) > self.config.block_size:
+            if len(p) + max(map(len, cs), default=0) > self.config.block_size:
                 raise ValueError(f"prompt of {len(p)} tokens + a continuation of {max(map(len, cs))} > block_size "
                                  f"{self.config.block_size}")
             seqs.append(list(p) + [t for c in cs for t in c])
@@ -236,8 +238,8 @@ class GPT(nn.Module):
         mask = causal & (same | (seg[:, None, :] == 0)) | torch.eye(T, dtype=torch.bool, device=device)
         # the distribution of a continuation's first token comes from the prompt's last position, of each later
         # token from the position before it: select those positions, then read each token's log-prob off them
-        select, src, tok, owner = torch.zeros(S := len(seqs), T, dtype=torch.bool), [], [], []
-        n = 0
+        select, src, tok, lengths = torch.zeros(len(seqs), T, dtype=torch.bool), [], [], []
+        n = 0  # selected positions so far, in row-major order (the order of the logits below)
         for s, (p, cs) in enumerate(zip(prompts, conts)):
             select[s, len(p) - 1] = True
             last, at = n, len(p)
@@ -249,11 +251,11 @@ class GPT(nn.Module):
                 select[s, at:at + len(c) - 1] = True
                 n += len(c) - 1
                 at += len(c)
-                owner.append(len(c))
+                lengths.append(len(c))
         logits, _ = self(idx, pos, mask[:, None], select=select.to(device))  # (n, V) in row-major order
         logp = F.log_softmax(logits.float() / temperature, -1)
         lp = logp[torch.tensor(src, device=device), torch.tensor(tok, device=device)]  # one per continuation token
-        sums = torch.stack([x.sum() for x in lp.cpu().split(owner)])
+        sums = torch.stack([x.sum() for x in lp.cpu().split(lengths)])
         return list(sums.split([len(cs) for cs in conts]))
 
     def value_at(self, idx, pos):

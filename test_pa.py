@@ -1179,17 +1179,18 @@ def test_continuations_scored_after_one_shared_prompt_match_the_full_evaluation(
     """continuation_logprobs runs each prompt once and shares its keys and values with all its continuations
     (left-padded prompts of different lengths, continuations of 1 to 4 tokens): the sums of evaluate()."""
     prompts = _ragged_prompts(enc.n_vocab)
-    conts = [[[3, 4, 5], [6]], [[7, 8, 9, 1]], [[2, 2], [5], [9, 8, 7]], [[4]]]
+    conts = [[[3, 4, 5], [6]], [[7, 8, 9, 1]], [[2, 2], [5], [9, 8, 7]], []]  # the last: a state with no action
     fast = gpt.continuation_logprobs(prompts, conts, temperature=0.7)
     rows = [(p, c) for p, cs in zip(prompts, conts) for c in cs]
     idx, action_mask = model.pack([p for p, _ in rows], [c for _, c in rows], tokenizer.pad_id(enc))
     slow = (gpt.evaluate(idx, 0.7, action_mask=action_mask)[0] * action_mask).sum(1)
-    assert [len(x) for x in fast] == [2, 1, 3, 1], "one log-prob per continuation, grouped by prompt"
+    assert [len(x) for x in fast] == [2, 1, 3, 0], "one log-prob per continuation, grouped by prompt"
     assert torch.allclose(torch.cat(fast), slow, atol=1e-4), (torch.cat(fast), slow)
     single = gpt.continuation_logprobs(prompts, [[[4]], [[5]], [[6]], [[7]]])
     assert torch.allclose(torch.cat(single), torch.cat([gpt.continuation_logprobs([p], [[[t]]])[0]
                                                         for p, t in zip(prompts, (4, 5, 6, 7))]), atol=1e-5), \
         "one-token continuations need the prompt pass only, and a prompt's padding never leaks into its score"
+    assert [len(x) for x in gpt.continuation_logprobs(prompts[:2], [[], []])] == [0, 0], "nothing to score"
 
 # ==================== train.py: GAE, PPO losses, rewards, config, pipeline, resume ==========================
 
