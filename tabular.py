@@ -66,6 +66,8 @@ class Recipe:
     target_kl: float = math.inf    # stop an iteration's epochs past this approx_kl (train.py: 0.05)
     anneal_lr: bool = False        # the learning rate falls linearly to 0 over the iterations (CleanRL's
                                    # default; train.py keeps it constant)
+    average_from: int = -1         # from this iteration on, also keep the running mean of the logits and score it
+                                   # (train.py's --average_from: iterate averaging); -1: none
     seed: int = 0
 
 
@@ -100,7 +102,8 @@ def sample_episodes(P, pi, n, rng, max_len=60, start=None):
 def run(P, R, pi_ref, rc):
     """Train a tabular policy from pi_ref with train.py's PPO math; returns the log of each iteration:
     the per-(s, a) log-ratio's Pearson correlation with pi*'s (weighted by pi*'s state-action visits),
-    the objective's value V^pi(s0) against V*(s0), and the KL per episode."""
+    the objective's value V^pi(s0) against V*(s0), and the KL per episode. With rc.average_from >= 0, from that
+    iteration on also corr_avg and value_avg: the same for the policy of the mean logits so far."""
     rng, gen = np.random.default_rng(rc.seed), torch.Generator().manual_seed(rc.seed)
     S, A = R.shape
     _, V_star, pi_star = pa.soft_value_iteration(P, R, pi_ref, rc.beta, n_iters=300)
@@ -109,7 +112,7 @@ def run(P, R, pi_ref, rc):
     logits = torch.tensor(np.log(pi_ref), requires_grad=True)
     values = torch.zeros(S, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([logits, values], lr=rc.lr)
-    out = []
+    out, mean, n_avg = [], None, 0
     for it in range(rc.iters):
         if rc.anneal_lr:
             for g in opt.param_groups:
@@ -121,6 +124,12 @@ def run(P, R, pi_ref, rc):
         lr_now = np.log(pi) - np.log(pi_ref)
         out.append(dict(iter=it, corr=_wcorr(lr_now, target, occ), value=V_pi[0], v_star=V_star[0],
                         kl=float(np.mean([sum(lr_now[s, a] for s, a in ep) for ep in eps]))))
+        if 0 <= rc.average_from <= it:  # the running mean of the logits, this iteration's included
+            n_avg += 1
+            mean = logits.detach().clone() if mean is None else mean + (logits.detach() - mean) / n_avg
+            pi_avg = torch.softmax(mean, 1).numpy()
+            out[-1].update(corr_avg=_wcorr(np.log(pi_avg) - np.log(pi_ref), target, occ),
+                           value_avg=policy_values(P, R, pi_avg, pi_ref, rc.beta)[0])
         mc = _mc_values(P, R, pi, lr_now, eps, rc, rng) if rc.critic == "mc" else None
         _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target, mc)
     return out
@@ -214,6 +223,7 @@ VARIANTS = {  # one change each from train.py's recipe, as far as a table can ha
     "64 states (8x fewer visits each)": dict(states=64),
     "256 states (32x fewer visits each)": dict(states=256),
     "256 states, Monte Carlo values": dict(states=256, critic="mc"),
+    "256 states, logits averaged over the last half": dict(states=256, average_from=50),
 }
 
 
@@ -231,9 +241,10 @@ def parse_changes(sets, error):
             change[key] = val.lower() in ("1", "true") if typ is bool else typ(val)
         except ValueError:
             error(f"--set {kv!r}: {val!r} is not a {typ.__name__}")
-        if typ in (int, float) and key not in ("lam", "consistency") and not change[key] > (1 if key == "states" else 0):
+        at_least_0 = ("lam", "consistency", "average_from")
+        if typ in (int, float) and key not in at_least_0 and not change[key] > (1 if key == "states" else 0):
             error(f"--set {kv!r}: must be above {1 if key == 'states' else 0}")
-        if key in ("lam", "consistency") and change[key] < 0:
+        if key in at_least_0 and change[key] < 0:
             error(f"--set {kv!r}: must be at least 0")
         choices = {"critic": ("learned", "exact", "mc"), "advantages": ("gae", "exact")}.get(key)
         if choices and val not in choices:
@@ -262,9 +273,9 @@ def main(argv):
             rc = replace(Recipe(iters=args.iters, seed=seed), **change)
             P, R, pi_ref = make_mdp(seed, S=rc.states)
             log = run(P, R, pi_ref, rc)
-            c25.append(log[len(log) // 4]["corr"])
-            c100.append(log[-1]["corr"])
-            val.append(log[-1]["value"] / log[-1]["v_star"])
+            c25.append(log[len(log) // 4].get("corr_avg", log[len(log) // 4]["corr"]))  # the mean where it is kept
+            c100.append(log[-1].get("corr_avg", log[-1]["corr"]))
+            val.append(log[-1].get("value_avg", log[-1]["value"]) / log[-1]["v_star"])
             kl.append(log[-1]["kl"])
         print(f"| {name} | {np.mean(c25):+.2f} / {np.mean(c100):+.2f} | {np.mean(val):.3f} | {np.mean(kl):.2f} |")
 

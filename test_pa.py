@@ -2118,6 +2118,19 @@ def test_tabular_ppo_with_exact_advantages_reaches_the_optimum():
     assert log[-1]["value"] > 0.99 * log[-1]["v_star"], f"V^pi(s0) {log[-1]['value']:.4f} vs V* {log[-1]['v_star']:.4f}"
 
 
+
+def test_tabular_average_from_scores_the_running_mean_of_the_logits():
+    """Recipe.average_from (train.py's --average_from on a table): from that iteration on, corr_avg and value_avg
+    describe the policy of the mean logits so far; the mean of one iterate is that iterate."""
+    P, R, pi_ref = tabular.make_mdp(seed=1)
+    plain = tabular.run(P, R, pi_ref, tabular.Recipe(iters=6, seed=1))
+    log = tabular.run(P, R, pi_ref, tabular.Recipe(iters=6, seed=1, average_from=3))
+    assert [r["corr"] for r in log] == [r["corr"] for r in plain], "averaging only watches: the run is the same"
+    assert all("corr_avg" not in r for r in log[:3]) and all("corr_avg" in r for r in log[3:])
+    assert log[3]["corr_avg"] == pytest.approx(log[3]["corr"]) and log[3]["value_avg"] == pytest.approx(log[3]["value"])
+    assert log[5]["corr_avg"] != pytest.approx(log[5]["corr"]), "three iterates averaged differ from the last"
+    assert all(r["value_avg"] <= r["v_star"] + 1e-9 for r in log[3:]), "no policy beats the soft optimum"
+
 def test_tabular_command_line_compares_the_recipe_with_one_change(capsys):
     tabular.main(["--seeds=1", "--iters=4", "--set=lam=1.0", "--set=critic=exact"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r][1:]
