@@ -224,9 +224,9 @@ class GPT(nn.Module):
         seqs, pos, seg = [], [], []  # per row: tokens, position ids, 0 = prompt / j = continuation j / -1 = padding
         for p, cs in zip(prompts, conts):
             assert len(p) > 0 and all(len(c) > 0 for c in cs), "empty prompt or continuation"
-            if len(p) + max(map(len, cs), default=0) > self.config.block_size:
-                raise ValueError(f"prompt of {len(p)} tokens + a continuation of {max(map(len, cs))} > block_size "
-                                 f"{self.config.block_size}")
+            if len(p) + max(map(len, cs), default=0) > self.config.block_size:  # a row may be longer; a position not
+                raise ValueError(f"prompt of {len(p)} tokens + a continuation of {max(map(len, cs), default=0)} > "
+                                 f"block_size {self.config.block_size}")
             seqs.append(list(p) + [t for c in cs for t in c])
             pos.append(list(range(len(p))) + [len(p) + i for c in cs for i in range(len(c))])
             seg.append([0] * len(p) + [j + 1 for j, c in enumerate(cs) for _ in c])

@@ -200,7 +200,11 @@ class Agent:
         (a constrained one renormalises every token over the state's trie: score() does that)."""
         assert not self.constrained, "a constrained agent scores with score(..., choices=)"
         net, codes = self.policy if model == "policy" else self.ref, {}
-        acts = [[codes.setdefault(a, tokenizer.encode_action(self.enc, a)) for a in texts] for _, texts in states]
+        for _, texts in states:
+            for a in texts:
+                if a not in codes:
+                    codes[a] = tokenizer.encode_action(self.enc, a)
+        acts = [[codes[a] for a in texts] for _, texts in states]
         order = sorted(range(len(states)), key=lambda i: len(states[i][0]) + sum(map(len, acts[i])))
         out, chunk = [None] * len(states), []
         for k, i in enumerate(order):
@@ -211,7 +215,7 @@ class Agent:
                                                     self.temperature)
                 for j, lp in zip(chunk, lps):
                     out[j] = lp
-                self.forward_passes += len(chunk) + sum(len(acts[j]) for j in chunk)  # a prompt's, each action's
+                self.forward_passes += len(chunk)  # one row per state
                 chunk = []
         return out
 

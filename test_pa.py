@@ -1176,8 +1176,8 @@ def test_evaluate_with_action_mask_matches_the_full_evaluation(enc, gpt):
 
 
 def test_continuations_scored_after_one_shared_prompt_match_the_full_evaluation(enc, gpt):
-    """continuation_logprobs runs each prompt once and shares its keys and values with all its continuations
-    (left-padded prompts of different lengths, continuations of 1 to 4 tokens): the sums of evaluate()."""
+    """continuation_logprobs writes each prompt once, followed by all its continuations in one row (prompts of
+    different lengths, continuations of 1 to 4 tokens, a row longer than block_size): the sums of evaluate()."""
     prompts = _ragged_prompts(enc.n_vocab)
     conts = [[[3, 4, 5], [6]], [[7, 8, 9, 1]], [[2, 2], [5], [9, 8, 7]], []]  # the last: a state with no action
     fast = gpt.continuation_logprobs(prompts, conts, temperature=0.7)
@@ -1191,6 +1191,13 @@ def test_continuations_scored_after_one_shared_prompt_match_the_full_evaluation(
                                                         for p, t in zip(prompts, (4, 5, 6, 7))]), atol=1e-5), \
         "one-token continuations need the prompt pass only, and a prompt's padding never leaks into its score"
     assert [len(x) for x in gpt.continuation_logprobs(prompts[:2], [[], []])] == [0, 0], "nothing to score"
+    long_p, many = list(range(3, 43)), [[5 + i, 6, 7 + i] for i in range(10)]  # 40 + 30 tokens > block_size 64
+    idx, action_mask = model.pack([long_p] * 10, many, tokenizer.pad_id(enc))
+    assert torch.allclose(gpt.continuation_logprobs([long_p], [many])[0],
+                          (gpt.evaluate(idx, action_mask=action_mask)[0] * action_mask).sum(1), atol=1e-4), \
+        "a row may outgrow block_size: each continuation's positions restart after the prompt"
+    with pytest.raises(ValueError, match="block_size"):
+        gpt.continuation_logprobs([list(range(3, 63))], [[[4, 5, 6, 7, 8]]])
 
 # ==================== train.py: GAE, PPO losses, rewards, config, pipeline, resume ==========================
 
@@ -1513,7 +1520,7 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
 
 
 
-def test_reference_scores_of_every_state_run_each_prompt_once_and_match_score(agent):
+def test_reference_scores_of_every_state_run_each_prompt_once_and_match_score(agent, monkeypatch):
     """optimum.reference_probs scores the thousands of states of a task with Agent.action_logprobs (each prompt
     once, its actions batched across states): the same probabilities as score() on one row per action."""
     states = [envs.make_env("shop", "valid", t, 0) for t in range(3)]
@@ -1521,8 +1528,12 @@ def test_reference_scores_of_every_state_run_each_prompt_once_and_match_score(ag
         e.step(e.actions()[-1])
     batch = [(e.obs(), e.actions()) for e in states]
     small = agent.like(agent.policy, agent.ref)
-    small.batch_size = max(len(acts) for _, acts in batch)  # several chunks
+    assert sorted(len(acts) for _, acts in batch) == [5, 7, 7]
+    small.batch_size = 12  # two chunks: the shortest state with one of the others, then the third alone
+    chunks, whole = [], small.ref.continuation_logprobs
+    monkeypatch.setattr(small.ref, "continuation_logprobs", lambda p, c, t: chunks.append(len(p)) or whole(p, c, t))
     probs = optimum.reference_probs(small)(batch)
+    assert chunks == [2, 1], chunks
     for (obs, acts), p in zip(batch, probs):
         rows = agent.score([agent.encode(obs)] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts],
                            ("ref",))
@@ -2129,7 +2140,8 @@ def test_tabular_average_from_scores_the_running_mean_of_the_logits():
     assert all("corr_avg" not in r for r in log[:3]) and all("corr_avg" in r for r in log[3:])
     assert log[3]["corr_avg"] == pytest.approx(log[3]["corr"]) and log[3]["value_avg"] == pytest.approx(log[3]["value"])
     assert log[5]["corr_avg"] != pytest.approx(log[5]["corr"]), "three iterates averaged differ from the last"
-    assert all(r["value_avg"] <= r["v_star"] + 1e-9 for r in log[3:]), "no policy beats the soft optimum"
+    assert all(r["value_avg"] <= r["v_star"] + 1e-9 and r["kl_avg"] >= 0 for r in log[3:]), \
+        "no policy beats the soft optimum, and a KL is never negative"
 
 def test_tabular_command_line_compares_the_recipe_with_one_change(capsys):
     tabular.main(["--seeds=1", "--iters=4", "--set=lam=1.0", "--set=critic=exact"])
