@@ -14,6 +14,7 @@ clipping, the network) and from how PA is read:
     python diagnose.py --improve 64                     # one round of improvement from rollouts, fitted, then checked
     python diagnose.py --ckpt out/ppo.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo.pt's samples
     python diagnose.py --soup a/ppo.pt,b/ppo.pt --out c/ppo.pt  # average PPO runs' weights (then check c/)
+    python diagnose.py --soup a/ppo_avg.pt --scale 2 --ref a/ref.pt --out d/ppo.pt  # twice as far from the reference
 """
 import argparse
 import json
@@ -376,15 +377,21 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
     return out
 
 
-def soup(paths, out_path):
+def soup(paths, out_path, scale=1.0, ref_path=None):
     """Average the weights of PPO runs made from one reference with different seeds into one checkpoint (a
     "seed soup"; weight averaging of fine-tuned runs that share their start: Wortsman et al. 2022, arXiv
     2203.05482; of RL runs: Rame et al. 2024, arXiv 2406.16768). Each run's log-ratio is a shared signal plus
     its seed's noise, so the average keeps the first and shrinks the second. The soup is an evaluation-only
     checkpoint (no optimizer, RNG or separate critic); put a copy of the runs' ref.pt beside it for the optimum
-    check. That the runs share one reference is left to the caller."""
-    if len(paths) < 2:
-        raise M.CheckpointError("--soup needs at least two checkpoints")
+    check. That the runs share one reference is left to the caller.
+    scale != 1 then moves the average from the reference (ref_path) along its own direction, weight by weight:
+    ref + scale * (soup - ref) (pa.merge_weights past 1; "model extrapolation", Zheng et al. 2024, arXiv
+    2404.16792). An average of runs that wander in different directions lies closer to the reference than any of
+    them; this asks whether its direction, taken further, is the optimum's. One checkpoint is enough then."""
+    if len(paths) < (1 if scale != 1 else 2):
+        raise M.CheckpointError("--soup needs at least two checkpoints (one, with --scale)")
+    if scale != 1 and not ref_path:
+        raise M.CheckpointError("--scale moves the soup from the reference: give --ref")
     cks = [M.load_checkpoint(p) for p in paths]
     setup = lambda ck: (ck["config"], ck["tokenizer"], ck["env_name"], ck.get("beta"),
                         ck.get("train_config", {}).get("actions", "any"), sorted(ck["model"]))
@@ -395,10 +402,18 @@ def soup(paths, out_path):
     avg = cks[0]["model"]
     for k, ck in enumerate(cks[1:], 2):  # the running mean: the mean of k-1 runs moved 1/k of the way to the k-th
         avg = pa.merge_weights(avg, ck["model"], 1 / k)
+    if scale != 1:
+        ref = M.load_checkpoint(ref_path, env_name=cks[0]["env_name"], tokenizer_spec=cks[0]["tokenizer"])
+        if sorted(ref["model"]) != sorted(avg) or ref["config"] != cks[0]["config"]:
+            raise M.CheckpointError(f"{ref_path} is not a reference of the shape of {paths[0]}")
+        avg = pa.merge_weights(ref["model"], avg, scale)
     keep = {k: v for k, v in cks[0].items() if k not in ("model", "optimizer", "rng", "gen", "sample_gen", "iter",
                                                           "critic", "critic_optimizer")}
-    M.save_checkpoint(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths]))
-    print(f"[soup] the average of {len(paths)} runs' weights -> {out_path}")
+    M.save_checkpoint(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths],
+                                     scale=scale))
+    what = f"the average of {len(paths)} runs' weights" if len(paths) > 1 else "one run's weights"
+    print(f"[soup] {what}" + (f", moved {scale:g} times as far from the reference"
+                                                                  if scale != 1 else "") + f" -> {out_path}")
 
 
 def main(argv):
@@ -421,6 +436,8 @@ def main(argv):
     p.add_argument("--soup", default=None, metavar="RUNS", help="average these PPO checkpoints' weights "
                    "(comma-separated, one reference) into --out (diagnose.soup)")
     p.add_argument("--out", default=None, help="with --soup: the averaged checkpoint's path")
+    p.add_argument("--scale", type=float, default=1.0, help="with --soup: move the average this many times as far "
+                   "from the reference --ref (ref + scale * (soup - ref)); one checkpoint is enough then")
     p.add_argument("--few_tasks", type=int, default=0, help="PPO from --ref on N validation tasks only, then the "
                                                              "optimum check on them")
     p.add_argument("--advantages", default="gae", choices=("gae", "exact"), help="with --few_tasks: GAE's "
@@ -448,7 +465,7 @@ def main(argv):
         if not args.out:
             p.error("--soup needs --out PATH for the averaged checkpoint")
         try:
-            soup(args.soup.split(","), args.out)
+            soup(args.soup.split(","), args.out, args.scale, args.ref if args.scale != 1 else None)
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return

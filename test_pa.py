@@ -2305,6 +2305,12 @@ def test_a_soup_of_two_runs_is_their_midpoint_and_refuses_other_setups(tiny_run,
     with pytest.raises(model.CheckpointError, match="at least two"):
         diagnose.soup([ppo], str(tmp_path / "bad.pt"))
     assert not (tmp_path / "bad.pt").exists(), "a refused soup writes nothing"
+    diagnose.soup([ppo], str(tmp_path / "far.pt"), scale=2.0, ref_path=ref)
+    far = model.load_checkpoint(str(tmp_path / "far.pt"))["model"]
+    assert all(torch.allclose(far[k], 2 * b["model"][k] - a["model"][k], atol=1e-6) for k in far), \
+        "--scale 2: the reference plus twice the run's step from it"
+    with pytest.raises(model.CheckpointError, match="give --ref"):
+        diagnose.soup([ppo], str(tmp_path / "bad.pt"), scale=2.0)
     shutil.copy(ref, tmp_path / "ref.pt")
     shutil.copy(tmp_path / "soup.pt", tmp_path / "ppo.pt")
     with pytest.raises(model.CheckpointError, match="no training state"):
