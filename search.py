@@ -191,7 +191,6 @@ class Agent:
                     rows[b]["ref_logprobs"] = lp[b, sl]
         return rows
 
-
     def action_logprobs(self, states, model="ref"):
         """states: [(prompt tokens, action texts)]. Per state, a (k,) tensor: the log-prob of each action's own
         tokens under one network ("policy" or "ref") at the agent's temperature. The numbers of score(), for a
@@ -206,17 +205,18 @@ class Agent:
                     codes[a] = tokenizer.encode_action(self.enc, a)
         acts = [[codes[a] for a in texts] for _, texts in states]
         order = sorted(range(len(states)), key=lambda i: len(states[i][0]) + sum(map(len, acts[i])))
-        out, chunk = [None] * len(states), []
+        out, chunk, n = [None] * len(states), [], 0  # n: the actions in the chunk
         for k, i in enumerate(order):
             chunk.append(i)
-            if k + 1 == len(order) or sum(len(acts[j]) for j in chunk) + len(acts[order[k + 1]]) > self.batch_size:
+            n += len(acts[i])
+            if k + 1 == len(order) or n + len(acts[order[k + 1]]) > self.batch_size:
                 with M.autocast_ctx(self.device):
                     lps = net.continuation_logprobs([states[j][0] for j in chunk], [acts[j] for j in chunk],
                                                     self.temperature)
                 for j, lp in zip(chunk, lps):
                     out[j] = lp
                 self.forward_passes += len(chunk)  # one row per state
-                chunk = []
+                chunk, n = [], 0
         return out
 
 
