@@ -169,10 +169,11 @@ class SoftSolution:
 
     def expect(self, st, policy="optimum", memo=None):
         """(success probability, expected reward, expected sum of log pi/pi_ref) of an episode from st under
-        policy "optimum" (pi*), "improved" (pi_1) or "reference" (pi_ref; the last is then 0). Under pi*,
-        beta * KL = E[reward] - V(st) exactly."""
-        log_ratio = {"optimum": self.log_ratio, "improved": self.improved_log_ratio,
-                     "reference": lambda st, a: 0.0}[policy]
+        policy "optimum" (pi*), "improved" (pi_1), "reference" (pi_ref; the last is then 0), or any policy given
+        as its log-ratio, a function (state, action) -> log pi/pi_ref. Under pi*, beta * KL = E[reward] - V(st)
+        exactly."""
+        log_ratio = policy if callable(policy) else {"optimum": self.log_ratio, "improved": self.improved_log_ratio,
+                                                     "reference": lambda st, a: 0.0}[policy]
         memo = {} if memo is None else memo
         if st not in memo:
             out = [0.0, 0.0, 0.0]

@@ -20,12 +20,32 @@ def pct(x):
     return f"{100 * x:5.1f}"
 
 
-def reference_probs(agent, cache=None):
-    """ref_probs for envs.SoftSolution: at each state of a batch [(prompt, actions)], the reference network's
-    probability of each action's own tokens. With a cache path the answer is saved there once and reloaded after,
-    so that the costly scoring of every reachable state is paid once per reference, not once per check.
-    A constrained agent's reference writes available actions only: its probabilities are the renormalised ones
-    (summing to 1 at each state, nothing left for the no-op), so the optimum is that of the constrained objective."""
+def network_probs(agent, batch, model="ref"):
+    """[{action: prob}] at each state of a batch [(prompt, actions)]: one network's ("ref" or "policy")
+    probability of each action's own tokens. A constrained agent writes available actions only: its
+    probabilities are the renormalised ones (summing to 1 at each state, nothing left for the no-op)."""
+    if agent.constrained:  # every token renormalised over the state's trie: score() knows how
+        prompts, actions, choices = [], [], []
+        for prompt, acts in batch:
+            p = agent.encode(prompt)
+            prompts += [p] * len(acts)
+            actions += [tokenizer.encode_action(agent.enc, a) for a in acts]
+            choices += [tuple(acts)] * len(acts)
+        key = "logprobs" if model == "policy" else "ref_logprobs"
+        rows, k, lps = agent.score(prompts, actions, (model,), choices), 0, []
+        for _, acts in batch:
+            lps.append([float(r[key].sum()) for r in rows[k:k + len(acts)]])
+            k += len(acts)
+    else:  # each state's prompt run once for all its actions
+        lps = [lp.tolist() for lp in agent.action_logprobs([(agent.encode(p), acts) for p, acts in batch], model)]
+    return [{a: math.exp(x) for a, x in zip(acts, lp)} for (_, acts), lp in zip(batch, lps)]
+
+
+def reference_probs(agent, cache=None, model="ref"):
+    """ref_probs for envs.SoftSolution: the reference network's network_probs (or the policy's, model="policy").
+    With a cache path the answer is saved there once and reloaded after, so that the costly scoring of every
+    reachable state is paid once per network, not once per check. For a constrained agent the optimum is that of
+    the constrained objective."""
     def ref_probs(batch):
         if cache and os.path.exists(cache):
             with open(cache) as f:
@@ -33,20 +53,7 @@ def reference_probs(agent, cache=None):
             if [sorted(p) for p in probs] == [sorted(acts) for _, acts in batch]:
                 return probs
             print(f"[optimum] {cache} does not match this task's states: scoring them again")
-        if agent.constrained:  # every token renormalised over the state's trie: score() knows how
-            prompts, actions, choices = [], [], []
-            for prompt, acts in batch:
-                p = agent.encode(prompt)
-                prompts += [p] * len(acts)
-                actions += [tokenizer.encode_action(agent.enc, a) for a in acts]
-                choices += [tuple(acts)] * len(acts)
-            rows, k, lps = agent.score(prompts, actions, ("ref",), choices), 0, []
-            for _, acts in batch:
-                lps.append([float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]])
-                k += len(acts)
-        else:  # each state's prompt run once for all its actions
-            lps = [lp.tolist() for lp in agent.action_logprobs([(agent.encode(p), acts) for p, acts in batch])]
-        probs = [{a: math.exp(x) for a, x in zip(acts, lp)} for (_, acts), lp in zip(batch, lps)]
+        probs = network_probs(agent, batch, model)
         if cache:
             os.makedirs(os.path.dirname(cache), exist_ok=True)
             with open(cache + ".tmp", "w") as f:
@@ -56,11 +63,69 @@ def reference_probs(agent, cache=None):
     return ref_probs
 
 
-def _optimum_task(run_, task, n_samples, max_steps, cache):
+def scaled_log_ratio(sol, probs, scale=1.0):
+    """A policy known at every state of a solved task (probs: state -> {action: prob}, the rest of its mass on
+    the no-op), moved `scale` times as far from the reference along its own log-ratio:
+        pi_s(a|s) = pi_ref(a|s) exp(scale * log pi(a|s)/pi_ref(a|s)) / Z_s(s),
+    returned as its log-ratio, a function (state, action) -> log pi_s/pi_ref for SoftSolution.expect. Scale 1 is
+    the policy itself (renormalised over the actions the reference can take); if log pi/pi_ref were
+    (Q - V) / beta' for some beta', pi_s would be the optimum for beta' / scale: the same direction, another size."""
+    memo = {}
+
+    def log_ratio(st, a):
+        if st not in memo:
+            terms, p = sol.ref_terms(st), probs[st]
+            pol = [max(1.0 - sum(p.values()), 0.0) if b == sol.invalid else p[b] for b, _ in terms]
+            raw = [math.log(max(q / sum(pol), 1e-30) / r) for q, (_, r) in zip(pol, terms)]
+            m = max(scale * x for x in raw)
+            log_z = m + math.log(sum(r * math.exp(scale * x - m) for x, (_, r) in zip(raw, terms)))
+            memo[st] = {b: scale * x - log_z for x, (b, _) in zip(raw, terms)}
+        return memo[st][a if a in sol.pi_ref[st] else sol.invalid]
+    return log_ratio
+
+
+def sample_exact(env, sol, log_ratio, n, seed=0):
+    """n episodes of the policy pi_ref exp(log_ratio) from env's state, drawn over the solved states without a
+    network (the no-op stands for every text that is not an action). Per episode: (success, [(state, action)])."""
+    rng, out = np.random.default_rng(seed), []
+    for i in range(n):
+        e, path, info = env.clone(), [], {}
+        e.rng = np.random.default_rng([seed, i])
+        while not e.done:
+            terms = sol.ref_terms(e.state)
+            w = np.array([r * math.exp(log_ratio(e.state, a)) for a, r in terms])
+            a = terms[rng.choice(len(terms), p=w / w.sum())][0]
+            path.append((e.state, a))
+            _, _, _, info = e.step(a)
+        out.append((bool(info["success"]), path))
+    return out
+
+
+def _scaled_task(agent, env, sol, batch, scales, n_exact, cache):
+    """The PPO network's own probability of every action at every state of the solved task (one more scoring
+    of the whole tree, cached like the reference's), and for each scale s, pi_s (scaled_log_ratio): its exact success and KL, and on n_exact
+    episodes drawn from it, each step's log-ratio next to the optimum's, and each episode's summed PA and log-prob."""
+    probs, s0, out = dict(zip(sol.states, reference_probs(agent, cache, "policy")(batch))), env.state, []
+    for k, scale in enumerate(scales):
+        lr = scaled_log_ratio(sol, probs, scale)
+        success, _, kl = sol.expect(s0, lr)
+        eps = sample_exact(env, sol, lr, n_exact, seed=k)
+        out.append(dict(scale=scale, success=success, kl=kl,
+                        steps=dict(pol=[lr(st, a) for _, path in eps for st, a in path],
+                                   opt=[sol.log_ratio(st, a) for _, path in eps for st, a in path]),
+                        trajs=dict(pa=[sum(lr(st, a) for st, a in path) for _, path in eps],
+                                   logprob=[sum(lr(st, a) + math.log(dict(sol.ref_terms(st))[a]) for st, a in path)
+                                            for _, path in eps],
+                                   success=[ok for ok, _ in eps])))
+    return out
+
+
+def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32, policy_cache=None):
     """Solve one validation task exactly and compare PPO's samples with the optimum there."""
     agent, beta, t0 = run_.ppo, run_.ppo.beta, time.time()
     env = envs.make_env(run_.env_name, "valid", task=task, seed=0, max_steps=max_steps)
-    sol = env.soft_solution(reference_probs(agent, cache), beta)
+    ref_probs, batches = reference_probs(agent, cache), []
+    sol = env.soft_solution(lambda batch: batches.append(batch) or ref_probs(batch), beta)
     s0 = env.state
     opt_s, opt_r, opt_kl = sol.expect(s0)
     row = dict(task=task, states=len(sol.states), v_soft=sol.v(s0), v_star=env.optimal_value(), opt_success=opt_s,
@@ -88,6 +153,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache):
                         opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         imp=[beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         success=[ep.success for ep in eps])
+    row["scaled"] = _scaled_task(agent, env, sol, batches[0], scales, n_exact, policy_cache) if scales else []
     row["seconds"] = round(time.time() - t0, 1)
     print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {pct(opt_s)}% with KL {opt_kl:.2f} "
           f"nats/episode, pi_ref {pct(row['ref_success'])}% ({row['seconds']} s)")
@@ -134,15 +200,29 @@ def _all_actions(agent, sol, steps):
     return out
 
 
+def _scaled_summary(T, k, ci):
+    """Over the tasks of a check, the k-th scale of _scaled_task: exact success and KL (task means), and on the
+    episodes drawn from pi_s, Pearson with the optimum and failure AUROCs, with intervals over tasks."""
+    rows = [t["scaled"][k] for t in T]
+    cat = lambda part, key, idx=range(len(T)): [x for i in idx for x in rows[i][part][key]]
+    pear = lambda idx=range(len(T)): pearson(cat("steps", "pol", idx), cat("steps", "opt", idx))
+    auc = lambda key, idx=range(len(T)): pa.auroc(cat("trajs", key, idx), cat("trajs", "success", idx))
+    return dict(scale=rows[0]["scale"], success=float(np.mean([r["success"] for r in rows])),
+                kl=float(np.mean([r["kl"] for r in rows])), episodes=len(cat("trajs", "success")),
+                sampled_success=float(np.mean(cat("trajs", "success"))), pearson=pear(),
+                pearson_ci=ci(lambda idx: pear(idx)), auroc=auc("pa"), auroc_ci=ci(lambda idx: auc("pa", idx)),
+                auroc_logprob=auc("logprob"))
+
+
 def pearson(x, y):
     x, y = np.asarray(x), np.asarray(y)
     return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
 
 
 def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False):
-    """task -> the file that caches the reference's scores of every state of that validation task, named by the
-    reference file's hash, the temperature, the episode budget (0 = the world's own) and whether the reference
-    writes available actions only."""
+    """task -> the file that caches a network's scores of every state of that validation task (the reference's,
+    or the policy's with --scales), named by the network file's hash, the temperature, the episode budget (0 = the
+    world's own) and whether the network writes available actions only."""
     with open(ref_path, "rb") as f:
         ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
     tail = "-available" if constrained else ""
@@ -150,7 +230,7 @@ def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False
 
 
 def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=8, n_samples=8, seed=0,
-                  max_steps=None, cache_dir=None):
+                  max_steps=None, cache_dir=None, scales=(), n_exact=32):
     """How far is PPO from the optimum of its own objective? On n validation tasks, solve the KL-regularised
     objective exactly (envs.SoftSolution over every state reachable from the start, pi_ref = the reference
     network's probability of each action's text, the rest of its mass on the no-op) and measure:
@@ -172,6 +252,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         so the upward error of what it samples is taken out on average), and minus the KL summed along the path
         (failure AUROC under "centred" and "path_kl"; and with pi*'s and pi_1's exact KL at the same states,
         "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob").
+    With scales (say 1, 1.5, 2), the PPO network is also scored at every reachable state, and pi_s, the policy
+    moved s times as far along its own log-ratio (scaled_log_ratio; s = 1: the policy itself), gets its exact
+    success and KL and, on n_exact episodes per task drawn from it without the network, the Pearson correlation
+    of its log-ratio with the optimum's and the failure AUROC of its summed PA and of its log-prob ("scaled").
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
@@ -180,13 +264,15 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
     cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps,
                           cache_dir or os.path.join(out_dir, "optimum_cache"), run_.ppo.constrained)
-    T = [_optimum_task(run_, t, n_samples, max_steps, cache(t)) for t in range(n)]
+    pcache = optimum_cache(ppo_path, run_.ppo.temperature, max_steps, cache_dir or os.path.join(out_dir, "optimum_cache"),
+                           run_.ppo.constrained)  # the policy's scores, when scales ask for them, by ITS file's hash
+    T = [_optimum_task(run_, t, n_samples, max_steps, cache(t), scales, n_exact, pcache(t)) for t in range(n)]
     cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
     p, o, a, aref, imp, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "imp", "valid"))
     ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
     beta = run_.ppo.beta
     O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
-         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs", "all_actions")} for t in T],
+         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs", "all_actions", "scaled")} for t in T],
          "optimum": {k: float(np.mean([t[k] for t in T])) for k in ("opt_success", "opt_reward", "opt_kl",
                                                                       "ref_success", "v_soft", "v_star")},
          "max_identity_err": float(max(abs(t["identity_err"]) for t in T)),
@@ -213,6 +299,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
                       for k in ("ppo", "opt")}}
     O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
+    O["scaled"] = [_scaled_summary(T, k, ci) for k in range(len(scales))]
     m, lr = O["optimum"], O["log_ratio"]
     print(f"[optimum] {n} validation tasks, beta {beta}: pi* succeeds {pct(m['opt_success'])}% "
           f"(KL {m['opt_kl']:.2f} nats/episode), pi_ref {pct(m['ref_success'])}%; PPO samples "
@@ -241,6 +328,11 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"{O['auroc']['centred']:.3f}; of minus the KL summed along the path: {O['auroc']['path_kl']:.3f} "
           f"(pi*'s KL on the same states: {O['auroc']['path_kl_opt']:.3f}, pi_1's: {O['auroc']['path_kl_imp']:.3f}); "
           f"of the policy's log-prob of the episode: {O['auroc']['logprob']:.3f}")
+    for x in O["scaled"]:
+        print(f"[optimum] PPO moved x{x['scale']:g} along its log-ratio, exactly: succeeds {pct(x['success'])}% "
+              f"(KL {x['kl']:.2f}); on {x['episodes']} episodes drawn from it: Pearson with the optimum's "
+              f"{x['pearson']:+.3f} [{x['pearson_ci'][0]:+.2f}, {x['pearson_ci'][1]:+.2f}], failure AUROC of PA "
+              f"{x['auroc']:.3f} [{x['auroc_ci'][0]:.2f}, {x['auroc_ci'][1]:.2f}], of the log-prob {x['auroc_logprob']:.3f}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "optimum.json"), "w") as f:
         json.dump(O, f, indent=1, default=float)

@@ -502,9 +502,18 @@ def main(argv):
     p.add_argument("--valid", action="store_true", help="a quick check on the validation split only (for tuning)")
     p.add_argument("--optimum", type=int, default=0, help="solve the KL-regularised optimum exactly on N "
                    "validation tasks and compare PPO with it (costly: minutes per shop task on a CPU)")
+    p.add_argument("--scales", default="", help="with --optimum: also score PPO at every reachable state and give "
+                   "the exact success and KL of the policy moved S times as far along its log-ratio, for each S of a "
+                   "comma list (1 = the policy itself), with PA's fidelity and AUROC on episodes drawn from it")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=256)
     args = p.parse_args(argv)
+    try:
+        scales = [float(x) for x in args.scales.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--scales takes a comma list of numbers, not {args.scales!r}")
+    if scales and (not args.optimum or min(scales) <= 0):
+        p.error("--scales needs --optimum N and positive numbers")
     if not 0 <= args.optimum <= envs.N_TASKS["valid"]:
         p.error(f"--optimum takes 1 to {envs.N_TASKS['valid']} validation tasks, not {args.optimum}")
     if args.batch_size < 1:
@@ -516,7 +525,8 @@ def main(argv):
         p.error(str(e))
     try:
         if args.optimum:
-            optimum.optimum_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size, n=args.optimum)
+            optimum.optimum_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size, n=args.optimum,
+                                  scales=scales)
         elif args.valid:
             validation_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size)
         else:

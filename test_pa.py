@@ -604,6 +604,43 @@ def test_one_round_of_improvement_is_a_policy_that_improves_and_is_the_optimum_o
         assert sol1.improved_log_ratio(last.state, a) == pytest.approx(sol1.log_ratio(last.state, a), abs=1e-9)
 
 
+@pytest.mark.parametrize("name,split,task,warmup,steps", SOFT_CASES[:4])
+def test_a_policy_moved_along_its_log_ratio(name, split, task, warmup, steps):
+    """optimum.scaled_log_ratio: a policy known at every state (here pi* itself, as probabilities) is itself at
+    scale 1 (same exact success, reward and KL), the reference at scale 0, a distribution at any scale; and with one
+    step left, where Q does not depend on beta, pi* for beta moved twice as far IS pi* for beta / 2."""
+    beta = 0.1
+    env = small_budget_env(name, split, task, warmup, steps)
+    sol = env.soft_solution(lopsided_reference, beta)
+    probs = {st: {a: p * math.exp(sol.log_ratio(st, a)) for a, p in sol.pi_ref[st].items()} for st in sol.states}
+    assert sol.expect(env.state, optimum.scaled_log_ratio(sol, probs, 1.0)) == pytest.approx(sol.expect(env.state))
+    assert sol.expect(env.state, optimum.scaled_log_ratio(sol, probs, 0.0)) == \
+        pytest.approx(sol.expect(env.state, "reference"))
+    lr3 = optimum.scaled_log_ratio(sol, probs, 3.0)
+    for st in sol.states[:50]:
+        assert sum(p * math.exp(lr3(st, a)) for a, p in sol.ref_terms(st)) == pytest.approx(1.0, abs=1e-9)
+    last = small_budget_env(name, split, task, warmup, 1)
+    one, half = last.soft_solution(lopsided_reference, beta), last.soft_solution(lopsided_reference, beta / 2)
+    p1 = {st: {a: p * math.exp(one.log_ratio(st, a)) for a, p in one.pi_ref[st].items()} for st in one.states}
+    lr2 = optimum.scaled_log_ratio(one, p1, 2.0)
+    for a, _ in one.ref_terms(last.state):
+        assert lr2(last.state, a) == pytest.approx(half.log_ratio(last.state, a), abs=1e-9), a
+
+
+def test_episodes_drawn_over_the_solved_states_match_the_exact_expectation():
+    """optimum.sample_exact draws a policy's episodes without a network: their success rate and summed log-ratio
+    agree with SoftSolution.expect within sampling error, for pi_1 (a policy that is not the optimum)."""
+    env = small_budget_env("travel", "test", 3, 2, 5)  # success about 0.73 under pi_1
+    sol = env.soft_solution(lopsided_reference, 0.1)
+    success, _, kl = sol.expect(env.state, sol.improved_log_ratio)
+    eps = optimum.sample_exact(env, sol, sol.improved_log_ratio, 3000, seed=1)
+    ok = np.array([s for s, _ in eps], dtype=float)
+    lr = np.array([sum(sol.improved_log_ratio(st, a) for st, a in path) for _, path in eps])
+    assert 0 < success < 1 and abs(ok.mean() - success) < 4 * ok.std() / math.sqrt(len(ok)) + 1e-6, (ok.mean(), success)
+    assert abs(lr.mean() - kl) < 4 * lr.std() / math.sqrt(len(lr)) + 1e-6, (lr.mean(), kl)
+    assert all(len(path) >= 1 for _, path in eps) and env.state == eps[0][1][0][0], "episodes start at env's state"
+
+
 # ----------------------------------------------------------------------------- actions, prompts, vocabulary
 
 SHOP_PIECES = ["click[", "]", "search[", "[", "buy now", "é", "日本", "\n", "\x00", " ", "next >", "<", "p07", "🙂"]
@@ -1489,6 +1526,13 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["all_actions"]["rows"] >= O["log_ratio"]["steps"], "every available action of every visited state"
     assert sum(b["steps"] for b in O["by_improved"].values()) == O["log_ratio"]["steps"], "each step in one group"
     assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
+    scaled = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path / "s"), device="cpu", n=2, n_samples=2,
+                                   max_steps=3, cache_dir=str(tmp_path / "optimum_cache"), scales=(1, 2), n_exact=4)
+    assert [x["scale"] for x in scaled["scaled"]] == [1, 2] and all(x["episodes"] == 8 for x in scaled["scaled"])
+    assert all(0 <= x["success"] <= 1 and x["kl"] >= -1e-9 for x in scaled["scaled"]), scaled["scaled"]
+    assert json.dumps(scaled["log_ratio"], default=float) == json.dumps(O["log_ratio"], default=float), \
+        "the scales add to the check and change nothing of the rest (as text: nan == nan)"
+    assert len(os.listdir(tmp_path / "optimum_cache")) == 4, "the policy's scores are cached beside the reference's"
     again = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
                                 sort_keys=True, default=float)  # as text: nan == nan
