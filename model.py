@@ -114,6 +114,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    n_nets = 1  # networks run per forward pass (the Agent's count of forward passes)
 
     def __init__(self, cfg):
         super().__init__()
@@ -146,6 +147,9 @@ class GPT(nn.Module):
         """Parameter count; the position table is left out by default (it does no matmul work)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def new_cache(self, B, T_max):
+        return KVCache(self.config, B, T_max)
 
     def forward(self, idx, pos=None, attn_mask=None, cache=None, last_only=False, select=None):
         """idx (B, T) -> logits (B, T, V), values (B, T) fp32. pos (T,) or (B, T) position ids
@@ -300,7 +304,7 @@ class GPT(nn.Module):
             m = causal[t0:t1, :t1] & valid[:, None, None, :t1]
             return m | eye[t0:t1, :t1]  # a padding query sees itself: no all-masked row, no NaN
 
-        cache = KVCache(self.config, B, T_max) if use_cache else None
+        cache = self.new_cache(B, T_max) if use_cache else None
         out_tok, out_lp, out_v, out_ent, out_top = [], [], [], [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
         for i in range(max_new_tokens):
@@ -357,6 +361,30 @@ class GPT(nn.Module):
         ent, top = torch.stack(out_ent, 1).cpu(), torch.stack(out_top, 1).cpu()  # (B, n_new), (B, n_new, k)
         stats = [dict(entropy=ent[b, :len(a)], topk=top[b, :len(a)]) for b, a in enumerate(actions)]
         return actions, logprobs, values, stats
+
+
+class RatioScaled(GPT):
+    """A policy moved `scale` times as far from its reference along its own log-ratio, token by token:
+        log pi_s(t | x) = (1 - scale) log pi_ref(t | x) + scale log pi(t | x) - log Z(x),
+    that is, logits (1 - scale) * ref + scale * policy (the softmax takes each row's constant out). Scale 1 is the
+    policy, 0 the reference. If log pi/pi_ref were A / beta' at every token, pi_s would be pi_ref exp(scale * A /
+    beta') / Z: the same advantages, a smaller beta. Values are the policy's. For acting and scoring only
+    (generate, evaluate, continuation_logprobs), at two forward passes per call; nothing trains it."""
+    n_nets = 2
+
+    def __init__(self, policy, ref, scale):
+        nn.Module.__init__(self)
+        self.config, self.policy, self.ref, self.scale = policy.config, policy, ref, float(scale)
+        self.lm_head = policy.lm_head  # where generate() and continuation_logprobs() look for the device
+
+    def new_cache(self, B, T_max):
+        return self.policy.new_cache(B, T_max), self.ref.new_cache(B, T_max)
+
+    def forward(self, idx, pos=None, attn_mask=None, cache=None, last_only=False, select=None):
+        cp, cr = cache if cache is not None else (None, None)
+        logits, values = self.policy(idx, pos, attn_mask, cp, last_only, select)
+        ref_logits, _ = self.ref(idx, pos, attn_mask, cr, last_only, select)
+        return (1.0 - self.scale) * ref_logits.float() + self.scale * logits.float(), values
 
 
 def log_softmax_over(logits, allowed=None):

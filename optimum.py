@@ -219,18 +219,18 @@ def pearson(x, y):
     return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
 
 
-def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False):
+def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False, ratio_scale=1.0):
     """task -> the file that caches a network's scores of every state of that validation task (the reference's,
     or the policy's with --scales), named by the network file's hash, the temperature, the episode budget (0 = the
-    world's own) and whether the network writes available actions only."""
+    world's own), whether the network writes available actions only, and the policy's --ratio_scale if not 1."""
     with open(ref_path, "rb") as f:
         ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
-    tail = "-available" if constrained else ""
+    tail = ("-available" if constrained else "") + (f"-ratio{ratio_scale:g}" if ratio_scale != 1.0 else "")
     return lambda t: os.path.join(cache_dir, f"{ref_hash}-T{temperature:g}-valid{t}-steps{max_steps or 0}{tail}.json")
 
 
 def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=8, n_samples=8, seed=0,
-                  max_steps=None, cache_dir=None, scales=(), n_exact=32):
+                  max_steps=None, cache_dir=None, scales=(), n_exact=32, ratio_scale=1.0):
     """How far is PPO from the optimum of its own objective? On n validation tasks, solve the KL-regularised
     objective exactly (envs.SoftSolution over every state reachable from the start, pi_ref = the reference
     network's probability of each action's text, the rest of its mass on the no-op) and measure:
@@ -252,6 +252,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         so the upward error of what it samples is taken out on average), and minus the KL summed along the path
         (failure AUROC under "centred" and "path_kl"; and with pi*'s and pi_1's exact KL at the same states,
         "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob").
+    ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (search.load_run).
     With scales (say 1, 1.5, 2), the PPO network is also scored at every reachable state, and pi_s, the policy
     moved s times as far along its own log-ratio (scaled_log_ratio; s = 1: the policy itself), gets its exact
     success and KL and, on n_exact episodes per task drawn from it without the network, the Pearson correlation
@@ -261,11 +262,11 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
     scores are cached in cache_dir (default out_dir/optimum_cache/) under the reference file's hash and the
     temperature, so later checks of other policies with the same reference only sample and compare."""
-    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
     cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps,
                           cache_dir or os.path.join(out_dir, "optimum_cache"), run_.ppo.constrained)
     pcache = optimum_cache(ppo_path, run_.ppo.temperature, max_steps, cache_dir or os.path.join(out_dir, "optimum_cache"),
-                           run_.ppo.constrained)  # the policy's scores, when scales ask for them, by ITS file's hash
+                           run_.ppo.constrained, ratio_scale)  # the policy's scores, when scales ask for them
     T = [_optimum_task(run_, t, n_samples, max_steps, cache(t), scales, n_exact, pcache(t)) for t in range(n)]
     cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]
     p, o, a, aref, imp, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "imp", "valid"))

@@ -12,6 +12,8 @@ selector, the beam width) is made on the VALIDATION split; the test split is onl
     python report.py --ckpt out/ppo.pt --quick       # the quick report: fewer tasks where it samples
     python report.py --ckpt out/ppo.pt --valid       # the validation check (about two minutes on a CPU)
     python report.py --ckpt out/ppo.pt --optimum 8   # PPO against the exact optimum on 8 validation tasks
+    python report.py --ckpt out/ppo_avg.pt --optimum 16 --ratio_scales 1,2   # ... and the policy moved along
+                                                     # its own log-ratio, exactly (--ratio_scale S: acting so)
 """
 import json
 import math
@@ -118,15 +120,17 @@ def fidelity_top1(agent, states, beta):
     return out
 
 
-def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None, timings=None, pa_ref=None):
+def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None, timings=None, pa_ref=None,
+        ratio_scale=1.0):
     """Write the evaluation report of a PPO checkpoint (and its reference) to out_dir. Every section below
     fills its part of the report R; they run in this order, which fixes each one's random draws.
-    pa_ref: another checkpoint as PA's reference (search.load_run); the report names it."""
+    pa_ref: another checkpoint as PA's reference; ratio_scale: the policy moved along its log-ratio (both:
+    search.load_run); the report names them."""
     rc = rc or ReportConfig()
     t_start = time.time()
-    run_ = S.load_run(ppo_path, ref_path, device, batch_size, rc.seed, pa_ref)
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, rc.seed, pa_ref, ratio_scale)
     R = {"env": run_.env_name, "beta": run_.ppo.beta, "config": {k: v for k, v in vars(rc).items()},
-         "pa_ref": os.path.basename(pa_ref) if pa_ref else "ref.pt"}
+         "pa_ref": os.path.basename(pa_ref) if pa_ref else "ref.pt", "ratio_scale": ratio_scale}
     test, valid = list(range(rc.n_test)), list(range(rc.n_valid))
     cost, t0 = {}, time.time()
     eps = policies_section(R, run_, rc, test)
@@ -346,13 +350,14 @@ def beam_section(R, run_, rc, samples, rng, test, valid):
 # -----------------------------------------------------------------------------
 # the validation-only checks (for tuning and diagnosis without touching the test split)
 
-def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=200, n_bon=100, seed=0):
+def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, n=200, n_bon=100, seed=0,
+                     ratio_scale=1.0):
     """A quick look at a run on the VALIDATION split only, for tuning without touching the test split:
     greedy and one-sample success of the reference and the PPO policy on n tasks, best-of-8 by a few step
     scorers under each aggregation on the first n_bon tasks (with Mean@8 and Pass@8), and the rank
     correlation of each sampled step's PA with the oracle's A* (all steps, and the steps where A* != 0).
-    Writes validation.json to out_dir and returns it."""
-    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed)
+    Writes validation.json to out_dir and returns it. ratio_scale: as for search.load_run."""
+    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
     agent, env_name, rng, tasks = run_.ppo, run_.env_name, random.Random(seed), list(range(n))
     V = {"env": env_name, "beta": agent.beta, "n": n, "n_bon": n_bon}
     for name, a in (("reference", run_.ref), ("ppo", agent)):
@@ -397,6 +402,8 @@ def table(R):
     """The evaluation table as markdown lines (also printed)."""
     L = [f"## {R['env']}: test split ({R['config']['n_test']} tasks; seen / unseen halves), success % [95% CI]", "",
          *([f"PA's reference: {R['pa_ref']} (not the RL stage's ref.pt)", ""] if R.get("pa_ref", "ref.pt") != "ref.pt" else []),
+         *([f"PPO acts as its policy moved {R['ratio_scale']:g} times along its log-ratio (--ratio_scale)", ""]
+           if R.get("ratio_scale", 1.0) != 1.0 else []),
          "| policy | greedy | seen | unseen | sampled (1 per task) | score (greedy) |", "|---|---:|---:|---:|---:|---:|"]
     for k in ("reference", "ppo", "oracle"):
         g = R[k]["greedy"]
@@ -502,18 +509,23 @@ def main(argv):
     p.add_argument("--valid", action="store_true", help="a quick check on the validation split only (for tuning)")
     p.add_argument("--optimum", type=int, default=0, help="solve the KL-regularised optimum exactly on N "
                    "validation tasks and compare PPO with it (costly: minutes per shop task on a CPU)")
-    p.add_argument("--scales", default="", help="with --optimum: also score PPO at every reachable state and give "
-                   "the exact success and KL of the policy moved S times as far along its log-ratio, for each S of a "
-                   "comma list (1 = the policy itself), with PA's fidelity and AUROC on episodes drawn from it")
+    p.add_argument("--ratio_scale", type=float, default=1.0, help="act (and read PA) with the PPO policy moved S "
+                   "times as far from the reference along its own log-ratio, token by token: pi_ref (pi/pi_ref)^S")
+    p.add_argument("--ratio_scales", default="", help="with --optimum: also score PPO at every reachable state and "
+                   "give the exact success and KL of the policy moved S times as far along its log-ratio (per action), "
+                   "for each S of a comma list (1 = the policy itself), with PA's fidelity and AUROC on episodes drawn "
+                   "from it")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_size", type=int, default=256)
     args = p.parse_args(argv)
     try:
-        scales = [float(x) for x in args.scales.split(",") if x.strip()]
+        scales = [float(x) for x in args.ratio_scales.split(",") if x.strip()]
     except ValueError:
-        p.error(f"--scales takes a comma list of numbers, not {args.scales!r}")
+        p.error(f"--ratio_scales takes a comma list of numbers, not {args.ratio_scales!r}")
     if scales and (not args.optimum or min(scales) <= 0):
-        p.error("--scales needs --optimum N and positive numbers")
+        p.error("--ratio_scales needs --optimum N and positive numbers")
+    if args.ratio_scale <= 0:
+        p.error(f"--ratio_scale must be positive, not {args.ratio_scale}")
     if not 0 <= args.optimum <= envs.N_TASKS["valid"]:
         p.error(f"--optimum takes 1 to {envs.N_TASKS['valid']} validation tasks, not {args.optimum}")
     if args.batch_size < 1:
@@ -526,12 +538,12 @@ def main(argv):
     try:
         if args.optimum:
             optimum.optimum_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size, n=args.optimum,
-                                  scales=scales)
+                                  scales=scales, ratio_scale=args.ratio_scale)
         elif args.valid:
-            validation_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size)
+            validation_check(args.ckpt, out_dir, args.ref, args.device, args.batch_size, ratio_scale=args.ratio_scale)
         else:
             run(args.ckpt, out_dir, args.ref, args.device, args.batch_size, ReportConfig(**(QUICK if args.quick else {})),
-                pa_ref=args.pa_ref)
+                pa_ref=args.pa_ref, ratio_scale=args.ratio_scale)
     except M.CheckpointError as e:
         raise SystemExit(f"report.py: {e}")
 

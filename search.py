@@ -147,7 +147,7 @@ class Agent:
                                                          self.temperature, greedy, stop_id=self.stop,
                                                          generator=generator, stats_topk=TOPK, allowed=allowed)
         # one prefill per row, then one decode per further token
-        self.forward_passes += sum(len(a) for a in actions)
+        self.forward_passes += sum(len(a) for a in actions) * self.policy.n_nets
         return actions, [dict(logprobs=lp[b], values=v[b], **stats[b]) for b in range(len(actions))]
 
     def _tries_of(self, choices, n):
@@ -181,7 +181,7 @@ class Agent:
             net = self.policy if name == "policy" else self.ref
             with M.autocast_ctx(self.device):
                 lp, v, ent, topk = self.evaluate(net, idx, action_mask, choices, actions, topk=TOPK)
-            self.forward_passes += len(prompts)
+            self.forward_passes += len(prompts) * net.n_nets
             lp, v, ent, topk = lp.float().cpu(), v.float().cpu(), ent.float().cpu(), topk.float().cpu()
             for b, (p, a) in enumerate(zip(prompts, actions)):
                 sl = slice(len(p), len(p) + len(a))  # the action tokens of row b
@@ -215,7 +215,7 @@ class Agent:
                                                     self.temperature)
                 for j, lp in zip(chunk, lps):
                     out[j] = lp
-                self.forward_passes += len(chunk)  # one row per state
+                self.forward_passes += len(chunk) * net.n_nets  # one row per state
                 chunk, n = [], 0
         return out
 
@@ -552,10 +552,14 @@ class Run:
                        keep_states=keep_states)
 
 
-def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None):
+def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None, ratio_scale=1.0):
     """pa_ref: another checkpoint as the reference of every PA the PPO agent computes (say an early behaviour
-    cloning checkpoint or a weight merge, see prm.py); the reference that acts stays the RL stage's own."""
+    cloning checkpoint or a weight merge, see prm.py); the reference that acts stays the RL stage's own.
+    ratio_scale S != 1: the PPO agent acts, and PA reads, the policy moved S times as far from the reference along
+    its own log-ratio, token by token (model.RatioScaled: pi_ref (pi / pi_ref)^S, renormalised)."""
     agent, env_name, ref_path, device = load_agent(ckpt, ref, device, batch_size)
+    if ratio_scale != 1.0:
+        agent.policy = M.RatioScaled(agent.policy, agent.ref, ratio_scale)
     ref_agent = agent.like(agent.ref, agent.ref)
     if pa_ref:
         agent.ref = load_net(pa_ref, M.load_checkpoint(ckpt), device)

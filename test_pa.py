@@ -1236,6 +1236,34 @@ def test_continuations_scored_after_one_shared_prompt_match_the_full_evaluation(
     with pytest.raises(ValueError, match="block_size"):
         gpt.continuation_logprobs([list(range(3, 63))], [[[4, 5, 6, 7, 8]]])
 
+def test_a_policy_moved_along_its_log_ratio_token_by_token(enc, gpt):
+    """model.RatioScaled: scale 1 is the policy, 0 the reference, and at scale 2 each token's log-prob is
+    log_softmax(2 log pi - log pi_ref), in evaluate(), continuation_logprobs() and generate() (two KV caches) alike;
+    the values are the policy's."""
+    torch.manual_seed(1)
+    ref = model.GPT(gpt.config).eval()
+    prompts, conts = _ragged_prompts(enc.n_vocab), [[[3, 4, 5], [6]], [[7, 8]], [[2, 2]], [[9]]]
+    rows = [(p, c) for p, cs in zip(prompts, conts) for c in cs]
+    idx, mask = model.pack([p for p, _ in rows], [c for _, c in rows], tokenizer.pad_id(enc))
+    with torch.no_grad():
+        lp = lambda net: (net.evaluate(idx, 0.8, action_mask=mask)[0] * mask).sum(1)
+        assert torch.allclose(lp(model.RatioScaled(gpt, ref, 1.0)), lp(gpt), atol=1e-5), "scale 1: the policy"
+        assert torch.allclose(lp(model.RatioScaled(gpt, ref, 0.0)), lp(ref), atol=1e-5), "scale 0: the reference"
+        two = model.RatioScaled(gpt, ref, 2.0)
+        dists = [net.evaluate(idx, 0.8, action_mask=mask, dist=True)[-1] for net in (gpt, ref)]
+        by_hand = torch.log_softmax(2 * dists[0] - dists[1], -1)  # per token: pi^2 / pi_ref, renormalised
+        assert torch.allclose(two.evaluate(idx, 0.8, action_mask=mask, dist=True)[-1], by_hand, atol=1e-4)
+        assert torch.allclose(torch.cat(two.continuation_logprobs(prompts, conts, 0.8)), lp(two), atol=1e-4)
+        assert torch.equal(two.evaluate(idx, action_mask=mask)[1], gpt.evaluate(idx, action_mask=mask)[1]), \
+            "the values are the policy's"
+        g = torch.Generator().manual_seed(3)
+        acts, glp, _ = two.generate(prompts, 5, temperature=0.8, generator=g)
+        idx2, mask2 = model.pack(prompts, acts, tokenizer.pad_id(enc))
+        ev = two.evaluate(idx2, 0.8, action_mask=mask2)[0]
+        for b, (p, a) in enumerate(zip(prompts, acts)):
+            assert torch.allclose(glp[b], ev[b, len(p):len(p) + len(a)], atol=1e-4), "generate (cached) = evaluate"
+
+
 # ==================== train.py: GAE, PPO losses, rewards, config, pipeline, resume ==========================
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -2100,6 +2128,34 @@ def test_oracle_monitor_at_zero_hands_over_before_the_first_negative_step_and_th
     assert out["before_mistake"] == out["handovers"], "A* < 0 comes no later than the first critical mistake"
     with pytest.raises(ValueError, match="cannot stop the agent before"):
         search.halting_monitor("value_td", "sum", 0.0, 0.05)
+
+
+def test_a_run_acting_along_its_log_ratio(tiny_run, tmp_path, capsys):
+    """search.load_run(ratio_scale=S): the PPO agent acts with model.RatioScaled (PA then reads S log pi/pi_ref
+    less the tokens' normalisers), counts two networks per forward pass, and the optimum check says how far it
+    went (scale 1: the network's own numbers); report.py refuses a scale that is not positive."""
+    plain = search.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+    two = search.load_run(str(tiny_run / "ppo.pt"), device="cpu", ratio_scale=2.0)
+    assert isinstance(two.ppo.policy, model.RatioScaled) and two.ppo.ref is two.ppo.policy.ref
+    env = envs.make_env("shop", "valid", 0, 0)
+    p, acts = two.ppo.encode(env.obs()), env.actions()
+    rows = [two.ppo.score([p], [tokenizer.encode_action(two.ppo.enc, a)]) for a in acts]
+    lp2 = torch.tensor([float(r[0]["logprobs"].sum()) for r in rows])
+    lp1 = torch.tensor([float(r[0]["logprobs"].sum()) for a in acts
+                        for r in [plain.ppo.score([p], [tokenizer.encode_action(plain.ppo.enc, a)])]])
+    lref = torch.tensor([float(r[0]["ref_logprobs"].sum()) for r in rows])
+    assert not torch.allclose(lp2, lp1), "scale 2 moves the policy"
+    assert two.ppo.forward_passes == 3 * len(acts), "two networks for the policy, one for the reference, per row"
+    fast = two.ppo.action_logprobs([(p, acts)], "policy")[0]
+    assert torch.allclose(fast, lp2, atol=1e-4), "every scorer reads the same moved policy"
+    O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=1, n_samples=2, max_steps=2,
+                              ratio_scale=2.0, scales=(1,), n_exact=2)
+    assert O["scaled"][0]["scale"] == 1 and any("-ratio2-" in f or f.endswith("-ratio2.json")
+                                                 for f in os.listdir(tmp_path / "optimum_cache")), \
+        "the moved policy's scores are cached apart from the network's own"
+    with pytest.raises(SystemExit):
+        report.main([f"--ckpt={tiny_run / 'ppo.pt'}", "--valid", "--ratio_scale=0"])
+    assert "--ratio_scale must be positive" in capsys.readouterr().err
 
 
 def test_monitor_table_of_a_tiny_run(tiny_run, tmp_path, capsys):
