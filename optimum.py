@@ -142,11 +142,14 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                         valid=[st.valid for ep in eps for st in ep.steps])
     row["all_actions"] = _all_actions(agent, sol, [st for ep in eps for st in ep.steps])
     kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + [len(ep.steps) for ep in eps])
+    noop = row["all_actions"].pop("noop")  # PA of an invalid step read as the no-op's: one number for every such text
+    merged = [st.log_ratio if st.valid or math.isnan(x) else x for st, x in zip((st for ep in eps for st in ep.steps), noop)]
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         centred=[beta * sum(st.log_ratio - k for st, k in zip(ep.steps, kl[i:j]))
                                  for ep, i, j in zip(eps, ends, ends[1:])],
                         path_kl=[-beta * sum(kl[i:j]) for i, j in zip(ends, ends[1:])],
                         logprob=[sum(float(st.logprobs.sum()) for st in ep.steps) for ep in eps],
+                        noop=[beta * sum(merged[i:j]) for i, j in zip(ends, ends[1:])],
                         path_kl_opt=[-beta * sum(_state_kl(sol, st.env.state, sol.log_ratio) for st in ep.steps) for ep in eps],
                         path_kl_imp=[-beta * sum(_state_kl(sol, st.env.state, sol.improved_log_ratio) for st in ep.steps)
                                      for ep in eps],
@@ -180,12 +183,13 @@ def _all_actions(agent, sol, steps):
     log-prob (the control: what a policy that only sharpened the reference would show), each centred over the
     state's actions (what a policy ranks, wherever its own samples went). Returns them as lists, and under
     "state_kl" one number per step: KL(pi || pi_ref) at its state over the available actions and one bucket for
-    every other text (a lower bound on the KL over texts; exact for a constrained agent)."""
+    every other text (a lower bound on the KL over texts; exact for a constrained agent), and under "noop" the
+    log-ratio of that bucket, log pi(no action) / pi_ref(no action) (nan where either has no mass)."""
     states = [(st.prompt, sorted(a for a in sol.pi_ref[st.env.state] if a != sol.invalid), st.env.state) for st in steps]
     prompts = [p for p, acts, _ in states for _ in acts]
     actions = [tokenizer.encode_action(agent.enc, a) for _, acts, _ in states for a in acts]
     rows = agent.score(prompts, actions, ("policy", "ref"), [tuple(acts) for _, acts, _ in states for _ in acts])
-    out, k = dict(ppo=[], opt=[], imp=[], ref=[], state_kl=[]), 0
+    out, k = dict(ppo=[], opt=[], imp=[], ref=[], state_kl=[], noop=[]), 0
     for _, acts, state in states:
         lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows[k:k + len(acts)]]
         ref = [float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]]
@@ -194,6 +198,7 @@ def _all_actions(agent, sol, steps):
         rest_p, rest_ref = 1.0 - p.sum(), 1.0 - np.exp(ref).sum()
         out["state_kl"].append(float(p @ np.asarray(lr)) + (rest_p * math.log(rest_p / rest_ref)
                                                              if min(rest_p, rest_ref) > 1e-9 else 0.0))
+        out["noop"].append(math.log(rest_p / rest_ref) if min(rest_p, rest_ref) > 1e-9 else math.nan)
         for name, xs in (("ppo", lr), ("ref", ref), ("opt", [sol.log_ratio(state, a) for a in acts]),
                          ("imp", [sol.improved_log_ratio(state, a) for a in acts])):
             out[name] += list(np.asarray(xs) - np.mean(xs))
@@ -248,8 +253,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
       - over EVERY available action of the visited states, each log-ratio centred per state: PPO's against pi_1's
         and the optimum's. A policy can rank actions well where it goes and still show little of it on the actions
         it samples, since sampling picks the actions whose log-ratio errs upwards;
-      - two label-free variants of PPO's PA: less the policy's KL at each visited state (zero mean under the policy,
-        so the upward error of what it samples is taken out on average), and minus the KL summed along the path
+      - three label-free variants of PPO's PA: with each invalid text's log-ratio replaced by the no-op's, the
+        log-ratio of all texts that are not actions taken together ("noop"); less the policy's KL at each visited
+        state (zero mean under the policy, so the upward error of what it samples is taken out on average); and
+        minus the KL summed along the path
         (failure AUROC under "centred" and "path_kl"; and with pi*'s and pi_1's exact KL at the same states,
         "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob").
     ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (search.load_run).
@@ -296,7 +303,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
          "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt", "centred", "path_kl",
                                                                                 "path_kl_opt", "path_kl_imp",
-                                                                                "logprob")},
+                                                                                "logprob", "noop")},
          "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
                       for k in ("ppo", "opt")}}
     O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
@@ -328,7 +335,8 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     print(f"[optimum] failure AUROC of PPO's PA less its KL at each state (zero mean under PPO): "
           f"{O['auroc']['centred']:.3f}; of minus the KL summed along the path: {O['auroc']['path_kl']:.3f} "
           f"(pi*'s KL on the same states: {O['auroc']['path_kl_opt']:.3f}, pi_1's: {O['auroc']['path_kl_imp']:.3f}); "
-          f"of the policy's log-prob of the episode: {O['auroc']['logprob']:.3f}")
+          f"of the policy's log-prob of the episode: {O['auroc']['logprob']:.3f}; of PA with each invalid text's "
+          f"log-ratio replaced by that of all of them together (the no-op's): {O['auroc']['noop']:.3f}")
     for x in O["scaled"]:
         print(f"[optimum] PPO moved x{x['scale']:g} along its log-ratio, exactly: succeeds {pct(x['success'])}% "
               f"(KL {x['kl']:.2f}); on {x['episodes']} episodes drawn from it: Pearson with the optimum's "

@@ -1546,7 +1546,7 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["max_identity_err"] < 1e-9, "beta * KL(pi* || pi_ref) = E[reward] - V_soft must hold exactly"
     assert all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success")), "success rates in [0, 1]"
     assert all(0 <= O["auroc"][k] <= 1 or math.isnan(O["auroc"][k]) for k in ("centred", "path_kl", "path_kl_opt",
-                                                                                "path_kl_imp", "logprob")), O["auroc"]
+                                                                                "path_kl_imp", "logprob", "noop")), O["auroc"]
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
@@ -1574,21 +1574,22 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
     steps = [types.SimpleNamespace(prompt=agent.encode(f"page {st}"), env=types.SimpleNamespace(state=st))
              for st in ("s1", "s2")]
     out = optimum._all_actions(agent, sol, steps)
-    kl = out.pop("state_kl")
+    kl, noop = out.pop("state_kl"), out.pop("noop")
     assert all(len(xs) == 5 for xs in out.values()), "one row per available action of each state"
     assert all(abs(sum(xs[:2])) < 1e-9 and abs(sum(xs[2:])) < 1e-9 for xs in out.values()), "centred per state"
     assert out["opt"][:2] == pytest.approx([0.0, 0.0]) and out["imp"][2:] == pytest.approx([1 / 3, 1 / 3, -2 / 3]), out
     rows = agent.score([steps[0].prompt] * 2, [tokenizer.encode_action(agent.enc, a) for a in ("click[a]", "click[b]")])
     lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
     assert out["ppo"][:2] == pytest.approx([(lr[0] - lr[1]) / 2, (lr[1] - lr[0]) / 2], abs=1e-5), "PPO's, sorted"
-    assert len(kl) == 2, "one KL per visited state"
-    for step, st, k in zip(steps, ("s1", "s2"), kl):
+    assert len(kl) == len(noop) == 2, "one KL and one no-op log-ratio per visited state"
+    for step, st, k, x in zip(steps, ("s1", "s2"), kl, noop):
         acts = sorted(sol.pi_ref[st])
         rows = agent.score([step.prompt] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts])
         lp, lq = [float(r["logprobs"].sum()) for r in rows], [float(r["ref_logprobs"].sum()) for r in rows]
         rest, rest_ref = 1 - sum(map(math.exp, lp)), 1 - sum(map(math.exp, lq))
         by_hand = sum(math.exp(a) * (a - b) for a, b in zip(lp, lq)) + rest * math.log(rest / rest_ref)
         assert k == pytest.approx(by_hand, abs=1e-5), f"{st}: KL over the actions and one bucket for the rest"
+        assert x == pytest.approx(math.log(rest / rest_ref), abs=1e-4), f"{st}: the bucket's log-ratio"
 
 
 
