@@ -226,7 +226,7 @@ def pearson(x, y):
 
 def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False, ratio_scale=1.0):
     """task -> the file that caches a network's scores of every state of that validation task (the reference's,
-    or the policy's with --scales), named by the network file's hash, the temperature, the episode budget (0 = the
+    or the policy's with --ratio_scales), named by the network file's hash, the temperature, the episode budget (0 = the
     world's own), whether the network writes available actions only, and the policy's --ratio_scale if not 1."""
     with open(ref_path, "rb") as f:
         ref_hash = hashlib.sha1(f.read()).hexdigest()[:12]
