@@ -199,10 +199,11 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     """How well does each advantage estimator know A^ref, the reference's own advantage, at the states it visits?
     That is what PPO's first iteration needs (policy = reference, so the KL term is 0 and the soft advantage is
     A^ref exactly), and what one exact round of improvement (pi_1) is built from. On n_samples of the reference's
-    own episodes per validation task: GAE with the reference's value head (train.py's default, the step's first
-    action token, before whitening) and mc_advantages from k re-rollouts per visited state (--advantage=mc), each
-    against the exact A^ref of envs.SoftSolution; the state values too, against the exact V^ref. Pearson, with 95%
-    bootstrap intervals over tasks. Returns the dict it prints."""
+    own episodes per validation task: GAE with the reference's value head (train.py's lambda, and lambda 1: the
+    return less the critic's value; the step's first action token, before whitening) and mc_advantages from k
+    re-rollouts per visited state (--advantage=mc), each against the exact A^ref of envs.SoftSolution; the state
+    values too, against the exact V^ref. Pearson, with 95% bootstrap intervals over tasks, and the slope of each
+    estimate on the truth. Returns the dict it prints."""
     cfg, enc, ref = _reference(ref_path, device)
     agent = S.make_agent(cfg, ref, ref, enc)
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(ref_path)), "optimum_cache")
@@ -217,9 +218,10 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
         row = dict(task=t, aref=[sol.ref_advantage(st.env.state, st.text) for st in steps],
                    vref=[sol.ref_v(st.env.state) for st in steps], critic=[float(st.values[0]) for st in steps])
         lp, _, v, r, mask = train.episode_tensors(eps, cfg.beta)
-        adv, _ = train.gae(r, v, mask, cfg.gamma, cfg.lam)
         starts = [sum(len(x.action) for x in ep.steps[:i]) for ep in eps for i in range(len(ep.steps))]
-        row["gae"] = [float(adv[e, j]) for e, j in zip([e for e, ep in enumerate(eps) for _ in ep.steps], starts)]
+        for key, lam in (("gae", cfg.lam), ("gae_lam1", 1.0)):  # lambda 1: the return less the critic's value
+            adv, _ = train.gae(r, v, mask, cfg.gamma, lam)
+            row[key] = [float(adv[e, j]) for e, j in zip([e for e, ep in enumerate(eps) for _ in ep.steps], starts)]
         for k in ks:
             vals = S.mc_state_values(agent, eps, k, gen, cfg.beta, seed=10**6 * (t + 1) + 10**4 * k)
             row[f"mc{k}"] = [float(a[0]) for per_ep in train.mc_advantages(eps, vals, cfg.beta) for a in per_ep]
@@ -229,14 +231,23 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
             f"{k} {optimum.pearson(row[k], row['aref']):+.2f}" for k in ["gae"] + [f"mc{k}" for k in ks]))
     cat = lambda key, idx=range(n_tasks): [x for i in idx for x in rows[i][key]]
     corr = lambda key, target: dict(pearson=optimum.pearson(cat(key), cat(target)), ci=pa.bootstrap_ci(
-        np.arange(n_tasks), lambda idx: optimum.pearson(cat(key, idx), cat(target, idx)), n_boot=300))
+        np.arange(n_tasks), lambda idx: optimum.pearson(cat(key, idx), cat(target, idx)), n_boot=300),
+        slope=slope(cat(key), cat(target)))
     out = dict(ref=ref_path, n_tasks=n_tasks, n_samples=n_samples, steps=len(cat("aref")),
-               advantage={k: corr(k, "aref") for k in ["gae"] + [f"mc{k}" for k in ks]},
+               advantage={k: corr(k, "aref") for k in ["gae", "gae_lam1"] + [f"mc{k}" for k in ks]},
                value={k: corr(k, "vref") for k in ["critic"] + [f"v_mc{k}" for k in ks]})
     for what, d in (("A^ref", out["advantage"]), ("V^ref", out["value"])):
-        print(f"[estimates] Pearson with the exact {what} on {out['steps']} steps: " + ", ".join(
-            f"{k} {x['pearson']:+.3f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}]" for k, x in d.items()))
+        print(f"[estimates] Pearson with the exact {what} on {out['steps']} steps (slope on it): " + ", ".join(
+            f"{k} {x['pearson']:+.3f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}] ({x['slope']:+.2f})" for k, x in d.items()))
     return out
+
+
+def slope(estimate, truth):
+    """The least-squares slope of an estimate on the truth, cov / var(truth): how much of a true difference reaches
+    the estimate on average. An advantage estimate with slope c < 1 moves PPO's fixed point from the optimum at
+    beta to the optimum at beta / c, a shorter step in the right direction; noise alone leaves the slope at 1."""
+    x, y = np.asarray(truth, float), np.asarray(estimate, float)
+    return float(((x - x.mean()) * (y - y.mean())).mean() / x.var()) if len(x) > 1 and x.var() > 0 else math.nan
 
 
 def improvement_data(agent, cfg, episodes, k, seed, max_steps=None):

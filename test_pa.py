@@ -2365,8 +2365,16 @@ def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, t
 
 def test_estimates_compare_each_estimator_with_the_exact_reference_advantage(tiny_run, tmp_path):
     out = diagnose.estimates(str(tiny_run / "ref.pt"), n_tasks=2, n_samples=2, ks=(2,), max_steps=3, cache_dir=tmp_path)
-    assert set(out["advantage"]) == {"gae", "mc2"} and set(out["value"]) == {"critic", "v_mc2"}, out
+    assert set(out["advantage"]) == {"gae", "gae_lam1", "mc2"} and set(out["value"]) == {"critic", "v_mc2"}, out
     assert 2 <= out["steps"] <= 2 * 2 * 3, f"2 tasks x 2 episodes of at most 3 steps: {out['steps']}"
+
+
+def test_slope_is_the_share_of_a_true_difference_that_reaches_the_estimate():
+    truth = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    assert diagnose.slope(0.3 * truth + 5.0, truth) == pytest.approx(0.3), "shrunk and shifted: the shrinkage"
+    noise = np.array([1.0, -1.0, 0.0, -1.0, 1.0])  # uncorrelated with the truth: noise leaves the slope at 1
+    assert diagnose.slope(truth + noise, truth) == pytest.approx(1.0)
+    assert math.isnan(diagnose.slope([1.0, 2.0], [3.0, 3.0])), "no spread in the truth: no slope"
 
 
 def test_improve_estimates_one_round_and_distils_it(tiny_run, tmp_path):
