@@ -10,6 +10,7 @@ clipping, the network) and from how PA is read:
     python diagnose.py --ckpt out/ppo.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
     python diagnose.py --few_tasks 8 --advantages exact # the network's PPO on 8 validation tasks against pi* there
     python diagnose.py --few_tasks 8 --start optimum    # ... starting from pi* distilled into the network
+    python diagnose.py --few_tasks 16 --start optimum --iters 0 --distil_loss ratio  # pi*'s PA taught directly
     python diagnose.py --estimates 16                   # how well GAE and re-rollouts know the reference's advantage
     python diagnose.py --improve 64                     # one round of improvement from rollouts, fitted, then checked
     python diagnose.py --ckpt out/ppo.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo.pt's samples
@@ -86,11 +87,21 @@ def exact_advantage(sol, step, beta):
 
 
 def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr=1e-3, batch=256, max_steps=None,
-                   seed=0):
+                   seed=0, loss="ce"):
     """Put pi* into the network, as the start of the stationarity test: on the states the network visits (its
-    own samples of the n_tasks validation tasks, so they approach pi*'s as it learns: DAgger), the cross-entropy
-    of its probability of each available action's tokens to pi*'s probability of that action, one pass per round.
-    pi*'s small mass on the no-op (any other text) is not taught. Returns the log of each round."""
+    own samples of the n_tasks validation tasks, so they approach pi*'s as it learns: DAgger), one pass per round
+    over every available action of those states. loss="ce": the cross-entropy of its probability of each action's
+    tokens to pi*'s probability of that action, which hardly cares whether an action it avoids keeps 1e-3 or 1e-8
+    of its mass. loss="ratio": the squared error of its log-ratio log pi/pi_ref of each action to pi*'s, every
+    action weighted alike, which is what PA reads (the network's ceiling as a process reward on these tasks), and of
+    its log-prob of writing any other text (the no-op) to pi*'s; without that term the mass pushed off the bad
+    actions leaks into invalid text. With "ce", pi*'s small mass on the no-op is not taught. Minibatches hold whole
+    states. Returns the log of each round."""
+    if loss not in ("ce", "ratio"):
+        raise ValueError(f"loss: ce or ratio, not {loss!r}")
+    if loss == "ratio" and agent.constrained:
+        raise ValueError("loss='ratio' compares the network's own log-probs of the action texts with pi_ref's: "
+                         "with --actions=any only")
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     gen, sample_gen = torch.Generator().manual_seed(seed + 3), torch.Generator().manual_seed(seed + 4)
     log = []
@@ -99,25 +110,40 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
                     for i in range(episodes)]
         policy.eval()
         eps = S.rollout(agent, env_list, generator=sample_gen, keep_states=True)
-        targets = {}  # each visited state once: (prompt, action tokens, pi*(action | state)) of its actions
+        targets = {}  # each visited state once: its actions' rows and the no-op's log pi*(no-op | s)
         for ep in eps:
             for st in ep.steps:
                 sol, state = sols[ep.task], st.env.state
                 if (ep.task, state) not in targets:
-                    targets[ep.task, state] = [
-                        (st.prompt, tokenizer.encode_action(agent.enc, a), p * math.exp(sol.log_ratio(state, a)))
-                        for a, p in sol.pi_ref[state].items()]
-        rows = [x for xs in targets.values() for x in xs]
+                    rest = 1.0 - sum(sol.pi_ref[state].values())
+                    targets[ep.task, state] = (  # (prompt, tokens, pi*(a|s), log pi*(a|s)) of each action
+                        [(st.prompt, tokenizer.encode_action(agent.enc, a), p * math.exp(sol.log_ratio(state, a)),
+                          math.log(p) + sol.log_ratio(state, a)) for a, p in sol.pi_ref[state].items() if p > 0],
+                        math.log(rest) + sol.log_ratio(state, sol.invalid) if rest > 1e-12 else None)
+        chunks, chunk, per_state = [], [], list(targets.values())  # minibatches of whole states, ~batch actions each
+        for i in torch.randperm(len(per_state), generator=gen).tolist():
+            chunk.append(per_state[i])
+            if sum(len(rows) for rows, _ in chunk) >= batch:
+                chunks, chunk = chunks + [chunk], []
         policy.train()
         losses = []
-        for chunk in torch.randperm(len(rows), generator=gen).split(batch):
-            mb = [rows[i] for i in chunk.tolist()]
-            idx, mask = M.pack([p for p, _, _ in mb], [a for _, a, _ in mb], agent.pad)
+        for chunk in chunks + ([chunk] if chunk else []):
+            mb = [x for rows, _ in chunk for x in rows]
+            idx, mask = M.pack([p for p, *_ in mb], [a for _, a, *_ in mb], agent.pad)
             lp, _, _ = policy.evaluate(idx, cfg.temperature, action_mask=mask)
-            w = torch.tensor([x for _, _, x in mb])
-            loss = -(w * (lp.float() * mask).sum(-1)).sum() / w.sum()  # cross-entropy per unit of pi*'s mass
-            M.gradient_step(opt, policy, loss, cfg.max_grad_norm, "distillation loss")
-            losses.append(loss.item())
+            seq = (lp.float() * mask).sum(-1)  # log pi(a|s) of each action's text
+            if loss == "ce":
+                w = torch.tensor([x[2] for x in mb])
+                value = -(w * seq).sum() / w.sum()  # cross-entropy per unit of pi*'s mass
+            else:  # log pi - log pi* = (log pi/pi_ref) - (log pi*/pi_ref), squared, for each action and the no-op
+                errs = [seq - torch.tensor([x[3] for x in mb])]
+                on_actions = torch.stack([x.logsumexp(0) for x in seq.split([len(rows) for rows, _ in chunk])])
+                noop = torch.log1p(-on_actions.exp().clamp(max=1 - 1e-6))  # log of the mass on any other text
+                keep = [i for i, (_, t) in enumerate(chunk) if t is not None]
+                errs.append(noop[keep] - torch.tensor([chunk[i][1] for i in keep]))
+                value = (torch.cat(errs) ** 2).mean()
+            M.gradient_step(opt, policy, value, cfg.max_grad_norm, "distillation loss")
+            losses.append(value.item())
         steps = [(ep.task, st) for ep in eps for st in ep.steps]
         target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
         log.append(dict(round=r, success=float(np.mean([ep.success for ep in eps])), states=len(targets),
@@ -138,7 +164,7 @@ def _reference(ref_path, device, **overrides):
 
 def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
               device="cpu", seed=0, max_steps=None, start="reference", distil_rounds=10, distil_lr=1e-3,
-              critic_warmup=0, **overrides):
+              distil_loss="ce", critic_warmup=0, **overrides):
     """The network version of the tabular question: train.py's PPO from the reference, on n_tasks validation
     tasks only (so that each state is visited often, as in a table), with GAE's advantages (advantages="gae")
     or with the exact ones of the optimum (advantages="exact": beta * (log pi*/pi_ref - log pi/pi_ref) of the
@@ -149,11 +175,16 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     start="optimum": the stationarity test. PPO starts from pi* distilled into the network (distil_optimum,
     distil_rounds rounds) instead of from the reference; if the log-ratio's correlation with pi*'s then decays
     under unchanged PPO, PPO's fixed point is not pi* (a bug or a mis-specified reward); if it holds, the
-    trouble is getting there. critic_warmup: iterations that fit only the critic first (its head learned the
-    reference's returns, not the distilled policy's); they are logged with critic_only.
+    trouble is getting there. distil_loss "ratio" fits pi*'s log-ratio instead of its probabilities, and with
+    iters=0 the check scores the distilled network itself: how close this network gets to the optimum's process
+    reward when it is taught it directly, on the very tasks it is checked on (a ceiling for any RL recipe).
+    critic_warmup: iterations that fit only the critic first (its head learned the reference's returns, not the
+    distilled policy's); they are logged with critic_only.
     max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
     if start not in ("reference", "optimum"):
         raise ValueError(f"start: reference or optimum, not {start!r}")
+    if iters < (1 if start == "reference" else 0):
+        raise ValueError(f"iters: at least 1 from the reference (0 is allowed from the optimum), not {iters}")
     cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, ppo_iters=iters,
                                episodes_per_iter=episodes, **overrides)
     os.makedirs(out_dir, exist_ok=True)
@@ -168,7 +199,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     log = []
     if start == "optimum":
         log += distil_optimum(policy, agent, sols, cfg, n_tasks, distil_rounds, lr=distil_lr, max_steps=max_steps,
-                              seed=seed)
+                              seed=seed, loss=distil_loss)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     critic, critic_opt = train.separate_critic(cfg, ref)
     gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
@@ -187,7 +218,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
                         pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
-    M.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=critic_warmup + iters - 1)
+    M.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=max(critic_warmup + iters - 1, 0))
     optimum.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
                          max_steps=max_steps, cache_dir=cache_dir)
     with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
@@ -441,7 +472,8 @@ def main(argv):
     p.add_argument("--loss", default="regression", choices=("ce", "regression"), help="with --improve: how the "
                    "network learns the improved policy (diagnose.improve)")
     p.add_argument("--epochs", type=int, default=4, help="with --improve: passes over the states")
-    p.add_argument("--lr", type=float, default=1e-3, help="with --improve: the learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="with --improve, or --few_tasks --start optimum: the "
+                   "learning rate of the fit or the distillation")
     p.add_argument("--cross", default=None, metavar="SCORERS", help="with --ckpt: PA by these other policies' "
                    "checkpoints (comma-separated) on --ckpt's samples of 16 validation tasks (diagnose.cross_scores)")
     p.add_argument("--soup", default=None, metavar="RUNS", help="average these PPO checkpoints' weights "
@@ -456,6 +488,11 @@ def main(argv):
     p.add_argument("--start", default="reference", choices=("reference", "optimum"), help="with --few_tasks: PPO "
                    "starts from the reference, or from pi* distilled into the network (the stationarity test)")
     p.add_argument("--distil_rounds", type=int, default=10, help="with --start optimum: rounds of distillation")
+    p.add_argument("--distil_loss", default="ce", choices=("ce", "ratio"), help="with --start optimum: match pi*'s "
+                   "probabilities (ce) or its log-ratio on every available action (ratio); with --iters 0 the check "
+                   "scores the distilled network itself")
+    p.add_argument("--beta", type=float, default=None, help="with --few_tasks: the KL coefficient of PPO and of the "
+                   "optimum (default: the reference's)")
     p.add_argument("--critic_warmup", type=int, default=0, help="with --few_tasks: iterations that fit only the "
                    "critic before PPO")
     p.add_argument("--critic", default="shared", choices=("shared", "separate"), help="with --few_tasks: the "
@@ -505,14 +542,18 @@ def main(argv):
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.few_tasks:
-        if args.distil_rounds < 1 or args.critic_warmup < 0 or args.iters < 1:
-            p.error("--distil_rounds and --iters must be at least 1 and --critic_warmup at least 0")
+        if args.distil_rounds < 1 or args.critic_warmup < 0 or args.iters < (0 if args.start == "optimum" else 1):
+            p.error("--distil_rounds and --iters must be at least 1 (--iters 0 with --start optimum) and "
+                    "--critic_warmup at least 0")
+        if args.beta is not None and not args.beta > 0:
+            p.error(f"--beta must be positive, not {args.beta}")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters, advantages=args.advantages,
-                      start=args.start, distil_rounds=args.distil_rounds, critic_warmup=args.critic_warmup,
-                      critic=args.critic, actions=args.actions, seed=args.seed,
+                      start=args.start, distil_rounds=args.distil_rounds, distil_loss=args.distil_loss,
+                      distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, actions=args.actions,
+                      seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)),
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")

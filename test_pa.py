@@ -2451,6 +2451,20 @@ def test_distilling_the_optimum_lowers_the_cross_entropy_to_it(tiny_run, tmp_pat
         diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), start="pi_star")
 
 
+def test_distilling_the_optimum_log_ratio_fits_it_and_checks_the_distilled_network(tiny_run, tmp_path):
+    """loss="ratio" regresses the network's log-ratio of every available action on pi*'s; with iters=0 no PPO runs
+    and the optimum check scores the distilled network itself (the ceiling of the network's PA on those tasks)."""
+    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
+                             start="optimum", distil_rounds=20, distil_lr=1e-2, distil_loss="ratio", beta=0.005)
+    assert [r["round"] for r in log] == list(range(20)), f"distillation rounds only, no PPO iteration: {log}"
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"], f"the squared error to pi*'s log-ratio must fall: {log}"
+    assert (tmp_path / "ppo.pt").exists() and (tmp_path / "optimum.json").exists(), "the distilled network, checked"
+    with pytest.raises(ValueError, match="iters"):
+        diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), iters=0)
+    with pytest.raises(ValueError, match="loss"):
+        diagnose.distil_optimum(None, None, [], None, 1, loss="kl")
+
+
 def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
     out = diagnose.kl_split(str(tiny_run / "ppo.pt"), n_tasks=2, n_samples=2)
     assert out["episodes"] == 4 and out["states"] > 0, f"2 tasks x 2 samples, visited states: {out}"
