@@ -114,20 +114,20 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
         for ep in eps:
             for st in ep.steps:
                 sol, state = sols[ep.task], st.env.state
-                if (ep.task, state) not in targets:
-                    rest = 1.0 - sum(sol.pi_ref[state].values())
+                if (ep.task, state) not in targets:  # log pi*(a|s) = log pi_ref(a|s) + log pi*/pi_ref
+                    terms = {a: math.log(p) + sol.log_ratio(state, a) for a, p in sol.ref_terms(state)}
                     targets[ep.task, state] = (  # (prompt, tokens, pi*(a|s), log pi*(a|s)) of each action
-                        [(st.prompt, tokenizer.encode_action(agent.enc, a), p * math.exp(sol.log_ratio(state, a)),
-                          math.log(p) + sol.log_ratio(state, a)) for a, p in sol.pi_ref[state].items() if p > 0],
-                        math.log(rest) + sol.log_ratio(state, sol.invalid) if rest > 1e-12 else None)
-        chunks, chunk, per_state = [], [], list(targets.values())  # minibatches of whole states, ~batch actions each
+                        [(st.prompt, tokenizer.encode_action(agent.enc, a), math.exp(x), x)
+                         for a, x in terms.items() if a != sol.invalid], terms.get(sol.invalid))
+        chunks, size, per_state = [[]], 0, list(targets.values())  # minibatches of whole states, ~batch actions
         for i in torch.randperm(len(per_state), generator=gen).tolist():
-            chunk.append(per_state[i])
-            if sum(len(rows) for rows, _ in chunk) >= batch:
-                chunks, chunk = chunks + [chunk], []
+            if size >= batch:
+                chunks, size = chunks + [[]], 0
+            chunks[-1].append(per_state[i])
+            size += len(per_state[i][0])
         policy.train()
         losses = []
-        for chunk in chunks + ([chunk] if chunk else []):
+        for chunk in chunks:
             mb = [x for rows, _ in chunk for x in rows]
             idx, mask = M.pack([p for p, *_ in mb], [a for _, a, *_ in mb], agent.pad)
             lp, _, _ = policy.evaluate(idx, cfg.temperature, action_mask=mask)
