@@ -2,7 +2,7 @@
 report.py: the evaluation of a trained run. The report (run): reference vs PPO, best-of-N and beam search by
 every step scorer, failure prediction (AUROC), failure attribution and fidelity to the oracle's A*, on the
 test split with its seen and unseen halves apart, intervals on every rate. The checks, on the VALIDATION
-split only, for tuning and diagnosis: validation_check (success, best-of-8 by several scorers, PA vs A*)
+split only, for tuning and diagnosis: validation_check (success, best-of-8 and failure AUROC by several scorers, PA vs A*)
 and optimum_check (PPO against the exact optimum of its own KL-regularised objective).
 
 Protocol, fixed before looking at test results: every choice (the trajectory aggregation of each
@@ -222,8 +222,10 @@ def best_of_n_section(R, rc, eps, how_bon, rng, test):
                 R["mean_at_n"] = {str(n): v for n, v in mean_n.items()}
                 R["pass_at_n"] = {str(n): v for n, v in pass_n.items()}
     steps_per_ep = float(np.mean([len(e.steps) for e in eps["samples"]]))
-    for sel in _selectors():  # extra forward passes per trajectory beyond sampling it
-        R["cost"][sel]["extra_forward_per_traj"] = steps_per_ep if S.SELECTORS[sel].needs_ref else 0.0
+    invalid_per_ep = float(np.mean([sum(not st.valid for st in e.steps) for e in eps["samples"]]))
+    for sel in _selectors():  # extra forward passes per trajectory beyond sampling it (pa_noop: two per invalid step)
+        R["cost"][sel]["extra_forward_per_traj"] = ((steps_per_ep if S.SELECTORS[sel].needs_ref else 0.0)
+                                                    + (2 * invalid_per_ep if sel == "pa_noop" else 0.0))
     R["cost"]["oracle"]["note"] = "exact dynamic programming over environment states: not available in practice"
 
 
@@ -364,11 +366,15 @@ def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size
         g, s = run_.episodes(a, "valid", tasks, [0], True), run_.episodes(a, "valid", tasks, [0], False)
         V[name] = dict(greedy=float(np.mean([e.success for e in g])), sampled=float(np.mean([e.success for e in s])),
                        invalid_greedy=float(np.mean([not st.valid for e in g for st in e.steps])))
+    sels = ("pa", "pa_noop", "logprob", "value_td", "random", "oracle")
+    V["auroc"] = {sel: {how: pa.auroc([S.trajectory_score(e, sel, how, agent.beta, rng) for e in g],
+                                      [e.success for e in g]) for how in pa.AGGREGATIONS}
+                  for sel in sels[:-1]}  # failure prediction on PPO's greedy episodes (the last g)
     samples = run_.episodes(agent, "valid", tasks[:n_bon], range(8))
     groups = [samples[i * 8:(i + 1) * 8] for i in range(n_bon)]
     V["bon8"] = {sel: {how: S.best_of_n(groups, [[S.trajectory_score(e, sel, how, agent.beta, rng) for e in g]
                                                  for g in groups], [8])[0][8] for how in pa.AGGREGATIONS}
-                 for sel in ("pa", "logprob", "value_td", "random", "oracle")}
+                 for sel in sels}
     V["mean_at_8"] = float(np.mean([e.success for e in samples]))
     V["pass_at_8"] = float(np.mean([any(e.success for e in g) for g in groups]))
     p = np.array([x for e in samples for x in S.step_scores(e, "pa", agent.beta)])
@@ -381,6 +387,9 @@ def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size
           f"ppo {fmt(V['ppo']['sampled'])}")
     print(f"[validation] best-of-8 on {n_bon} tasks (Mean@8 {fmt(V['mean_at_8'])}, Pass@8 {fmt(V['pass_at_8'])}): "
           + "; ".join(f"{sel} " + "/".join(fmt(v).strip() for v in row.values()) for sel, row in V["bon8"].items())
+          + f"  ({'/'.join(pa.AGGREGATIONS)})")
+    print(f"[validation] failure AUROC on PPO's {n} greedy episodes: "
+          + "; ".join(f"{sel} " + "/".join(fmt(v).strip() for v in row.values()) for sel, row in V["auroc"].items())
           + f"  ({'/'.join(pa.AGGREGATIONS)})")
     sp = V["spearman_pa_astar"]
     print(f"[validation] Spearman(PA, A*) over {sp['steps']} sampled steps: {sp['all']:+.3f}; "

@@ -49,6 +49,8 @@ class Step:
     vstar: float = math.nan  # V*(s)
     env: object = None       # a clone of the environment before the action (keep_states runs only)
     choices: tuple = None    # the available actions it was chosen from (constrained agents only)
+    noop_log_ratio: float = None  # invalid steps of rollout(..., noop=True): log pi/pi_ref of writing no action at
+                                  # all (read_noop); nan where either network puts no mass there
 
     @property
     def log_ratio(self):
@@ -227,12 +229,13 @@ def make_agent(cfg, policy, ref, enc):
 
 
 def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_states=False, fresh=True,
-            progress=None, monitor=None):
+            progress=None, monitor=None, noop=False):
     """Run every environment to the end, batched. fresh=False continues from each env's current state.
     Returns one Episode per environment, in order. Each model call takes rows of similar prompt length
     (sorted), so that little of the batch is padding. monitor(episode, proposed Step) -> bool, called before
     each action is executed: True stops the agent and the scripted expert finishes the episode from there
-    (ep.handover = the step it took over at; the proposed action is not executed nor recorded)."""
+    (ep.handover = the step it took over at; the proposed action is not executed nor recorded).
+    noop: also read every invalid step as the no-op it is (read_noop, for the "pa_noop" selector)."""
     obs = [e.reset() if fresh else e.obs() for e in env_list]
     eps = [Episode(e.task_id, e.seed, e.unseen) for e in env_list]
     active = list(range(len(env_list)))
@@ -244,6 +247,7 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
             choices = [tuple(env_list[i].actions()) for i in chunk] if agent.constrained else None
             actions, rows = agent.act([prompts[i] for i in chunk], greedy, generator, choices)
             refs = agent.score([prompts[i] for i in chunk], actions, ("ref",), choices)
+            invalid = []  # (step, the actions that were available) of this chunk's invalid steps
             for j, i in enumerate(chunk):
                 env, text = env_list[i], agent.decode(actions[j])
                 st = Step(prompts[i], actions[j], text, **rows[j], **refs[j],
@@ -257,16 +261,37 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
                     eps[i].reward, eps[i].truncated = expert_finish(env)
                     eps[i].done = True
                     continue
+                available = tuple(env.actions()) if noop else None
                 obs[i], st.reward, st.done, info = env.step(text)
                 st.valid = info["valid"]
+                if noop and not st.valid:
+                    invalid.append((st, available))
                 ep = eps[i]
                 ep.steps.append(st)
                 if st.done:
                     ep.done, ep.reward, ep.truncated = True, st.reward, info["truncated"]
+            read_noop(agent, invalid)
             if progress is not None:
                 progress.update(len(chunk))
         active = [i for i in active if not eps[i].done]
     return eps
+
+
+def read_noop(agent, invalid):
+    """invalid: (Step, the actions available at its state) of steps whose text was not an action. Every such text
+    does the same thing (nothing, at the cost of a step), so to the environment they are one action, the no-op,
+    and pi*'s log-ratio is the same for all of them: log of (1 - the available actions' mass) under pi* over the
+    same under pi_ref. A trained policy was never taught how to share that mass among the texts, so the log-ratio
+    of the one it wrote is noise around it. Sets each step's noop_log_ratio to the no-op's log-ratio,
+    log (1 - sum_a pi(a|s)) - log (1 - sum_a pi_ref(a|s)) over the available actions a (nan where either mass is
+    below 1e-9), at one prompt per state and network (Agent.action_logprobs)."""
+    if not invalid:
+        return
+    states = [(st.prompt, available) for st, available in invalid]
+    rest = [[1.0 - float(lp.double().exp().sum()) for lp in agent.action_logprobs(states, net)]
+            for net in ("policy", "ref")]
+    for (st, _), p, q in zip(invalid, *rest):
+        st.noop_log_ratio = math.log(p / q) if min(p, q) > 1e-9 else math.nan
 
 
 def expert_finish(env):
@@ -333,6 +358,14 @@ def _tokens(steps, *names):
     return out + [mask]
 
 
+def _pa_noop(steps, beta):
+    """PA with each invalid text read as the no-op (read_noop): beta times the log-ratio of the action taken, or of
+    writing no action at all where the text was none (its own log-ratio where that mass is nan)."""
+    if any(s.noop_log_ratio is None for s in steps if not s.valid):
+        raise ValueError("selector 'pa_noop' needs episodes collected with rollout(..., noop=True)")
+    return [beta * (s.log_ratio if s.valid or math.isnan(s.noop_log_ratio) else s.noop_log_ratio) for s in steps]
+
+
 def _value_td(steps, mc_values=None, **_):
     """ "Value after minus value before", V(s_t+1) - V(s_t), by the critic or by Monte Carlo (mc_values).
     Without the environment's reward r_t: a selector does not know the outcome (with it, the sum over a
@@ -351,6 +384,8 @@ Selector = namedtuple("Selector", "score needs_ref before_acting")  # score(step
 SELECTORS = {  # name -> how it scores each step; whether it needs the reference; can it score unexecuted actions
     "pa": Selector(lambda st, beta, **_: pa.progress_advantage(*_tokens(st, "logprobs", "ref_logprobs"), beta),
                    True, True),
+    # the same with every invalid text's log-ratio replaced by the no-op's: known only once the text is executed
+    "pa_noop": Selector(lambda st, beta, **_: _pa_noop(st, beta), True, False),
     "logprob": Selector(lambda st, **_: pa.logprob_sum(*_tokens(st, "logprobs")), False, True),
     "logprob_mean": Selector(lambda st, **_: pa.logprob_mean(*_tokens(st, "logprobs")), False, True),
     "ref_logprob": Selector(lambda st, **_: pa.ref_logprob_sum(*_tokens(st, "ref_logprobs")), True, True),
@@ -549,7 +584,7 @@ class Run:
     def episodes(self, agent, split, tasks, seeds, greedy=False, keep_states=False):
         """Oracle-annotated episodes of `agent` on (task, seed) pairs of a split, task-major."""
         return rollout(agent, make_envs(self.env_name, split, tasks, seeds), greedy, self.gen, oracle=True,
-                       keep_states=keep_states)
+                       keep_states=keep_states, noop=not agent.constrained)
 
 
 def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None, ratio_scale=1.0):

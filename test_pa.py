@@ -1532,13 +1532,39 @@ def test_results_md_is_written_from_the_saved_report(tiny_run, tiny_report, tmp_
 
 def test_validation_check_of_a_tiny_run(tiny_run, tmp_path):
     V = report.validation_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=4, n_bon=3)
-    assert V == json.loads(json.dumps(V, default=float)) and (tmp_path / "validation.json").exists(), \
-        "validation.json holds what the check returns"
+    assert json.dumps(json.load(open(tmp_path / "validation.json"))) == json.dumps(V, default=float), \
+        "validation.json holds what the check returns (nan as NaN: a tiny run fails every task)"
     assert all(v == V["pass_at_8"] for v in V["bon8"]["oracle"].values()), "best-of-8 by the outcome is Pass@8"
     assert all(0 <= V[k][m] <= 1 for k in ("reference", "ppo") for m in ("greedy", "sampled", "invalid_greedy")), \
         "rates are in [0, 1]"
     assert V["mean_at_8"] <= V["pass_at_8"] and V["spearman_pa_astar"]["steps"] >= 3 * 8, \
         "Mean@8 <= Pass@8, and every step of 3 x 8 samples is scored"
+    assert set(V["auroc"]) == {"pa", "pa_noop", "logprob", "value_td", "random"} and all(
+        math.isnan(x) or 0 <= x <= 1 for row in V["auroc"].values() for x in row.values()), \
+        "a failure AUROC per scorer and aggregation, on PPO's greedy episodes"
+
+
+def test_pa_noop_reads_every_invalid_text_as_the_one_no_op(tiny_run):
+    run_ = search.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+    agent, beta = run_.ppo, run_.ppo.beta
+    eps, plain = (search.rollout(agent, search.make_envs("shop", "valid", range(6), [0, 1]),
+                                 generator=torch.Generator().manual_seed(0), keep_states=noop, noop=noop)
+                  for noop in (True, False))
+    assert [s.text for e in eps for s in e.steps] == [s.text for e in plain for s in e.steps], \
+        "reading the no-op draws nothing: the same rollouts"
+    invalid = [s for e in eps for s in e.steps if not s.valid]
+    assert len(invalid) >= 3, "the tiny policy writes some invalid text"
+    for s in invalid:  # the no-op's mass from score(), a path independent of read_noop's action_logprobs
+        acts = s.env.actions()
+        rows = agent.score([s.prompt] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts])
+        rest = [1 - sum(math.exp(float(r[k].sum())) for r in rows) for k in ("logprobs", "ref_logprobs")]
+        assert s.noop_log_ratio == pytest.approx(math.log(rest[0] / rest[1]), abs=1e-4), "log pi/pi_ref of no action"
+    assert max(abs(s.noop_log_ratio - s.log_ratio) for s in invalid) > 1e-3, "the reading changes PA somewhere"
+    for e in eps:
+        assert search.step_scores(e, "pa_noop", beta) == pytest.approx(
+            [beta * (s.log_ratio if s.valid else s.noop_log_ratio) for s in e.steps]), "PA itself on valid steps"
+    with pytest.raises(ValueError, match="noop=True"):
+        search.step_scores(next(e for e in plain if not all(s.valid for s in e.steps)), "pa_noop", beta)
 
 
 def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
