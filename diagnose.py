@@ -86,10 +86,11 @@ def exact_advantage(sol, step, beta):
     return beta * (sol.log_ratio(step.env.state, step.text) - step.log_ratio)
 
 
-def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr=1e-3, batch=256, max_steps=None,
+def distil_optimum(policy, agent, sols, cfg, tasks, rounds=10, episodes=64, lr=1e-3, batch=256, max_steps=None,
                    seed=0, loss="ce"):
     """Put pi* into the network, as the start of the stationarity test: on the states the network visits (its
-    own samples of the n_tasks validation tasks, so they approach pi*'s as it learns: DAgger), one pass per round
+    own samples of the validation tasks `tasks`, whose optima sols[task] holds, so they approach pi*'s as it
+    learns: DAgger), one pass per round
     over every available action of those states. loss="ce": the cross-entropy of its probability of each action's
     tokens to pi*'s probability of that action, which hardly cares whether an action it avoids keeps 1e-3 or 1e-8
     of its mass. loss="ratio": the squared error of its log-ratio log pi/pi_ref of each action to pi*'s, every
@@ -106,7 +107,7 @@ def distil_optimum(policy, agent, sols, cfg, n_tasks, rounds=10, episodes=64, lr
     gen, sample_gen = torch.Generator().manual_seed(seed + 3), torch.Generator().manual_seed(seed + 4)
     log = []
     for r in range(rounds):
-        env_list = [envs.make_env(cfg.env, "valid", i % n_tasks, 10**6 + r * episodes + i, max_steps)
+        env_list = [envs.make_env(cfg.env, "valid", tasks[i % len(tasks)], 10**6 + r * episodes + i, max_steps)
                     for i in range(episodes)]
         policy.eval()
         eps = S.rollout(agent, env_list, generator=sample_gen, keep_states=True)
@@ -164,7 +165,7 @@ def _reference(ref_path, device, **overrides):
 
 def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
               device="cpu", seed=0, max_steps=None, start="reference", distil_rounds=10, distil_lr=1e-3,
-              distil_loss="ce", critic_warmup=0, **overrides):
+              distil_loss="ce", distil_from=0, critic_warmup=0, **overrides):
     """The network version of the tabular question: train.py's PPO from the reference, on n_tasks validation
     tasks only (so that each state is visited often, as in a table), with GAE's advantages (advantages="gae")
     or with the exact ones of the optimum (advantages="exact": beta * (log pi*/pi_ref - log pi/pi_ref) of the
@@ -178,6 +179,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     trouble is getting there. distil_loss "ratio" fits pi*'s log-ratio instead of its probabilities, and with
     iters=0 the check scores the distilled network itself: how close this network gets to the optimum's process
     reward when it is taught it directly, on the very tasks it is checked on (a ceiling for any RL recipe).
+    distil_from=k distils on validation tasks k .. k + n_tasks - 1 instead (k >= n_tasks: none of the checked ones,
+    so the check says what the distilled process reward is worth on tasks it has not seen).
     critic_warmup: iterations that fit only the critic first (its head learned the reference's returns, not the
     distilled policy's); they are logged with critic_only.
     max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
@@ -193,12 +196,15 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     agent = S.make_agent(cfg, policy, ref, enc)
     cache_dir = cache_dir or os.path.join(out_dir, "optimum_cache")
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
-    sols = [envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(optimum.reference_probs(agent, cache(t)),
-                                                                           cfg.beta) for t in range(n_tasks)]
+    solve = lambda t: envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(
+        optimum.reference_probs(agent, cache(t)), cfg.beta)
+    sols = {t: solve(t) for t in range(n_tasks)}  # validation task -> its optimum
     exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
     log = []
     if start == "optimum":
-        log += distil_optimum(policy, agent, sols, cfg, n_tasks, distil_rounds, lr=distil_lr, max_steps=max_steps,
+        taught = list(range(distil_from, distil_from + n_tasks))
+        sols.update({t: solve(t) for t in taught if t not in sols})
+        log += distil_optimum(policy, agent, sols, cfg, taught, distil_rounds, lr=distil_lr, max_steps=max_steps,
                               seed=seed, loss=distil_loss)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     critic, critic_opt = train.separate_critic(cfg, ref)
@@ -491,6 +497,8 @@ def main(argv):
     p.add_argument("--distil_loss", default="ce", choices=("ce", "ratio"), help="with --start optimum: match pi*'s "
                    "probabilities (ce) or its log-ratio on every available action (ratio); with --iters 0 the check "
                    "scores the distilled network itself")
+    p.add_argument("--distil_from", type=int, default=0, help="with --start optimum: distil on validation tasks "
+                   "K .. K + N - 1 (K >= N: none of the N checked ones)")
     p.add_argument("--beta", type=float, default=None, help="with --few_tasks: the KL coefficient of PPO and of the "
                    "optimum (default: the reference's)")
     p.add_argument("--critic_warmup", type=int, default=0, help="with --few_tasks: iterations that fit only the "
@@ -549,9 +557,13 @@ def main(argv):
             p.error(f"--beta must be positive, not {args.beta}")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
+        if not 0 <= args.distil_from <= envs.N_TASKS["valid"] - args.few_tasks:
+            p.error(f"--distil_from takes 0 to {envs.N_TASKS['valid'] - args.few_tasks} with --few_tasks "
+                    f"{args.few_tasks}, not {args.distil_from}")
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, distil_loss=args.distil_loss,
+                      distil_from=args.distil_from,
                       distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, actions=args.actions,
                       seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)),
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))

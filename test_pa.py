@@ -2491,6 +2491,17 @@ def test_distilling_the_optimum_log_ratio_fits_it_and_checks_the_distilled_netwo
         diagnose.distil_optimum(None, None, [], None, 1, loss="kl")
 
 
+def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path):
+    """distil_from=2 teaches validation tasks 2 and 3 and checks 0 and 1: a ceiling on tasks never taught."""
+    diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
+                       start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2)
+    solved = sorted(int(f.split("-valid")[1].split("-")[0]) for f in os.listdir(tmp_path / "optimum_cache"))
+    assert solved == [0, 1, 2, 3], f"the taught tasks' optima and the checked ones', each solved once: {solved}"
+    assert [r["task"] for r in json.load(open(tmp_path / "optimum.json"))["tasks"]] == [0, 1], "checked on 0 and 1"
+    with pytest.raises(SystemExit):
+        diagnose.main(["--few_tasks", "16", "--start", "optimum", "--distil_from", str(envs.N_TASKS["valid"] - 15)])
+
+
 def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
     out = diagnose.kl_split(str(tiny_run / "ppo.pt"), n_tasks=2, n_samples=2)
     assert out["episodes"] == 4 and out["states"] > 0, f"2 tasks x 2 samples, visited states: {out}"
