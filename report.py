@@ -2,8 +2,8 @@
 report.py: the evaluation of a trained run. The report (run): reference vs PPO, best-of-N and beam search by
 every step scorer, failure prediction (AUROC), failure attribution and fidelity to the oracle's A*, on the
 test split with its seen and unseen halves apart, intervals on every rate. The checks, on the VALIDATION
-split only, for tuning and diagnosis: validation_check (success, best-of-8 and failure AUROC by several scorers, PA vs A*)
-and optimum_check (PPO against the exact optimum of its own KL-regularised objective).
+split only, for tuning and diagnosis: validation_check (success, best-of-8 and failure AUROC by several
+scorers, PA vs A*) and optimum_check (PPO against the exact optimum of its own KL-regularised objective).
 
 Protocol, fixed before looking at test results: every choice (the trajectory aggregation of each
 selector, the beam width) is made on the VALIDATION split; the test split is only measured.
