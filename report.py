@@ -10,7 +10,7 @@ selector, the beam width) is made on the VALIDATION split; the test split is onl
 
     python report.py --ckpt out/ppo.pt               # the full report (train.py runs the quick one on a CPU)
     python report.py --ckpt out/ppo.pt --quick       # the quick report: fewer tasks where it samples
-    python report.py --ckpt out/ppo.pt --valid       # the validation check (about two minutes on a CPU)
+    python report.py --ckpt out/ppo.pt --valid       # the validation check (about three minutes on a 2-core CPU)
     python report.py --ckpt out/ppo.pt --optimum 8   # PPO against the exact optimum on 8 validation tasks
     python report.py --ckpt out/ppo_avg.pt --optimum 16 --ratio_scales 1,2   # ... and the policy moved along
                                                      # its own log-ratio, exactly (--ratio_scale S: acting so)
