@@ -195,10 +195,10 @@ def _all_actions(agent, sol, steps):
         ref = [float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]]
         k += len(acts)
         p = np.exp(np.add(lr, ref))
-        rest_p, rest_ref = 1.0 - p.sum(), 1.0 - np.exp(ref).sum()
-        out["state_kl"].append(float(p @ np.asarray(lr)) + (rest_p * math.log(rest_p / rest_ref)
-                                                             if min(rest_p, rest_ref) > 1e-9 else 0.0))
-        out["noop"].append(math.log(rest_p / rest_ref) if min(rest_p, rest_ref) > 1e-9 else math.nan)
+        rest_p = 1.0 - p.sum()
+        noop = S.noop_log_ratio(rest_p, 1.0 - np.exp(ref).sum())
+        out["state_kl"].append(float(p @ np.asarray(lr)) + (0.0 if math.isnan(noop) else rest_p * noop))
+        out["noop"].append(noop)
         for name, xs in (("ppo", lr), ("ref", ref), ("opt", [sol.log_ratio(state, a) for a in acts]),
                          ("imp", [sol.improved_log_ratio(state, a) for a in acts])):
             out[name] += list(np.asarray(xs) - np.mean(xs))

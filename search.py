@@ -284,14 +284,25 @@ def read_noop(agent, invalid):
     same under pi_ref. A trained policy was never taught how to share that mass among the texts, so the log-ratio
     of the one it wrote is noise around it. Sets each step's noop_log_ratio to the no-op's log-ratio,
     log (1 - sum_a pi(a|s)) - log (1 - sum_a pi_ref(a|s)) over the available actions a (nan where either mass is
-    below 1e-9), at one prompt per state and network (Agent.action_logprobs)."""
+    below 1e-9), at one prompt per state and network (Agent.action_logprobs); 0 without a forward pass where the
+    policy is its own reference (the reference acting)."""
+    if agent.policy is agent.ref:
+        for st, _ in invalid:
+            st.noop_log_ratio = 0.0
+        return
     if not invalid:
         return
     states = [(st.prompt, available) for st, available in invalid]
     rest = [[1.0 - float(lp.double().exp().sum()) for lp in agent.action_logprobs(states, net)]
             for net in ("policy", "ref")]
     for (st, _), p, q in zip(invalid, *rest):
-        st.noop_log_ratio = math.log(p / q) if min(p, q) > 1e-9 else math.nan
+        st.noop_log_ratio = noop_log_ratio(p, q)
+
+
+def noop_log_ratio(rest, rest_ref):
+    """log pi(no action | s) / pi_ref(no action | s) from the mass each network leaves off the available actions;
+    nan where either is below 1e-9 (no mass to compare)."""
+    return math.log(rest / rest_ref) if min(rest, rest_ref) > 1e-9 else math.nan
 
 
 def expert_finish(env):

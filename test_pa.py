@@ -1565,6 +1565,10 @@ def test_pa_noop_reads_every_invalid_text_as_the_one_no_op(tiny_run):
             [beta * (s.log_ratio if s.valid else s.noop_log_ratio) for s in e.steps]), "PA itself on valid steps"
     with pytest.raises(ValueError, match="noop=True"):
         search.step_scores(next(e for e in plain if not all(s.valid for s in e.steps)), "pa_noop", beta)
+    by_ref = search.rollout(run_.ref, search.make_envs("shop", "valid", range(3), [0]),
+                            generator=torch.Generator().manual_seed(0), noop=True)
+    assert all(s.noop_log_ratio == 0.0 for e in by_ref for s in e.steps if not s.valid), \
+        "the reference acting is its own reference: 0, without a forward pass"
 
 
 def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
