@@ -164,7 +164,7 @@ def _reference(ref_path, device, **overrides):
 
 def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
               device="cpu", seed=0, max_steps=None, start="reference", distil_rounds=10, distil_lr=1e-3,
-              distil_loss="ce", distil_from=0, critic_warmup=0, **overrides):
+              distil_loss="ce", distil_from=0, distil_tasks=None, critic_warmup=0, **overrides):
     """The network version of the tabular question: train.py's PPO from the reference, on n_tasks validation
     tasks only (so that each state is visited often, as in a table), with GAE's advantages (advantages="gae")
     or with the exact ones of the optimum (advantages="exact": beta * (log pi*/pi_ref - log pi/pi_ref) of the
@@ -179,7 +179,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     iters=0 the check scores the distilled network itself: how close this network gets to the optimum's process
     reward when it is taught it directly, on the very tasks it is checked on (a ceiling for any RL recipe).
     distil_from=k distils on validation tasks k .. k + n_tasks - 1 instead (k >= n_tasks: none of the checked ones,
-    so the check says what the distilled process reward is worth on tasks it has not seen).
+    so the check says what the distilled process reward is worth on tasks it has not seen); distil_tasks, if given,
+    replaces n_tasks there (the same rounds spread over more or fewer tasks).
     critic_warmup: iterations that fit only the critic first (its head learned the reference's returns, not the
     distilled policy's); they are logged with critic_only.
     max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
@@ -201,7 +202,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
     log = []
     if start == "optimum":
-        taught = list(range(distil_from, distil_from + n_tasks))
+        taught = list(range(distil_from, distil_from + (distil_tasks or n_tasks)))
         sols.update({t: solve(t) for t in taught if t not in sols})
         log += distil_optimum(policy, agent, sols, cfg, taught, distil_rounds, lr=distil_lr, max_steps=max_steps,
                               seed=seed, loss=distil_loss)
@@ -498,6 +499,8 @@ def main(argv):
                    "scores the distilled network itself")
     p.add_argument("--distil_from", type=int, default=0, help="with --start optimum: distil on validation tasks "
                    "K .. K + N - 1 (K >= N: none of the N checked ones)")
+    p.add_argument("--distil_tasks", type=int, default=None, help="with --start optimum: distil on this many "
+                   "validation tasks from --distil_from on (default: the --few_tasks N)")
     p.add_argument("--beta", type=float, default=None, help="with --few_tasks: the KL coefficient of PPO and of the "
                    "optimum (default: the reference's)")
     p.add_argument("--critic_warmup", type=int, default=0, help="with --few_tasks: iterations that fit only the "
@@ -556,13 +559,16 @@ def main(argv):
             p.error(f"--beta must be positive, not {args.beta}")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
-        if not 0 <= args.distil_from <= envs.N_TASKS["valid"] - args.few_tasks:
-            p.error(f"--distil_from takes 0 to {envs.N_TASKS['valid'] - args.few_tasks} with --few_tasks "
-                    f"{args.few_tasks}, not {args.distil_from}")
+        taught = args.distil_tasks or args.few_tasks
+        if args.distil_tasks is not None and args.distil_tasks < 1:
+            p.error(f"--distil_tasks must be at least 1, not {args.distil_tasks}")
+        if not 0 <= args.distil_from <= envs.N_TASKS["valid"] - taught:
+            p.error(f"--distil_from takes 0 to {envs.N_TASKS['valid'] - taught} when {taught} tasks are taught, "
+                    f"not {args.distil_from}")
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, distil_loss=args.distil_loss,
-                      distil_from=args.distil_from,
+                      distil_from=args.distil_from, distil_tasks=args.distil_tasks,
                       distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, actions=args.actions,
                       seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)),
                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))

@@ -2495,15 +2495,19 @@ def test_distilling_the_optimum_log_ratio_fits_it_and_checks_the_distilled_netwo
         diagnose.distil_optimum(None, None, [], None, 1, loss="kl")
 
 
-def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path):
-    """distil_from=2 teaches validation tasks 2 and 3 and checks 0 and 1: a ceiling on tasks never taught."""
+def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, capsys):
+    """distil_from=2 with distil_tasks=3 teaches validation tasks 2 to 4 and checks 0 and 1: a ceiling on tasks
+    never taught, from more tasks than are checked."""
     diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
-                       start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2)
+                       start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2, distil_tasks=3)
     solved = sorted(int(f.split("-valid")[1].split("-")[0]) for f in os.listdir(tmp_path / "optimum_cache"))
-    assert solved == [0, 1, 2, 3], f"the taught tasks' optima are solved beside the checked ones': {solved}"
+    assert solved == [0, 1, 2, 3, 4], f"the taught tasks' optima are solved beside the checked ones': {solved}"
     assert [r["task"] for r in json.load(open(tmp_path / "optimum.json"))["tasks"]] == [0, 1], "checked on 0 and 1"
-    with pytest.raises(SystemExit):
-        diagnose.main(["--few_tasks", "16", "--start", "optimum", "--distil_from", str(envs.N_TASKS["valid"] - 15)])
+    last = envs.N_TASKS["valid"] - 32
+    for bad in (["--distil_from", str(last + 1), "--distil_tasks", "32"], ["--distil_tasks", "0"]):
+        with pytest.raises(SystemExit) as refused:  # the taught tasks must exist, refused before anything loads
+            diagnose.main(["--few_tasks", "16", "--start", "optimum"] + bad)
+        assert refused.value.code == 2 and "--distil_" in capsys.readouterr().err, f"{bad} must be refused"
 
 
 def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
