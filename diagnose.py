@@ -92,10 +92,10 @@ def distil_optimum(policy, agent, sols, cfg, tasks, rounds=10, episodes=64, lr=1
     own samples of the validation tasks `tasks`, whose optima sols[task] holds, so they approach pi*'s as it
     learns: DAgger), one pass per round over every available action of those states. loss="ce": the
     cross-entropy of its probability of each action's tokens to pi*'s probability of that action, which hardly
-    cares whether an action it avoids keeps 1e-3 or 1e-8 of its mass. loss="ratio": the squared error of its log-ratio log pi/pi_ref of each action to pi*'s, every
-    action weighted alike, which is what PA reads (the network's ceiling as a process reward on these tasks), and of
-    its log-prob of writing any other text (the no-op) to pi*'s; without that term the mass pushed off the bad
-    actions leaks into invalid text. With "ce", pi*'s small mass on the no-op is not taught. Minibatches hold whole
+    cares whether an action it avoids keeps 1e-3 or 1e-8 of its mass. loss="ratio": the squared error of its
+    log-ratio log pi/pi_ref of each action to pi*'s, every action weighted alike, which is what PA reads (the
+    network's ceiling as a process reward on these tasks), and of its log-prob of writing any other text (the
+    no-op) to pi*'s; without that term the mass pushed off the bad actions leaks into invalid text. With "ce", pi*'s small mass on the no-op is not taught. Minibatches hold whole
     states. Returns the log of each round."""
     if loss not in ("ce", "ratio"):
         raise ValueError(f"loss: ce or ratio, not {loss!r}")
