@@ -33,7 +33,7 @@ class Episodes:
     outcome from any step (memoised: each (episode, step) is played once)."""
 
     def __init__(self, run_, split, n, rng):
-        self.eps = run_.episodes(run_.ppo, split, list(range(n)), [0], greedy=True, keep_states=True)
+        self.eps = run_.episodes(run_.ppo, split, list(range(n)), [0], greedy=True, keep_states=True, read=False)
         self.scores = {sel: [S.step_scores(e, sel, run_.ppo.beta, rng) for e in self.eps] for sel in SCORERS}
         self.mistake = [report.attribution_steps(e) for e in self.eps]
         self._expert, self._running = {}, {}

@@ -143,6 +143,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
     row["all_actions"] = _all_actions(agent, sol, [st for ep in eps for st in ep.steps])
     kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + [len(ep.steps) for ep in eps])
     noop = row["all_actions"].pop("noop")  # PA of an invalid step read as the no-op's: one number for every such text
+    best = {k: row["all_actions"].pop(k) for k in ("best", "best_logprob", "best_opt", "best_imp")}
     merged = [st.log_ratio if st.valid or math.isnan(x) else x for st, x in zip((st for ep in eps for st in ep.steps), noop)]
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         centred=[beta * sum(st.log_ratio - k for st, k in zip(ep.steps, kl[i:j]))
@@ -156,6 +157,15 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                         opt=[beta * sum(sol.log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         imp=[beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps) for ep in eps],
                         success=[ep.success for ep in eps])
+    # minus the summed gap between each step and the best available action at its state (search's pa_gap; 0 where
+    # an invalid text reads above every action), by PPO's log-ratio, its log-prob, pi*'s and pi_1's log-ratio
+    flat = [st for ep in eps for st in ep.steps]
+    gaps = dict(gap=[b - x for b, x in zip(best["best"], merged)],
+                gap_logprob=[b - float(st.logprobs.sum()) for b, st in zip(best["best_logprob"], flat)],
+                gap_opt=[b - sol.log_ratio(st.env.state, st.text) for b, st in zip(best["best_opt"], flat)],
+                gap_imp=[b - sol.improved_log_ratio(st.env.state, st.text) for b, st in zip(best["best_imp"], flat)])
+    for name, g in gaps.items():
+        row["trajs"][name] = [-beta * sum(max(0.0, x) for x in g[i:j]) for i, j in zip(ends, ends[1:])]
     row["scaled"] = _scaled_task(agent, env, sol, batches[0], scales, n_exact, policy_cache) if scales else []
     row["seconds"] = round(time.time() - t0, 1)
     print(f"[optimum] task {task}: {len(sol.states)} states, pi* succeeds {pct(opt_s)}% with KL {opt_kl:.2f} "
@@ -189,7 +199,8 @@ def _all_actions(agent, sol, steps):
     prompts = [p for p, acts, _ in states for _ in acts]
     actions = [tokenizer.encode_action(agent.enc, a) for _, acts, _ in states for a in acts]
     rows = agent.score(prompts, actions, ("policy", "ref"), [tuple(acts) for _, acts, _ in states for _ in acts])
-    out, k = dict(ppo=[], opt=[], imp=[], ref=[], state_kl=[], noop=[]), 0
+    out, k = dict(ppo=[], opt=[], imp=[], ref=[], state_kl=[], noop=[], best=[], best_logprob=[], best_opt=[],
+                  best_imp=[]), 0
     for _, acts, state in states:
         lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows[k:k + len(acts)]]
         ref = [float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]]
@@ -199,9 +210,11 @@ def _all_actions(agent, sol, steps):
         noop = S.noop_log_ratio(rest_p, 1.0 - np.exp(ref).sum())
         out["state_kl"].append(float(p @ np.asarray(lr)) + (0.0 if math.isnan(noop) else rest_p * noop))
         out["noop"].append(noop)
-        for name, xs in (("ppo", lr), ("ref", ref), ("opt", [sol.log_ratio(state, a) for a in acts]),
-                         ("imp", [sol.improved_log_ratio(state, a) for a in acts])):
+        opt, imp = [sol.log_ratio(state, a) for a in acts], [sol.improved_log_ratio(state, a) for a in acts]
+        for name, xs in (("ppo", lr), ("ref", ref), ("opt", opt), ("imp", imp)):
             out[name] += list(np.asarray(xs) - np.mean(xs))
+        for name, xs in (("best", lr), ("best_logprob", np.add(lr, ref)), ("best_opt", opt), ("best_imp", imp)):
+            out[name].append(float(np.max(xs)))
     return out
 
 
@@ -258,7 +271,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         state (zero mean under the policy, so the upward error of what it samples is taken out on average); and
         minus the KL summed along the path
         (failure AUROC under "centred" and "path_kl"; and with pi*'s and pi_1's exact KL at the same states,
-        "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob").
+        "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob");
+      - minus the summed gap between each step and the best available action at its state (search's "pa_gap"), by
+        PPO's log-ratio ("gap"), by its log-prob ("gap_logprob"), and by pi*'s and pi_1's ("gap_opt", "gap_imp").
     ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (search.load_run).
     With scales (say 1, 1.5, 2), the PPO network is also scored at every reachable state, and pi_s, the policy
     moved s times as far along its own log-ratio (scaled_log_ratio; s = 1: the policy itself), gets its exact
@@ -301,9 +316,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "by_improved": _by_improved(p, imp),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
-         "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success")) for k in ("ppo", "opt", "centred", "path_kl",
-                                                                                "path_kl_opt", "path_kl_imp",
-                                                                                "logprob", "noop")},
+         "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success"))
+                   for k in ("ppo", "opt", "centred", "path_kl", "path_kl_opt", "path_kl_imp", "logprob", "noop", "gap",
+                             "gap_logprob", "gap_opt", "gap_imp")},
          "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
                       for k in ("ppo", "opt")}}
     O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
@@ -337,6 +352,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"(pi*'s KL on the same states: {O['auroc']['path_kl_opt']:.3f}, pi_1's: {O['auroc']['path_kl_imp']:.3f}); "
           f"of the policy's log-prob of the episode: {O['auroc']['logprob']:.3f}; of PA with each invalid text's "
           f"log-ratio replaced by that of all of them together (the no-op's): {O['auroc']['noop']:.3f}")
+    a = O["auroc"]
+    print(f"[optimum] failure AUROC of minus the summed gap to the state's best available action: by PPO's "
+          f"log-ratio {a['gap']:.3f}, by its log-prob {a['gap_logprob']:.3f}, by pi*'s {a['gap_opt']:.3f}, by pi_1's "
+          f"{a['gap_imp']:.3f}")
     for x in O["scaled"]:
         print(f"[optimum] PPO moved x{x['scale']:g} along its log-ratio, exactly: succeeds {pct(x['success'])}% "
               f"(KL {x['kl']:.2f}); on {x['episodes']} episodes drawn from it: Pearson with the optimum's "

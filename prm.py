@@ -167,8 +167,8 @@ def compare(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, 
     run_ = S.load_run(ppo_path, None, device, batch_size, seed)
     extra, rng = scorers(folder, run_), random.Random(seed)
     agent = run_.ppo
-    valid = run_.episodes(agent, "valid", range(n_valid), range(N_SAMPLES))
-    test = run_.episodes(agent, "test", range(n_test), range(N_SAMPLES))
+    valid = run_.episodes(agent, "valid", range(n_valid), range(N_SAMPLES), read=False)  # step_table's scorers
+    test = run_.episodes(agent, "test", range(n_test), range(N_SAMPLES), read=False)     # need no reading
     how = choose(step_table(agent, extra, valid, rng), valid, rng)
     rows, base = measure(step_table(agent, extra, test, rng), test, how, rng)
     for name, (kind, _, ck) in extra.items():

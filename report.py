@@ -46,12 +46,16 @@ class ReportConfig:
     mc_samples: int = 8         # trajectories per task for Monte Carlo best-of-N
     n_fidelity: int = 100       # test tasks whose greedy states are used for top-1 agreement
     first_k: tuple = (1, 2, 3)  # failure prediction from the first k steps only
+    gap: bool = True            # score "pa_gap" too: every step's available actions scored by both networks,
+                                # about a third more time
     seed: int = 0
 
 
 # The report that `python train.py` prints at the end of a CPU run: every section, on fewer tasks where
-# the work is sampling (about 5 minutes on 2 cores instead of about 15). The full one: report.py --ckpt.
-QUICK = dict(n_valid=100, n_bon=120, n_beam=100, n_beam_valid=50, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50)
+# the work is sampling, and without "pa_gap", which scores every available action at every step (report.py
+# --valid scores it). The full one: report.py --ckpt.
+QUICK = dict(n_valid=100, n_bon=120, n_beam=100, n_beam_valid=50, n_mc=20, mc_samples=4, mc_rollouts=2, n_fidelity=50,
+             gap=False)
 
 
 def rate(xs):
@@ -129,6 +133,7 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
     rc = rc or ReportConfig()
     t_start = time.time()
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, rc.seed, pa_ref, ratio_scale)
+    run_.gap = rc.gap
     R = {"env": run_.env_name, "beta": run_.ppo.beta, "config": {k: v for k, v in vars(rc).items()},
          "pa_ref": os.path.basename(pa_ref) if pa_ref else "ref.pt", "ratio_scale": ratio_scale}
     test, valid = list(range(rc.n_test)), list(range(rc.n_valid))
@@ -159,7 +164,7 @@ def policies_section(R, run_, rc, test):
     ref_g = run_.episodes(run_.ref, "test", test, [0], greedy=True)
     ref_s = run_.episodes(run_.ref, "test", test, [0])  # one sample per test task
     ppo_g = run_.episodes(run_.ppo, "test", test, [0], greedy=True)
-    ppo_s = run_.episodes(run_.ppo, "test", test, [0])
+    ppo_s = run_.episodes(run_.ppo, "test", test, [0], read=False)  # success only: no step scorer reads it
     samples = run_.episodes(run_.ppo, "test", test[:rc.n_bon], range(rc.n_samples))
     groups = [samples[i * rc.n_samples:(i + 1) * rc.n_samples] for i in range(rc.n_bon)]
     oracle_eps = []
@@ -178,8 +183,9 @@ def policies_section(R, run_, rc, test):
     return dict(ppo_g=ppo_g, samples=samples, groups=groups)
 
 
-def _selectors():
-    return [s for s in S.SELECTORS if s != "mc"]  # Monte Carlo is costly: its own section, on a subset
+def _selectors(R):
+    """Monte Carlo is costly: its own section, on a subset; "pa_gap" only where the report reads it (rc.gap)."""
+    return [s for s in S.SELECTORS if s != "mc" and (s != "pa_gap" or R["config"]["gap"])]
 
 
 def validation_section(R, run_, valid, rng):
@@ -190,7 +196,7 @@ def validation_section(R, run_, valid, rng):
     v_groups = [v_samples[i * 8:(i + 1) * 8] for i in range(len(valid))]
     v_greedy = run_.episodes(run_.ppo, "valid", valid, [0], greedy=True)
     how_bon, how_auroc, R["validation"] = {}, {}, {}
-    for sel in _selectors():
+    for sel in _selectors(R):
         def bon8(how):
             sc = [[S.trajectory_score(e, sel, how, beta, rng) for e in g] for g in v_groups]
             return S.best_of_n(v_groups, sc, [8])[0][8]
@@ -210,7 +216,7 @@ def best_of_n_section(R, rc, eps, how_bon, rng, test):
     with Mean@N, Pass@N and the cost of each selector."""
     groups, beta = eps["groups"], R["beta"]
     R["bon"], R["bon_halves"], R["cost"] = {}, {}, {}
-    for sel in _selectors():
+    for sel in _selectors(R):
         t0 = time.time()
         sc = [[S.trajectory_score(e, sel, how_bon[sel], beta, rng) for e in g] for g in groups]
         R["cost"][sel] = dict(score_s=round(time.time() - t0, 3))
@@ -223,9 +229,10 @@ def best_of_n_section(R, rc, eps, how_bon, rng, test):
                 R["pass_at_n"] = {str(n): v for n, v in pass_n.items()}
     steps_per_ep = float(np.mean([len(e.steps) for e in eps["samples"]]))
     invalid_per_ep = float(np.mean([sum(not st.valid for st in e.steps) for e in eps["samples"]]))
-    for sel in _selectors():  # extra forward passes per trajectory beyond sampling it (pa_noop: two per invalid step)
+    reads = {"pa_noop": 2 * invalid_per_ep, "pa_gap": 2 * steps_per_ep}  # a prompt per state and network (read_noop)
+    for sel in _selectors(R):  # extra forward passes per trajectory beyond sampling it
         R["cost"][sel]["extra_forward_per_traj"] = ((steps_per_ep if S.SELECTORS[sel].needs_ref else 0.0)
-                                                    + (2 * invalid_per_ep if sel == "pa_noop" else 0.0))
+                                                    + reads.get(sel, 0.0))
     R["cost"]["oracle"]["note"] = "exact dynamic programming over environment states: not available in practice"
 
 
@@ -235,7 +242,7 @@ def failure_section(R, rc, ppo_g, how_auroc, rng):
     beta = R["beta"]
     R["auroc"], R["auroc_ci"], R["auroc_first_k"], R["spearman_outcome"] = {}, {}, {}, {}
     labels = [e.success for e in ppo_g]
-    for sel in _selectors():
+    for sel in _selectors(R):
         if sel == "oracle":  # the sum of A*, not the outcome itself
             x = [pa.aggregate(S.step_scores(e, sel, beta), how_auroc[sel]) for e in ppo_g]
         else:
@@ -256,7 +263,7 @@ def attribution_section(R, groups, beta, rng):
     labelled = [(e, attribution_steps(e)) for e in failed]
     labelled = [(e, t) for e, t in labelled if t is not None]
     R["attribution"], R["attribution_predictors"] = {}, {}
-    for sel in _selectors():
+    for sel in _selectors(R):
         preds = [pa.argmin_cumsum(S.step_scores(e, sel, beta, rng)) for e, _ in labelled]
         acc, mae = pa.attribution_metrics(preds, [t for _, t in labelled])
         R["attribution"][sel] = dict(accuracy=acc, mae=mae, n=len(labelled))
@@ -275,11 +282,11 @@ def fidelity_section(R, run_, rc, groups, rng, test):
     steps_eps = [g[0] for g in groups]
     astar = [s.qstar - s.vstar for e in steps_eps for s in e.steps]
     R["fidelity"] = {}
-    for sel in _selectors():
+    for sel in _selectors(R):
         x = [v for e in steps_eps for v in S.step_scores(e, sel, beta, rng)]
         R["fidelity"][sel] = dict(spearman=pa.spearman(x, astar), sign=pa.sign_agreement(x, astar))
     states = [s.env for e in run_.episodes(run_.ppo, "test", test[:rc.n_fidelity], [0], greedy=True,
-                                           keep_states=True) for s in e.steps]
+                                           keep_states=True, read=False) for s in e.steps]
     for sel, t1 in fidelity_top1(run_.ppo, states, beta).items():
         R["fidelity"].setdefault(sel, {})["top1"] = t1
     R["fidelity"]["value_td"]["top1"] = None  # needs the action executed: not a pre-action scorer
@@ -360,13 +367,14 @@ def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size
     correlation of each sampled step's PA with the oracle's A* (all steps, and the steps where A* != 0).
     Writes validation.json to out_dir and returns it. ratio_scale: as for search.load_run."""
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
+    run_.gap = True  # 200 greedy and 800 sampled episodes: "pa_gap" is worth its cost here
     agent, env_name, rng, tasks = run_.ppo, run_.env_name, random.Random(seed), list(range(n))
     V = {"env": env_name, "beta": agent.beta, "n": n, "n_bon": n_bon}
     for name, a in (("reference", run_.ref), ("ppo", agent)):
-        g, s = run_.episodes(a, "valid", tasks, [0], True), run_.episodes(a, "valid", tasks, [0], False)
+        g, s = run_.episodes(a, "valid", tasks, [0], True), run_.episodes(a, "valid", tasks, [0], False, read=False)
         V[name] = dict(greedy=float(np.mean([e.success for e in g])), sampled=float(np.mean([e.success for e in s])),
                        invalid_greedy=float(np.mean([not st.valid for e in g for st in e.steps])))
-    sels = ("pa", "pa_noop", "logprob", "value_td", "random", "oracle")
+    sels = ("pa", "pa_noop", "pa_gap", "logprob", "value_td", "random", "oracle")
     V["auroc"] = {sel: {how: pa.auroc([S.trajectory_score(e, sel, how, agent.beta, rng) for e in g],
                                       [e.success for e in g]) for how in pa.AGGREGATIONS}
                   for sel in sels[:-1]}  # failure prediction on PPO's greedy episodes (the last g)

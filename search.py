@@ -51,6 +51,8 @@ class Step:
     choices: tuple = None    # the available actions it was chosen from (constrained agents only)
     noop_log_ratio: float = None  # invalid steps of rollout(..., noop=True): log pi/pi_ref of writing no action at
                                   # all (read_noop); nan where either network puts no mass there
+    best_log_ratio: float = None  # rollout(..., gap=True): the largest log pi/pi_ref over the actions available
+                                  # at the state (read_noop); nan where none is
 
     @property
     def log_ratio(self):
@@ -229,13 +231,15 @@ def make_agent(cfg, policy, ref, enc):
 
 
 def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_states=False, fresh=True,
-            progress=None, monitor=None, noop=False):
+            progress=None, monitor=None, noop=False, gap=False):
     """Run every environment to the end, batched. fresh=False continues from each env's current state.
     Returns one Episode per environment, in order. Each model call takes rows of similar prompt length
     (sorted), so that little of the batch is padding. monitor(episode, proposed Step) -> bool, called before
     each action is executed: True stops the agent and the scripted expert finishes the episode from there
     (ep.handover = the step it took over at; the proposed action is not executed nor recorded).
-    noop: also read every invalid step as the no-op it is (read_noop, for the "pa_noop" selector)."""
+    noop: also read every invalid step as the no-op it is (read_noop, for "pa_noop"). gap: read every step against
+    the actions available at its state (read_noop: each one's gap to the best of them, for "pa_gap", and an invalid
+    one as the no-op too); it scores every available action under both networks, about half as long again."""
     obs = [e.reset() if fresh else e.obs() for e in env_list]
     eps = [Episode(e.task_id, e.seed, e.unseen) for e in env_list]
     active = list(range(len(env_list)))
@@ -247,7 +251,7 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
             choices = [tuple(env_list[i].actions()) for i in chunk] if agent.constrained else None
             actions, rows = agent.act([prompts[i] for i in chunk], greedy, generator, choices)
             refs = agent.score([prompts[i] for i in chunk], actions, ("ref",), choices)
-            invalid = []  # (step, the actions that were available) of this chunk's invalid steps
+            read = []  # (step, the actions that were available) of this chunk's steps
             for j, i in enumerate(chunk):
                 env, text = env_list[i], agent.decode(actions[j])
                 st = Step(prompts[i], actions[j], text, **rows[j], **refs[j],
@@ -261,42 +265,51 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
                     eps[i].reward, eps[i].truncated = expert_finish(env)
                     eps[i].done = True
                     continue
-                available = tuple(env.actions()) if noop else None
+                available = tuple(env.actions()) if noop or gap else None
                 obs[i], st.reward, st.done, info = env.step(text)
                 st.valid = info["valid"]
-                if noop and not st.valid:
-                    invalid.append((st, available))
+                if gap or (noop and not st.valid):
+                    read.append((st, available))
                 ep = eps[i]
                 ep.steps.append(st)
                 if st.done:
                     ep.done, ep.reward, ep.truncated = True, st.reward, info["truncated"]
-            read_noop(agent, invalid)
+            read_noop(agent, read)
             if progress is not None:
                 progress.update(len(chunk))
         active = [i for i in active if not eps[i].done]
     return eps
 
 
-def read_noop(agent, invalid):
-    """invalid: (Step, the actions available at its state) of steps whose text was not an action. Every such text
-    does the same thing (nothing, at the cost of a step), so to the environment they are one action, the no-op,
-    and pi*'s log-ratio is the same for all of them: log of (1 - the available actions' mass) under pi* over the
-    same under pi_ref. A trained policy was never taught how to share that mass among the texts, so the log-ratio
-    of the one it wrote is noise around it. Sets each step's noop_log_ratio to the no-op's log-ratio,
-    log (1 - sum_a pi(a|s)) - log (1 - sum_a pi_ref(a|s)) over the available actions a (nan where either mass is
-    below 1e-9), at one prompt per state and network (Agent.action_logprobs); 0 without a forward pass where the
-    policy is its own reference (the reference acting)."""
+def read_noop(agent, steps):
+    """steps: (Step, the actions available at its state). Scores every available action under both networks, at
+    one prompt per state and network (Agent.action_logprobs), and sets two readings of each step (rollout passes
+    only the invalid ones unless asked for the gap):
+    - best_log_ratio: the largest log pi(a|s) - log pi_ref(a|s) over the available actions a (nan where there
+      are none). At the optimum, beta times it less the step's own is max_a Q*(s, a) - Q*(s, a_t), what the step
+      gave up against the best action there; a trained policy's own samples favour the actions whose log-ratio
+      it overestimates, and that upward error cancels where it took the action it rates best ("pa_gap").
+    - noop_log_ratio, on steps whose text was not an action. Every such text does the same thing (nothing, at the
+      cost of a step), so to the environment they are one action, the no-op, and pi*'s log-ratio is the same for
+      all of them: log of (1 - the available actions' mass) under pi* over the same under pi_ref. A trained policy
+      was never taught how to share that mass among the texts, so the log-ratio of the one it wrote is noise
+      around it. The no-op's log-ratio is log (1 - sum_a pi(a|s)) - log (1 - sum_a pi_ref(a|s)) (nan where
+      either mass is below 1e-9).
+    Both are 0 without a forward pass where the policy is its own reference (the reference acting)."""
     if agent.policy is agent.ref:
-        for st, _ in invalid:
-            st.noop_log_ratio = 0.0
+        for st, _ in steps:
+            st.best_log_ratio = 0.0
+            if not st.valid:
+                st.noop_log_ratio = 0.0
         return
-    if not invalid:
+    if not steps:
         return
-    states = [(st.prompt, available) for st, available in invalid]
-    rest = [[1.0 - float(lp.double().exp().sum()) for lp in agent.action_logprobs(states, net)]
-            for net in ("policy", "ref")]
-    for (st, _), p, q in zip(invalid, *rest):
-        st.noop_log_ratio = noop_log_ratio(p, q)
+    states = [(st.prompt, available) for st, available in steps]
+    lps = [[lp.double() for lp in agent.action_logprobs(states, net)] for net in ("policy", "ref")]
+    for (st, _), lp, lq in zip(steps, *lps):
+        st.best_log_ratio = float((lp - lq).max()) if len(lp) else math.nan
+        if not st.valid:
+            st.noop_log_ratio = noop_log_ratio(1.0 - float(lp.exp().sum()), 1.0 - float(lq.exp().sum()))
 
 
 def noop_log_ratio(rest, rest_ref):
@@ -369,12 +382,27 @@ def _tokens(steps, *names):
     return out + [mask]
 
 
-def _pa_noop(steps, beta):
-    """PA with each invalid text read as the no-op (read_noop): beta times the log-ratio of the action taken, or of
-    writing no action at all where the text was none (its own log-ratio where that mass is nan)."""
+def _noop_ratio(steps, selector):
+    """Each step's log-ratio with an invalid text read as the no-op (read_noop): the log-ratio of the action taken,
+    or of writing no action at all where the text was none (its own log-ratio where that mass is nan)."""
     if any(s.noop_log_ratio is None for s in steps if not s.valid):
-        raise ValueError("selector 'pa_noop' needs episodes collected with rollout(..., noop=True)")
-    return [beta * (s.log_ratio if s.valid or math.isnan(s.noop_log_ratio) else s.noop_log_ratio) for s in steps]
+        raise ValueError(f"selector {selector!r} needs episodes collected with rollout(..., noop=True)")
+    return [s.log_ratio if s.valid or math.isnan(s.noop_log_ratio) else s.noop_log_ratio for s in steps]
+
+
+def _pa_noop(steps, beta):
+    """PA with each invalid text read as the no-op: beta times _noop_ratio."""
+    return [beta * x for x in _noop_ratio(steps, "pa_noop")]
+
+
+def _pa_gap(steps, beta):
+    """Minus beta times each step's gap to the best action available at its state (read_noop), its own log-ratio
+    read as in _pa_noop: 0 where it took the action it rates best (or an invalid text read above every action),
+    negative otherwise. At the optimum, -(max_a Q*(s, a) - Q*(s, a_t)): what the step gave up there."""
+    if any(s.best_log_ratio is None for s in steps):
+        raise ValueError("selector 'pa_gap' needs episodes collected with rollout(..., gap=True)")
+    return [beta * min(0.0, x - s.best_log_ratio) if not math.isnan(s.best_log_ratio) else 0.0
+            for s, x in zip(steps, _noop_ratio(steps, "pa_gap"))]
 
 
 def _value_td(steps, mc_values=None, **_):
@@ -397,6 +425,8 @@ SELECTORS = {  # name -> how it scores each step; whether it needs the reference
                    True, True),
     # the same with every invalid text's log-ratio replaced by the no-op's: known only once the text is executed
     "pa_noop": Selector(lambda st, beta, **_: _pa_noop(st, beta), True, False),
+    # minus the gap between the action taken and the best available one, both read like pa_noop
+    "pa_gap": Selector(lambda st, beta, **_: _pa_gap(st, beta), True, False),
     "logprob": Selector(lambda st, **_: pa.logprob_sum(*_tokens(st, "logprobs")), False, True),
     "logprob_mean": Selector(lambda st, **_: pa.logprob_mean(*_tokens(st, "logprobs")), False, True),
     "ref_logprob": Selector(lambda st, **_: pa.ref_logprob_sum(*_tokens(st, "ref_logprobs")), True, True),
@@ -591,11 +621,15 @@ class Run:
     env_name: str
     gen: torch.Generator
     ref_path: str = None
+    gap: bool = False  # read every step of the episodes against its state's best action too (for "pa_gap")
 
-    def episodes(self, agent, split, tasks, seeds, greedy=False, keep_states=False):
-        """Oracle-annotated episodes of `agent` on (task, seed) pairs of a split, task-major."""
+    def episodes(self, agent, split, tasks, seeds, greedy=False, keep_states=False, read=True):
+        """Oracle-annotated episodes of `agent` on (task, seed) pairs of a split, task-major. read: the steps are
+        also read against their states' available actions (rollout's noop, and its gap where self.gap says so);
+        pass False for episodes that no step scorer reads."""
+        read = read and not agent.constrained
         return rollout(agent, make_envs(self.env_name, split, tasks, seeds), greedy, self.gen, oracle=True,
-                       keep_states=keep_states, noop=not agent.constrained)
+                       keep_states=keep_states, noop=read, gap=read and self.gap)
 
 
 def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None, ratio_scale=1.0):

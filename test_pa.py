@@ -1518,6 +1518,9 @@ def test_report_of_a_tiny_run(tiny_run, tiny_report):
     assert R["fidelity"]["oracle"]["spearman"] == pytest.approx(1.0), "A* ranks steps exactly like A*"
     g = R["ppo_minus_reference"]["greedy"]["all"]
     assert g["lo"] <= g["diff"] <= g["hi"], f"the paired interval must contain the difference: {g}"
+    quick = report._selectors({"config": report.QUICK})
+    assert {"pa_noop", "pa_gap"} <= set(R["bon"]) and "pa_gap" not in quick and "pa_noop" in quick, \
+        "the report scores both PA readings; the CPU run's quick one leaves out the costly gap"
 
 
 def test_results_md_is_written_from_the_saved_report(tiny_run, tiny_report, tmp_path):
@@ -1539,35 +1542,60 @@ def test_validation_check_of_a_tiny_run(tiny_run, tmp_path):
         "rates are in [0, 1]"
     assert V["mean_at_8"] <= V["pass_at_8"] and V["spearman_pa_astar"]["steps"] >= 3 * 8, \
         "Mean@8 <= Pass@8, and every step of 3 x 8 samples is scored"
-    assert set(V["auroc"]) == {"pa", "pa_noop", "logprob", "value_td", "random"} and all(
+    assert set(V["auroc"]) == {"pa", "pa_noop", "pa_gap", "logprob", "value_td", "random"} and all(
         math.isnan(x) or 0 <= x <= 1 for row in V["auroc"].values() for x in row.values()), \
         "a failure AUROC per scorer and aggregation, on PPO's greedy episodes"
 
 
-def test_pa_noop_reads_every_invalid_text_as_the_one_no_op(tiny_run):
+def test_pa_noop_and_pa_gap_read_each_step_against_the_available_actions(tiny_run):
     run_ = search.load_run(str(tiny_run / "ppo.pt"), device="cpu")
     agent, beta = run_.ppo, run_.ppo.beta
-    eps, plain = (search.rollout(agent, search.make_envs("shop", "valid", range(6), [0, 1]),
-                                 generator=torch.Generator().manual_seed(0), keep_states=noop, noop=noop)
-                  for noop in (True, False))
+    eps, invalid_only, plain = (search.rollout(agent, search.make_envs("shop", "valid", range(6), [0, 1]),
+                                               generator=torch.Generator().manual_seed(0), keep_states=gap, noop=noop,
+                                               gap=gap) for noop, gap in ((False, True), (True, False), (False, False)))
     assert [s.text for e in eps for s in e.steps] == [s.text for e in plain for s in e.steps], \
-        "reading the no-op draws nothing: the same rollouts"
-    invalid = [s for e in eps for s in e.steps if not s.valid]
+        "reading the available actions draws nothing: the same rollouts"
+    noop_only = [s for e in invalid_only for s in e.steps]
+    assert [s.noop_log_ratio for e in eps for s in e.steps] == [s.noop_log_ratio for s in noop_only]
+    assert all(s.best_log_ratio is None for s in noop_only if s.valid), "the no-op alone reads invalid steps only"
+    steps = [s for e in eps for s in e.steps]
+    invalid = [s for s in steps if not s.valid]
     assert len(invalid) >= 3, "the tiny policy writes some invalid text"
-    for s in invalid:  # the no-op's mass from score(), a path independent of read_noop's action_logprobs
+    for s in steps:  # every available action through score(), a path independent of read_noop's action_logprobs
         acts = s.env.actions()
         rows = agent.score([s.prompt] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts])
-        rest = [1 - sum(math.exp(float(r[k].sum())) for r in rows) for k in ("logprobs", "ref_logprobs")]
-        assert s.noop_log_ratio == pytest.approx(math.log(rest[0] / rest[1]), abs=1e-4), "log pi/pi_ref of no action"
+        ratios = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
+        assert s.best_log_ratio == pytest.approx(max(ratios), abs=1e-4), "the best available action's log-ratio"
+        if s.valid:
+            assert s.noop_log_ratio is None and s.log_ratio <= s.best_log_ratio + 1e-4, "the action taken is one"
+        else:
+            rest = [1 - sum(math.exp(float(r[k].sum())) for r in rows) for k in ("logprobs", "ref_logprobs")]
+            assert s.noop_log_ratio == pytest.approx(math.log(rest[0] / rest[1]), abs=1e-4), "log pi/pi_ref of none"
     assert max(abs(s.noop_log_ratio - s.log_ratio) for s in invalid) > 1e-3, "the reading changes PA somewhere"
     for e in eps:
-        assert search.step_scores(e, "pa_noop", beta) == pytest.approx(
-            [beta * (s.log_ratio if s.valid else s.noop_log_ratio) for s in e.steps]), "PA itself on valid steps"
-    with pytest.raises(ValueError, match="noop=True"):
+        noop = search.step_scores(e, "pa_noop", beta)
+        assert noop == pytest.approx([beta * (s.log_ratio if s.valid else s.noop_log_ratio) for s in e.steps]), \
+            "PA itself on valid steps"
+        assert search.step_scores(e, "pa_gap", beta) == pytest.approx(
+            [min(0.0, x - beta * s.best_log_ratio) for x, s in zip(noop, e.steps)]), "minus the gap, never above 0"
+    gaps = [x for e in eps for x in search.step_scores(e, "pa_gap", beta)]
+    assert min(gaps) < -1e-3 and sum(x == 0 for x in gaps) >= 3, "the best action's steps read 0, the others less"
+    with pytest.raises(ValueError, match="noop=True"):  # an episode with an invalid step, never read
         search.step_scores(next(e for e in plain if not all(s.valid for s in e.steps)), "pa_noop", beta)
+    env = search.make_envs("shop", "valid", [0], [0])[0]
+    env.reset()
+    cands = search.score_actions(agent, [env])[0]  # every available action of the first state, as valid Steps
+    with pytest.raises(ValueError, match="gap=True"):
+        search.step_scores(search.Episode(0, 0, False, cands), "pa_gap", beta)
+    search.read_noop(agent, [(c, tuple(env.actions())) for c in cands])
+    top = max(c.log_ratio for c in cands)
+    assert all(c.noop_log_ratio is None and c.best_log_ratio == pytest.approx(top, abs=1e-4) for c in cands)
+    assert search.step_scores(search.Episode(0, 0, False, cands), "pa_gap", beta) == pytest.approx(
+        [beta * (c.log_ratio - top) for c in cands], abs=1e-5), "valid steps: beta times the gap to the best"
     by_ref = search.rollout(run_.ref, search.make_envs("shop", "valid", range(3), [0]),
-                            generator=torch.Generator().manual_seed(0), noop=True)
-    assert all(s.noop_log_ratio == 0.0 for e in by_ref for s in e.steps if not s.valid), \
+                            generator=torch.Generator().manual_seed(0), gap=True)
+    assert all(s.noop_log_ratio == 0.0 for e in by_ref for s in e.steps if not s.valid) and all(
+        x == 0.0 for e in by_ref for x in search.step_scores(e, "pa_gap", beta)), \
         "the reference acting is its own reference: 0, without a forward pass"
 
 
@@ -1575,8 +1603,9 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
     assert O["max_identity_err"] < 1e-9, "beta * KL(pi* || pi_ref) = E[reward] - V_soft must hold exactly"
     assert all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success")), "success rates in [0, 1]"
-    assert all(0 <= O["auroc"][k] <= 1 or math.isnan(O["auroc"][k]) for k in ("centred", "path_kl", "path_kl_opt",
-                                                                                "path_kl_imp", "logprob", "noop")), O["auroc"]
+    readings = ("centred", "path_kl", "path_kl_opt", "path_kl_imp", "logprob", "noop", "gap", "gap_logprob", "gap_opt",
+                "gap_imp")
+    assert all(0 <= O["auroc"][k] <= 1 or math.isnan(O["auroc"][k]) for k in readings), O["auroc"]
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
@@ -1605,12 +1634,16 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
              for st in ("s1", "s2")]
     out = optimum._all_actions(agent, sol, steps)
     kl, noop = out.pop("state_kl"), out.pop("noop")
+    best = {k: out.pop(k) for k in ("best", "best_logprob", "best_opt", "best_imp")}
+    assert best["best_opt"] == [8, 10] and best["best_imp"] == [-8, -8], "each state's best action, uncentred"
     assert all(len(xs) == 5 for xs in out.values()), "one row per available action of each state"
     assert all(abs(sum(xs[:2])) < 1e-9 and abs(sum(xs[2:])) < 1e-9 for xs in out.values()), "centred per state"
     assert out["opt"][:2] == pytest.approx([0.0, 0.0]) and out["imp"][2:] == pytest.approx([1 / 3, 1 / 3, -2 / 3]), out
     rows = agent.score([steps[0].prompt] * 2, [tokenizer.encode_action(agent.enc, a) for a in ("click[a]", "click[b]")])
     lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
     assert out["ppo"][:2] == pytest.approx([(lr[0] - lr[1]) / 2, (lr[1] - lr[0]) / 2], abs=1e-5), "PPO's, sorted"
+    assert best["best"][0] == pytest.approx(max(lr), abs=1e-5) and best["best_logprob"][0] == pytest.approx(
+        max(float(r["logprobs"].sum()) for r in rows), abs=1e-5), "the best by PPO's log-ratio and by its log-prob"
     assert len(kl) == len(noop) == 2, "one KL and one no-op log-ratio per visited state"
     for step, st, k, x in zip(steps, ("s1", "s2"), kl, noop):
         acts = sorted(sol.pi_ref[st])
