@@ -229,10 +229,10 @@ def best_of_n_section(R, rc, eps, how_bon, rng, test):
                 R["pass_at_n"] = {str(n): v for n, v in pass_n.items()}
     steps_per_ep = float(np.mean([len(e.steps) for e in eps["samples"]]))
     invalid_per_ep = float(np.mean([sum(not st.valid for st in e.steps) for e in eps["samples"]]))
-    reads = {"pa_noop": 2 * invalid_per_ep, "pa_gap": 2 * steps_per_ep}  # a prompt per state and network (read_noop)
+    read_cost = {"pa_noop": 2 * invalid_per_ep, "pa_gap": 2 * steps_per_ep}  # a prompt per state and network
     for sel in _selectors(R):  # extra forward passes per trajectory beyond sampling it
         R["cost"][sel]["extra_forward_per_traj"] = ((steps_per_ep if S.SELECTORS[sel].needs_ref else 0.0)
-                                                    + reads.get(sel, 0.0))
+                                                    + read_cost.get(sel, 0.0))
     R["cost"]["oracle"]["note"] = "exact dynamic programming over environment states: not available in practice"
 
 
