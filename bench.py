@@ -63,7 +63,7 @@ def compute_dtype(device):
 
 
 def make_model(args):
-    preset = "cpu" if args.device == "cpu" else "gpu"
+    preset = train.Config().preset  # the model train.py trains by default, on any device
     torch.manual_seed(0)
     sizes = {k: train.PRESETS[preset][k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
     cfg = model.GPTConfig(**sizes, vocab_size=tokenizer.MAX_VOCAB)  # ids only, no tokenizer needed

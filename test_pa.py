@@ -1947,6 +1947,18 @@ def test_train_refuses_bad_options_and_devices():
     with pytest.raises(SystemExit, match="must be >= 1 and divide --episodes_per_iter \\(128\\)"):
         train.resolve(train.parse_args(["--samples_per_task=3", "--device=cpu"]))
     assert train.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"
+    with pytest.raises(SystemExit, match="--preset: 'auto'; valid: cpu, gpu"):
+        train.parse_args(["--preset=auto"])
+
+
+def test_every_device_trains_the_measured_recipe_unless_told_otherwise(monkeypatch):
+    # the 26M-parameter gpu preset failed on a GPU (LOG.md): a CUDA machine gets the cpu preset by default
+    monkeypatch.setattr(model, "get_device", lambda name="auto": "cuda")
+    cfg = train.resolve(train.parse_args([]))
+    assert (cfg.device, cfg.preset) == ("cuda", "cpu")
+    assert all(getattr(cfg, k) == v for k, v in train.PRESETS["cpu"].items())
+    big = train.resolve(train.parse_args(["--preset=gpu", "--n_layer=2"]))
+    assert (big.n_layer, big.n_embd) == (2, train.PRESETS["gpu"]["n_embd"]), "a flag overrides its preset's size"
 
 
 def test_train_without_a_reference_says_which_file_is_missing(tmp_path):
