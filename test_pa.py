@@ -1902,6 +1902,24 @@ def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume
             train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--ppo_iters=3", f"--average_from={bad}"])
 
 
+def test_anneal_lr_lowers_the_learning_rate_linearly_over_every_iteration(tiny_run, tmp_path, monkeypatch):
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    seen, update = [], train.ppo_update
+
+    def spy(cfg, policy, opt, *args, **kw):  # the learning rate each update runs at
+        seen.append(opt.param_groups[0]["lr"])
+        return update(cfg, policy, opt, *args, **kw)
+
+    monkeypatch.setattr(train, "ppo_update", spy)
+    run = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--ppo_iters=3", "--ppo_lr=4e-4"]
+    train.main(run + ["--critic_warmup=1", "--anneal_lr=true"])  # 4 iterations: the critic's warm-up, then PPO's
+    assert seen == pytest.approx([4e-4, 3e-4, 2e-4, 1e-4])
+    logged = [json.loads(line)["lr"] for line in open(tmp_path / "ppo_log.jsonl")]
+    assert logged == pytest.approx(seen)
+    cfg = train.parse_args(["--ppo_iters=3", "--ppo_lr=4e-4"])
+    assert [train.lr_at(cfg, it) for it in range(3)] == [4e-4] * 3, "without --anneal_lr the rate stays"
+
+
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]

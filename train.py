@@ -89,6 +89,8 @@ class Config:
     average_from: int = 0            # from this PPO iteration on, also keep the running mean of the policy's weights
                                      # (iterate averaging) in out_dir/ppo_avg.pt: report.py --ckpt reads it (0 = off)
     ppo_lr: float = 3e-4
+    anneal_lr: bool = False          # the learning rate falls linearly over the iterations, ppo_lr at the first to
+                                     # ppo_lr / N at the last (CleanRL's default), critic and warm-up included
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
     clip: float = 0.2                # policy ratio clip
@@ -578,6 +580,11 @@ def _start_weights(cfg, enc, ref, policy):
     return ck["model"]
 
 
+def lr_at(cfg, it):
+    """PPO's learning rate at iteration `it` (0-based, the critic's warm-up iterations counted)."""
+    return cfg.ppo_lr * (1 - it / (cfg.critic_warmup + cfg.ppo_iters)) if cfg.anneal_lr else cfg.ppo_lr
+
+
 def _averaged(cfg, it):
     """How many iterates the --average_from mean holds once iteration `it` is done (0: none yet, or off)."""
     return max(0, it - cfg.average_from + 1) if cfg.average_from else 0
@@ -663,6 +670,8 @@ def train_ppo(cfg, enc, ref):
         policy.train()
         t1 = time.time()
         critic_only = it < cfg.critic_warmup
+        for g in [g for o in (opt, critic_opt) if o is not None for g in o.param_groups]:
+            g["lr"] = lr_at(cfg, it)
         stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only, advantages=advantages,
                            critic=critic, critic_opt=critic_opt)
         n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
@@ -673,6 +682,7 @@ def train_ppo(cfg, enc, ref):
                    **stats, invalid=float(np.mean([not s.valid for s in steps])),
                    tok_per_s=round(n_tok * (1 + cfg.update_epochs) / (time.time() - t0)),
                    rollout_s=round(t1 - t0, 1), seconds=round(time.time() - t0, 1),
+                   **(dict(lr=lr_at(cfg, it)) if cfg.anneal_lr else {}),
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
         n = _averaged(cfg, it)
