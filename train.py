@@ -111,7 +111,7 @@ class Config:
     batch_size: int = 256            # rows per model call in rollouts
 
 
-PRESETS = {  # cpu: sized so that `python train.py` on a 2-core CPU takes 15-20 minutes; the default on a GPU too,
+PRESETS = {  # cpu: sized so that `python train.py` on a 2-core CPU takes about 20 minutes; the default on a GPU too,
     # since the gpu one (a 26M-parameter scale-up, opt-in) failed on an H200 (LOG.md: "The GPU preset, run")
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256,  # ~0.92M parameters
                 sft_episodes=2000, sft_iters=1000, ppo_iters=20, episodes_per_iter=128),
