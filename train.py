@@ -670,8 +670,9 @@ def train_ppo(cfg, enc, ref):
         policy.train()
         t1 = time.time()
         critic_only = it < cfg.critic_warmup
-        for g in [g for o in (opt, critic_opt) if o is not None for g in o.param_groups]:
-            g["lr"] = lr_at(cfg, it)
+        for o in filter(None, (opt, critic_opt)):  # the critic's own optimizer too, with --critic=separate
+            for g in o.param_groups:
+                g["lr"] = lr_at(cfg, it)
         stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only, advantages=advantages,
                            critic=critic, critic_opt=critic_opt)
         n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
