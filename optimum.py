@@ -145,6 +145,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
     noop = row["all_actions"].pop("noop")  # PA of an invalid step read as the no-op's: one number for every such text
     best = {k: row["all_actions"].pop(k) for k in ("best", "best_logprob", "best_opt", "best_imp")}
     merged = [st.log_ratio if st.valid or math.isnan(x) else x for st, x in zip((st for ep in eps for st in ep.steps), noop)]
+    row["steps"]["noop"] = merged  # pi*'s log-ratio of any invalid text is already the no-op's (SoftSolution.log_ratio)
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         centred=[beta * sum(st.log_ratio - k for st, k in zip(ep.steps, kl[i:j]))
                                  for ep, i, j in zip(eps, ends, ends[1:])],
@@ -255,7 +256,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
       - the optimum's success probability, expected reward and KL(pi* || pi_ref) per episode, and the
         reference's own success probability (exact: a check of the solver against sampled success);
       - at every step of n_samples PPO samples per task: PPO's log-ratio log pi/pi_ref against the optimum's
-        log pi*/pi_ref = (Q - V) / beta for the same action (Pearson and Spearman);
+        log pi*/pi_ref = (Q - V) / beta for the same action (Pearson and Spearman), and the Pearson correlation
+        again with each invalid text's log-ratio read as the no-op's (every text that is not an action taken
+        together: the world's one no-op action, and what pi*'s log-ratio of any such text is);
       - PA of the optimum (beta times its log-ratio: the soft advantage) as a process reward on those samples,
         next to PPO's PA: Spearman with the hard A*, and AUROC of the trajectory sum for success;
       - Spearman of both with A^ref, the advantage under the reference's own continuation (what one round of
@@ -303,7 +306,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                      kl=float(np.mean(cat("trajs", "ppo"))) / beta),
          "log_ratio": dict(pearson=pearson(p, o), spearman=pa.spearman(p, o), steps=len(p),  # nan: a constant side
                            pearson_ci=ci(lambda idx: pearson(cat("steps", "ppo", idx), cat("steps", "opt", idx))),
-                           pearson_valid=pearson(p[ok], o[ok]), valid_steps=int(ok.sum())),
+                           pearson_valid=pearson(p[ok], o[ok]), valid_steps=int(ok.sum()),
+                           pearson_noop=pearson(cat("steps", "noop"), o),
+                           pearson_noop_ci=ci(lambda idx: pearson(cat("steps", "noop", idx), cat("steps", "opt", idx)))),
          "improved": dict(success=float(np.mean([t["imp_success"] for t in T])),
                           kl=float(np.mean([t["imp_kl"] for t in T])), pearson_ppo=pearson(p, imp),
                           pearson_optimum=pearson(o, imp), auroc=pa.auroc(cat("trajs", "imp"), cat("trajs", "success"))),
@@ -329,7 +334,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"{pct(O['ppo']['sampled_success'])}% (KL {O['ppo']['kl']:.2f})")
     print(f"[optimum] PPO's log-ratio vs the optimum's on {len(p)} steps: Pearson {lr['pearson']:+.3f} "
           f"[{lr['pearson_ci'][0]:+.2f}, {lr['pearson_ci'][1]:+.2f}] (on the {lr['valid_steps']} steps with an "
-          f"available action: {lr['pearson_valid']:+.3f}), Spearman {lr['spearman']:+.3f} | Spearman with "
+          f"available action: {lr['pearson_valid']:+.3f}; with each invalid text read as the no-op: "
+          f"{lr['pearson_noop']:+.3f} [{lr['pearson_noop_ci'][0]:+.2f}, {lr['pearson_noop_ci'][1]:+.2f}]), Spearman "
+          f"{lr['spearman']:+.3f} | Spearman with "
           f"A*: PPO's PA {O['pa_vs_astar']['ppo']:+.3f}, the optimum's {O['pa_vs_astar']['optimum']:+.3f} | with the "
           f"reference's own advantage A^ref: PPO's {O['pa_vs_aref']['ppo']:+.3f}, the optimum's "
           f"{O['pa_vs_aref']['optimum']:+.3f} | failure "

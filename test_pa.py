@@ -572,6 +572,25 @@ def test_soft_solution_expectations_match_simulation(name, split, task, warmup, 
 
 
 @pytest.mark.parametrize("name,split,task,warmup,steps", SOFT_CASES)
+def test_optimum_gives_every_invalid_text_the_no_ops_log_ratio(name, split, task, warmup, steps):
+    """pi*'s log-ratio of any text that is not an action is the no-op reading of pi* itself (search.noop_log_ratio
+    of the mass pi* and pi_ref leave off the available actions): what the optimum check's no-op Pearson compares
+    PPO's no-op reading with."""
+    env = small_budget_env(name, split, task, warmup, steps)
+    sol = env.soft_solution(lopsided_reference, 0.1)
+    checked = 0
+    for st in sol.states[:50]:
+        acts = [a for a in sol.pi_ref[st] if a != sol.invalid]
+        rest = 1.0 - sum(sol.pi_ref[st][a] * math.exp(sol.log_ratio(st, a)) for a in acts)
+        noop = search.noop_log_ratio(rest, 1.0 - sum(sol.pi_ref[st][a] for a in acts))
+        if not math.isnan(noop):
+            checked += 1
+            assert sol.log_ratio(st, "no such action") == sol.log_ratio(st, "neither this") == \
+                pytest.approx(noop, abs=1e-6), f"at {st}"
+    assert checked > 0, "the lopsided reference leaves mass off the actions"
+
+
+@pytest.mark.parametrize("name,split,task,warmup,steps", SOFT_CASES)
 def test_reference_advantage_is_zero_on_average_under_the_reference(name, split, task, warmup, steps):
     """A^ref = Q^ref - V^ref averages to 0 under pi_ref at every state (no-op included), and V^ref(s0) is the
     reference's expected reward, which SoftSolution.expect computes by another route."""
@@ -1609,6 +1628,10 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert O["optimum"]["opt_reward"] - O["beta"] * O["optimum"]["opt_kl"] >= O["optimum"]["v_soft"] - 1e-9, \
         "the optimum attains the soft value"
     assert O["log_ratio"]["steps"] >= 4 and (tmp_path / "optimum.json").exists(), "every sampled step is compared"
+    lr = O["log_ratio"]
+    assert all(math.isnan(x) or -1 <= x <= 1 for x in (lr["pearson_noop"], *lr["pearson_noop_ci"])), lr  # nan: a constant side
+    if lr["valid_steps"] == lr["steps"]:  # as text: nan == nan
+        assert json.dumps(lr["pearson_noop"]) == json.dumps(lr["pearson"]), "no invalid text: the raw log-ratio"
     assert 0 <= O["improved"]["success"] <= 1 and O["improved"]["kl"] >= -1e-9, "one round of improvement: a KL >= 0"
     assert O["all_actions"]["rows"] >= O["log_ratio"]["steps"], "every available action of every visited state"
     assert sum(b["steps"] for b in O["by_improved"].values()) == O["log_ratio"]["steps"], "each step in one group"
