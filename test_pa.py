@@ -30,7 +30,7 @@ import pytest
 import torch
 
 # The tests' models are tiny: a second thread saves nothing on an idle 2-core machine, and on a busy one threads
-# that wait on each other for a core make a test several times slower. One thread here and in every subprocess.
+# that wait on each other for a core slow the suite down. One thread here and in every subprocess.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
