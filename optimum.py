@@ -140,11 +140,14 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                         aref=[sol.ref_advantage(st.env.state, st.text) for ep in eps for st in ep.steps],
                         imp=[sol.improved_log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         valid=[st.valid for ep in eps for st in ep.steps])
-    row["all_actions"] = _all_actions(agent, sol, [st for ep in eps for st in ep.steps])
+    flat = [st for ep in eps for st in ep.steps]
+    row["all_actions"] = _all_actions(agent, sol, flat)
     kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + [len(ep.steps) for ep in eps])
     noop = row["all_actions"].pop("noop")  # PA of an invalid step read as the no-op's: one number for every such text
     best = {k: row["all_actions"].pop(k) for k in ("best", "best_logprob", "best_opt", "best_imp")}
-    merged = [st.log_ratio if st.valid or math.isnan(x) else x for st, x in zip((st for ep in eps for st in ep.steps), noop)]
+    for st, x in zip(flat, noop):
+        st.noop_log_ratio = None if st.valid else x  # as search.read_noop leaves it, from the same scores
+    merged = S.noop_ratio(flat, "noop")
     row["steps"]["noop"] = merged  # pi*'s log-ratio of any invalid text is already the no-op's (SoftSolution.log_ratio)
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
                         centred=[beta * sum(st.log_ratio - k for st, k in zip(ep.steps, kl[i:j]))
@@ -160,7 +163,6 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                         success=[ep.success for ep in eps])
     # minus the summed gap between each step and the best available action at its state (search's pa_gap; 0 where
     # an invalid text reads above every action), by PPO's log-ratio, its log-prob, pi*'s and pi_1's log-ratio
-    flat = [st for ep in eps for st in ep.steps]
     gaps = dict(gap=[b - x for b, x in zip(best["best"], merged)],
                 gap_logprob=[b - float(st.logprobs.sum()) for b, st in zip(best["best_logprob"], flat)],
                 gap_opt=[b - sol.log_ratio(st.env.state, st.text) for b, st in zip(best["best_opt"], flat)],

@@ -382,7 +382,7 @@ def _tokens(steps, *names):
     return out + [mask]
 
 
-def _noop_ratio(steps, selector):
+def noop_ratio(steps, selector):
     """Each step's log-ratio with an invalid text read as the no-op (read_noop): the log-ratio of the action taken,
     or of writing no action at all where the text was none (its own log-ratio where that mass is nan)."""
     if any(s.noop_log_ratio is None for s in steps if not s.valid):
@@ -391,8 +391,8 @@ def _noop_ratio(steps, selector):
 
 
 def _pa_noop(steps, beta):
-    """PA with each invalid text read as the no-op: beta times _noop_ratio."""
-    return [beta * x for x in _noop_ratio(steps, "pa_noop")]
+    """PA with each invalid text read as the no-op: beta times noop_ratio."""
+    return [beta * x for x in noop_ratio(steps, "pa_noop")]
 
 
 def _pa_gap(steps, beta):
@@ -402,7 +402,7 @@ def _pa_gap(steps, beta):
     if any(s.best_log_ratio is None for s in steps):
         raise ValueError("selector 'pa_gap' needs episodes collected with rollout(..., gap=True)")
     return [beta * min(0.0, x - s.best_log_ratio) if not math.isnan(s.best_log_ratio) else 0.0
-            for s, x in zip(steps, _noop_ratio(steps, "pa_gap"))]
+            for s, x in zip(steps, noop_ratio(steps, "pa_gap"))]
 
 
 def _value_td(steps, mc_values=None, **_):
