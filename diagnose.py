@@ -397,13 +397,17 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
     (against the shared reference), and of their mean, on n_samples episodes per validation task of sampler_path's
     policy, next to the sampler's own PA and to the exact pi_1's (the optimum check's cached reference scores). A
     policy's own samples pick the actions whose log-ratio it overestimates (LOG.md); independently trained
-    scorers' errors do not follow the sampling. Returns the AUROCs, the success rate and every episode's scores."""
+    scorers' errors do not follow the sampling. Each step's log-ratio, by the sampler and by each scorer, is also
+    set against pi*'s at that step (Pearson over every sampled step, as the optimum check's): the same steps read
+    by a network that did not choose them. Returns the AUROCs, the Pearsons, the success rate and every episode's
+    scores."""
     run_ = S.load_run(sampler_path, None, device, seed=seed)
     others = [S.load_agent(p, None, device)[0] for p in scorer_paths]
     agent, beta = run_.ppo, run_.ppo.beta
     cache = optimum.optimum_cache(run_.ref_path, agent.temperature, max_steps, cache_dir or os.path.join(
         os.path.dirname(os.path.abspath(run_.ref_path)), "optimum_cache"), agent.constrained)
     scores = dict(own=[], pi_1=[], success=[], **{p: [] for p in scorer_paths})
+    steps = dict(own=[], optimum=[], **{p: [] for p in scorer_paths})  # per-step log-ratios
     for t in range(n_tasks):
         sol = envs.make_env(run_.env_name, "valid", t, 0, max_steps).soft_solution(
             optimum.reference_probs(agent, cache(t)), beta)
@@ -413,15 +417,23 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
             for path, other in zip(scorer_paths, others):
                 rows = other.score([st.prompt for st in ep.steps], [st.action for st in ep.steps], ("policy", "ref"),
                                    [st.choices for st in ep.steps] if other.constrained else None)
-                scores[path].append(beta * sum(float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows))
+                steps[path] += [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows]
+                scores[path].append(beta * sum(steps[path][-len(rows):]))
+            steps["own"] += [st.log_ratio for st in ep.steps]
+            steps["optimum"] += [sol.log_ratio(st.env.state, st.text) for st in ep.steps]
             scores["own"].append(beta * sum(st.log_ratio for st in ep.steps))
             scores["pi_1"].append(beta * sum(sol.improved_log_ratio(st.env.state, st.text) for st in ep.steps))
             scores["success"].append(ep.success)
     scores["mean of the scorers"] = list(np.mean([scores[p] for p in scorer_paths], axis=0))
+    steps["mean of the scorers"] = list(np.mean([steps[p] for p in scorer_paths], axis=0))
+    opt = steps.pop("optimum")
     out = dict(auroc={k: pa.auroc(x, scores["success"]) for k, x in scores.items() if k != "success"},
-               success=float(np.mean(scores["success"])), scores=scores)
+               pearson={k: optimum.pearson(x, opt) for k, x in steps.items()},
+               success=float(np.mean(scores["success"])), scores=scores, steps=dict(steps, optimum=opt))
     print(f"[cross] {len(scores['success'])} episodes of {sampler_path} ({100 * out['success']:.1f}% success), failure "
           f"AUROC of their summed PA: " + ", ".join(f"{k} {v:.3f}" for k, v in out["auroc"].items()))
+    print(f"[cross] their {len(opt)} steps' log-ratio vs pi*'s, Pearson: "
+          + ", ".join(f"{k} {v:+.3f}" for k, v in out["pearson"].items()))
     return out
 
 

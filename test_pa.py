@@ -2515,6 +2515,12 @@ def test_cross_scores_by_the_sampler_itself_are_its_own_pa(tiny_run, tmp_path):
         "teacher-forced by the sampler itself, the summed PA is the one sampled"
     assert sc[str(tiny_run / "ref.pt")] == pytest.approx([0.0] * 3, abs=1e-6), "the reference's own PA is 0"
     assert sc["mean of the scorers"] == pytest.approx([(a + b) / 2 for a, b in zip(sc[ppo], sc[str(tiny_run / "ref.pt")])])
+    st = out["steps"]
+    assert len(st["own"]) == len(st["optimum"]) == len(st[ppo]) > 3 and st[ppo] == pytest.approx(st["own"], abs=1e-4)
+    assert st[str(tiny_run / "ref.pt")] == pytest.approx([0.0] * len(st["own"]), abs=1e-6)
+    same = lambda a, b: (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)
+    assert all(same(out["pearson"][k], optimum.pearson(st[k], st["optimum"])) for k in out["pearson"]), \
+        "each reading's Pearson is over the same steps as pi*'s log-ratio"
 
 
 def test_a_soup_of_two_runs_is_their_midpoint_and_refuses_other_setups(tiny_run, tmp_path):
