@@ -295,7 +295,9 @@ def read_noop(agent, steps):
       was never taught how to share that mass among the texts, so the log-ratio of the one it wrote is noise
       around it. The no-op's log-ratio is log (1 - sum_a pi(a|s)) - log (1 - sum_a pi_ref(a|s)) (nan where
       either mass is below 1e-9).
-    Both are 0 without a forward pass where the policy is its own reference (the reference acting)."""
+    Both are 0 without a forward pass where the policy is its own reference (the reference acting). A constrained
+    agent writes available actions only: each of them is scored as that agent draws it (renormalised over the
+    state's actions, Agent.score), one row per action, and there is no no-op to read."""
     if agent.policy is agent.ref:
         for st, _ in steps:
             st.best_log_ratio = 0.0
@@ -303,6 +305,18 @@ def read_noop(agent, steps):
                 st.noop_log_ratio = 0.0
         return
     if not steps:
+        return
+    if agent.constrained:
+        rows = [(st, a) for st, available in steps for a in available]
+        codes = {a: tokenizer.encode_action(agent.enc, a) for _, a in rows}
+        scored = agent.score([st.prompt for st, _ in rows], [codes[a] for _, a in rows], ("policy", "ref"),
+                             [st.choices for st, _ in rows])
+        best = {}
+        for (st, _), r in zip(rows, scored):
+            x = float((r["logprobs"].double() - r["ref_logprobs"].double()).sum())
+            best[id(st)] = max(best.get(id(st), -math.inf), x)
+        for st, _ in steps:
+            st.best_log_ratio = best.get(id(st), math.nan)
         return
     states = [(st.prompt, available) for st, available in steps]
     lps = [[lp.double() for lp in agent.action_logprobs(states, net)] for net in ("policy", "ref")]
@@ -627,9 +641,8 @@ class Run:
         """Oracle-annotated episodes of `agent` on (task, seed) pairs of a split, task-major. read: the steps are
         also read against their states' available actions (rollout's noop, and its gap where self.gap says so);
         pass False for episodes that no step scorer reads."""
-        read = read and not agent.constrained
         return rollout(agent, make_envs(self.env_name, split, tasks, seeds), greedy, self.gen, oracle=True,
-                       keep_states=keep_states, noop=read, gap=read and self.gap)
+                       keep_states=keep_states, noop=read and not agent.constrained, gap=read and self.gap)
 
 
 def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None, ratio_scale=1.0):

@@ -1859,6 +1859,29 @@ def test_constrained_runs_checkpoint_their_choice_and_refuse_to_resume_with_anot
         train.main(base + ["--ppo_iters=2", "--init_from=resume"])
 
 
+def test_pa_gap_of_a_constrained_run_reads_its_renormalised_actions_and_its_validation_check_runs(tiny_run, tmp_path):
+    """--actions=available: every available action is scored as the constrained agent draws it, so the step taken is
+    one of them and its gap is never below 0; the validation check, which reads "pa_gap", runs on such a run."""
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--ppo_iters=1", "--actions=available"])
+    run_ = search.load_run(str(tmp_path / "ppo.pt"), device="cpu")
+    run_.gap = True
+    agent = run_.ppo
+    eps = run_.episodes(agent, "valid", range(3), [0, 1])
+    steps = [s for e in eps for s in e.steps]
+    assert agent.constrained and steps and all(s.valid for s in steps)
+    for s in steps[:6]:
+        acts = tuple(s.choices)
+        rows = agent.score([s.prompt] * len(acts), [tokenizer.encode_action(agent.enc, a) for a in acts],
+                           choices=[acts] * len(acts))
+        assert s.best_log_ratio == pytest.approx(max(float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows),
+                                                 abs=1e-4), "the best renormalised log-ratio over the state's actions"
+    assert all(s.log_ratio <= s.best_log_ratio + 1e-4 for s in steps), "the action taken is one of them"
+    assert all(x <= 0 for e in eps for x in search.step_scores(e, "pa_gap", agent.beta))
+    V = report.validation_check(str(tmp_path / "ppo.pt"), str(tmp_path / "valid"), device="cpu", n=2, n_bon=2)
+    assert set(V["bon8"]) >= {"pa", "pa_gap"} and V["ppo"]["invalid_greedy"] == 0
+
+
 def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run, tmp_path):
     """--ppo_start (a second round from a soup): the first rollouts are the start's, so their KL to the
     reference is the start's, where PPO from the reference starts at exactly 0; a network of another shape is
