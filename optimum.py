@@ -24,20 +24,7 @@ def network_probs(agent, batch, model="ref"):
     """[{action: prob}] at each state of a batch [(prompt, actions)]: one network's ("ref" or "policy")
     probability of each action's own tokens. A constrained agent writes available actions only: its
     probabilities are the renormalised ones (summing to 1 at each state, nothing left for the no-op)."""
-    if agent.constrained:  # every token renormalised over the state's trie: score() knows how
-        prompts, actions, choices = [], [], []
-        for prompt, acts in batch:
-            p = agent.encode(prompt)
-            prompts += [p] * len(acts)
-            actions += [tokenizer.encode_action(agent.enc, a) for a in acts]
-            choices += [tuple(acts)] * len(acts)
-        key = "logprobs" if model == "policy" else "ref_logprobs"
-        rows, k, lps = agent.score(prompts, actions, (model,), choices), 0, []
-        for _, acts in batch:
-            lps.append([float(r[key].sum()) for r in rows[k:k + len(acts)]])
-            k += len(acts)
-    else:  # each state's prompt run once for all its actions
-        lps = [lp.tolist() for lp in agent.action_logprobs([(agent.encode(p), acts) for p, acts in batch], model)]
+    lps = [lp.tolist() for lp in agent.action_logprobs([(agent.encode(p), acts) for p, acts in batch], model)]
     return [{a: math.exp(x) for a, x in zip(acts, lp)} for (_, acts), lp in zip(batch, lps)]
 
 

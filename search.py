@@ -199,15 +199,22 @@ class Agent:
         """states: [(prompt tokens, action texts)]. Per state, a (k,) tensor: the log-prob of each action's own
         tokens under one network ("policy" or "ref") at the agent's temperature. The numbers of score(), for a
         fraction of the work: GPT.continuation_logprobs writes each prompt once for all its actions. States go
-        through about batch_size actions at a time, in order of length (less padding). Unconstrained agents only
-        (a constrained one renormalises every token over the state's trie: score() does that)."""
-        assert not self.constrained, "a constrained agent scores with score(..., choices=)"
+        through about batch_size actions at a time, in order of length (less padding). A constrained agent
+        renormalises every token over the state's trie, which score() does: one row per action there."""
         net, codes = self.policy if model == "policy" else self.ref, {}
         for _, texts in states:
             for a in texts:
                 if a not in codes:
                     codes[a] = tokenizer.encode_action(self.enc, a)
         acts = [[codes[a] for a in texts] for _, texts in states]
+        if self.constrained:
+            rows = self.score([p for p, texts in states for _ in texts], [c for cs in acts for c in cs], (model,),
+                              [tuple(texts) for _, texts in states for _ in texts])
+            key, k, out = "logprobs" if model == "policy" else "ref_logprobs", 0, []
+            for _, texts in states:
+                out.append(torch.stack([r[key].sum() for r in rows[k:k + len(texts)]]) if texts else torch.zeros(0))
+                k += len(texts)
+            return out
         order = sorted(range(len(states)), key=lambda i: len(states[i][0]) + sum(map(len, acts[i])))
         out, chunk, n = [None] * len(states), [], 0  # n: the actions in the chunk
         for k, i in enumerate(order):
@@ -296,8 +303,7 @@ def read_noop(agent, steps):
       around it. The no-op's log-ratio is log (1 - sum_a pi(a|s)) - log (1 - sum_a pi_ref(a|s)) (nan where
       either mass is below 1e-9).
     Both are 0 without a forward pass where the policy is its own reference (the reference acting). A constrained
-    agent writes available actions only: each of them is scored as that agent draws it (renormalised over the
-    state's actions, Agent.score), one row per action, and there is no no-op to read."""
+    agent's actions are scored as it draws them (Agent.action_logprobs); it writes no invalid text to read."""
     if agent.policy is agent.ref:
         for st, _ in steps:
             st.best_log_ratio = 0.0
@@ -305,18 +311,6 @@ def read_noop(agent, steps):
                 st.noop_log_ratio = 0.0
         return
     if not steps:
-        return
-    if agent.constrained:
-        rows = [(st, a) for st, available in steps for a in available]
-        codes = {a: tokenizer.encode_action(agent.enc, a) for _, a in rows}
-        scored = agent.score([st.prompt for st, _ in rows], [codes[a] for _, a in rows], ("policy", "ref"),
-                             [st.choices for st, _ in rows])
-        best = {}
-        for (st, _), r in zip(rows, scored):
-            x = float((r["logprobs"].double() - r["ref_logprobs"].double()).sum())
-            best[id(st)] = max(best.get(id(st), -math.inf), x)
-        for st, _ in steps:
-            st.best_log_ratio = best.get(id(st), math.nan)
         return
     states = [(st.prompt, available) for st, available in steps]
     lps = [[lp.double() for lp in agent.action_logprobs(states, net)] for net in ("policy", "ref")]
