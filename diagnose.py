@@ -194,7 +194,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     policy = train.build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict())
     agent = S.make_agent(cfg, policy, ref, enc)
-    cache_dir = cache_dir or os.path.join(out_dir, "optimum_cache")
+    cache_dir = cache_dir or optimum.default_cache_dir(ref_path)
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     solve = lambda t: envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(
         optimum.reference_probs(agent, cache(t)), cfg.beta)
@@ -243,7 +243,7 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     estimate on the truth. Returns the dict it prints."""
     cfg, enc, ref = _reference(ref_path, device)
     agent = S.make_agent(cfg, ref, ref, enc)
-    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(ref_path)), "optimum_cache")
+    cache_dir = cache_dir or optimum.default_cache_dir(ref_path)
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     gen, rows = torch.Generator().manual_seed(seed), []
     for t in range(n_tasks):
@@ -404,8 +404,8 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
     run_ = S.load_run(sampler_path, None, device, seed=seed)
     others = [S.load_agent(p, None, device)[0] for p in scorer_paths]
     agent, beta = run_.ppo, run_.ppo.beta
-    cache = optimum.optimum_cache(run_.ref_path, agent.temperature, max_steps, cache_dir or os.path.join(
-        os.path.dirname(os.path.abspath(run_.ref_path)), "optimum_cache"), agent.constrained)
+    cache = optimum.optimum_cache(run_.ref_path, agent.temperature, max_steps,
+                                  cache_dir or optimum.default_cache_dir(run_.ref_path), agent.constrained)
     scores = dict(own=[], pi_1=[], success=[], **{p: [] for p in scorer_paths})
     steps = dict(own=[], optimum=[], **{p: [] for p in scorer_paths})  # per-step log-ratios
     for t in range(n_tasks):
@@ -558,8 +558,7 @@ def main(argv):
     if args.improve:
         try:
             improve(args.ref, args.out_dir, args.improve, loss=args.loss, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                    actions=args.actions,
-                    cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
+                    actions=args.actions)
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
@@ -582,8 +581,7 @@ def main(argv):
                       start=args.start, distil_rounds=args.distil_rounds, distil_loss=args.distil_loss,
                       distil_from=args.distil_from, distil_tasks=args.distil_tasks,
                       distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, actions=args.actions,
-                      seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)),
-                      cache_dir=os.path.join(os.path.dirname(os.path.abspath(args.ref)), "optimum_cache"))
+                      seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)))
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return

@@ -227,6 +227,12 @@ def pearson(x, y):
     return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
 
 
+def default_cache_dir(ref_path):
+    """Where the scores of every reachable state are cached unless a cache_dir is given: beside the reference,
+    so that every check of every policy trained from it, whatever its out_dir, finds them."""
+    return os.path.join(os.path.dirname(os.path.abspath(ref_path)), "optimum_cache")
+
+
 def optimum_cache(ref_path, temperature, max_steps, cache_dir, constrained=False, ratio_scale=1.0):
     """task -> the file that caches a network's scores of every state of that validation task (the reference's,
     or the policy's with --ratio_scales), named by the network file's hash, the temperature, the episode budget (0 = the
@@ -274,12 +280,13 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     Intervals are 95% bootstrap percentiles over TASKS (the steps of one task are not independent). Writes
     optimum.json to out_dir and returns it. Costly the first time: every reachable state is scored by the
     reference (a shop task has 5,000-12,000; max_steps, the episode budget, shrinks the tree for tests); those
-    scores are cached in cache_dir (default out_dir/optimum_cache/) under the reference file's hash and the
-    temperature, so later checks of other policies with the same reference only sample and compare."""
+    scores are cached in cache_dir (default: optimum_cache/ beside the reference file) under the reference file's
+    hash and the temperature, so later checks of other policies with the same reference, in any out_dir, only
+    sample and compare."""
     run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
-    cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps,
-                          cache_dir or os.path.join(out_dir, "optimum_cache"), run_.ppo.constrained)
-    pcache = optimum_cache(ppo_path, run_.ppo.temperature, max_steps, cache_dir or os.path.join(out_dir, "optimum_cache"),
+    cache_dir = cache_dir or default_cache_dir(run_.ref_path)
+    cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps, cache_dir, run_.ppo.constrained)
+    pcache = optimum_cache(ppo_path, run_.ppo.temperature, max_steps, cache_dir,
                            run_.ppo.constrained, ratio_scale)  # the policy's scores, when scales ask for them
     T = [_optimum_task(run_, t, n_samples, max_steps, cache(t), scales, n_exact, pcache(t)) for t in range(n)]
     cat = lambda part, k, idx=range(n): [x for i in idx for x in T[i][part][k]]

@@ -1620,7 +1620,9 @@ def test_pa_noop_and_pa_gap_read_each_step_against_the_available_actions(tiny_ru
 
 
 def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
-    O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
+    cache = str(tmp_path / "optimum_cache")
+    O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3,
+                              cache_dir=cache)
     assert O["max_identity_err"] < 1e-9, "beta * KL(pi* || pi_ref) = E[reward] - V_soft must hold exactly"
     assert all(0 <= O["optimum"][k] <= 1 for k in ("ref_success", "opt_success")), "success rates in [0, 1]"
     readings = ("centred", "path_kl", "path_kl_opt", "path_kl_imp", "logprob", "noop", "gap", "gap_logprob", "gap_opt",
@@ -1638,13 +1640,14 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert sum(b["steps"] for b in O["by_improved"].values()) == O["log_ratio"]["steps"], "each step in one group"
     assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
     scaled = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path / "s"), device="cpu", n=2, n_samples=2,
-                                   max_steps=3, cache_dir=str(tmp_path / "optimum_cache"), scales=(1, 2), n_exact=4)
+                                   max_steps=3, cache_dir=cache, scales=(1, 2), n_exact=4)
     assert [x["scale"] for x in scaled["scaled"]] == [1, 2] and all(x["episodes"] == 8 for x in scaled["scaled"])
     assert all(0 <= x["success"] <= 1 and x["kl"] >= -1e-9 for x in scaled["scaled"]), scaled["scaled"]
     assert json.dumps(scaled["log_ratio"], default=float) == json.dumps(O["log_ratio"], default=float), \
         "the scales add to the check and change nothing of the rest (as text: nan == nan)"
     assert len(os.listdir(tmp_path / "optimum_cache")) == 4, "the policy's scores are cached beside the reference's"
-    again = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3)
+    again = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3,
+                                  cache_dir=cache)
     drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
                                 sort_keys=True, default=float)  # as text: nan == nan
     assert drop(again) == drop(O), "a check from the cached reference scores must give the same numbers"
@@ -2292,8 +2295,9 @@ def test_a_run_acting_along_its_log_ratio(tiny_run, tmp_path, capsys):
     O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=1, n_samples=2, max_steps=2,
                               ratio_scale=2.0, scales=(1,), n_exact=2)
     assert O["scaled"][0]["scale"] == 1 and any("-ratio2-" in f or f.endswith("-ratio2.json")
-                                                 for f in os.listdir(tmp_path / "optimum_cache")), \
-        "the moved policy's scores are cached apart from the network's own"
+                                                 for f in os.listdir(tiny_run / "optimum_cache")), \
+        "the moved policy's scores are cached apart from the network's own, beside the reference by default"
+    assert not (tmp_path / "optimum_cache").exists(), "not in the check's out_dir: another out_dir finds them too"
     with pytest.raises(SystemExit):
         report.main([f"--ckpt={tiny_run / 'ppo.pt'}", "--valid", "--ratio_scale=0"])
     assert "--ratio_scale must be positive" in capsys.readouterr().err
@@ -2615,7 +2619,8 @@ def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, cap
     """distil_from=2 with distil_tasks=3 teaches validation tasks 2 to 4 and checks 0 and 1: a ceiling on tasks
     never taught, from more tasks than are checked."""
     diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
-                       start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2, distil_tasks=3)
+                       start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2, distil_tasks=3,
+                       cache_dir=str(tmp_path / "optimum_cache"))
     solved = sorted(int(f.split("-valid")[1].split("-")[0]) for f in os.listdir(tmp_path / "optimum_cache"))
     assert solved == [0, 1, 2, 3, 4], f"the taught tasks' optima are solved beside the checked ones': {solved}"
     assert [r["task"] for r in json.load(open(tmp_path / "optimum.json"))["tasks"]] == [0, 1], "checked on 0 and 1"
