@@ -16,6 +16,7 @@ clipping, the network) and from how PA is read:
     python diagnose.py --ckpt out/ppo.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo.pt's samples
     python diagnose.py --soup a/ppo.pt,b/ppo.pt --out c/ppo.pt  # average PPO runs' weights (then check c/)
     python diagnose.py --soup a/ppo_avg.pt --scale 2 --ref a/ref.pt --out d/ppo.pt  # twice as far from the reference
+    python diagnose.py --soup a/ppo_avg.pt --moved wte,wpe,lm_head --ref a/ref.pt --out e/ppo.pt  # only its embeddings
 """
 import argparse
 import json
@@ -437,7 +438,7 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
     return out
 
 
-def soup(paths, out_path, scale=1.0, ref_path=None):
+def soup(paths, out_path, scale=1.0, ref_path=None, moved=()):
     """Average the weights of PPO runs made from one reference with different seeds into one checkpoint (a
     "seed soup"; weight averaging of fine-tuned runs that share their start: Wortsman et al. 2022, arXiv
     2203.05482; of RL runs: Rame et al. 2024, arXiv 2406.16768). Each run's log-ratio is a shared signal plus
@@ -447,11 +448,15 @@ def soup(paths, out_path, scale=1.0, ref_path=None):
     scale != 1 then moves the average from the reference (ref_path) along its own direction, weight by weight:
     ref + scale * (soup - ref) (pa.merge_weights past 1; "model extrapolation", Zheng et al. 2024, arXiv
     2404.16792). An average of runs that wander in different directions lies closer to the reference than any of
-    them; this asks whether its direction, taken further, is the optimum's. One checkpoint is enough then."""
-    if len(paths) < (1 if scale != 1 else 2):
-        raise M.CheckpointError("--soup needs at least two checkpoints (one, with --scale)")
-    if scale != 1 and not ref_path:
-        raise M.CheckpointError("--scale moves the soup from the reference: give --ref")
+    them; this asks whether its direction, taken further, is the optimum's. One checkpoint is enough then.
+    moved (parts of weight names, say ("wte", "wpe", "lm_head") or (".h.0.", ".h.1.")): only the weights whose
+    name holds one of them are the soup's, the rest the reference's (ref_path): which weights carry the step and
+    which its noise. One checkpoint is enough then too."""
+    alone = scale != 1 or moved
+    if len(paths) < (1 if alone else 2):
+        raise M.CheckpointError("--soup needs at least two checkpoints (one, with --scale or --moved)")
+    if alone and not ref_path:
+        raise M.CheckpointError("--scale and --moved take weights from the reference: give --ref")
     cks = [M.load_checkpoint(p) for p in paths]
     setup = lambda ck: (ck["config"], ck["tokenizer"], ck["env_name"], ck.get("beta"),
                         ck.get("train_config", {}).get("actions", "any"), sorted(ck["model"]))
@@ -462,18 +467,23 @@ def soup(paths, out_path, scale=1.0, ref_path=None):
     avg = cks[0]["model"]
     for k, ck in enumerate(cks[1:], 2):  # the running mean: the mean of k-1 runs moved 1/k of the way to the k-th
         avg = pa.merge_weights(avg, ck["model"], 1 / k)
-    if scale != 1:
+    if alone:
         ref = M.load_checkpoint(ref_path, env_name=cks[0]["env_name"], tokenizer_spec=cks[0]["tokenizer"])
         if sorted(ref["model"]) != sorted(avg) or ref["config"] != cks[0]["config"]:
             raise M.CheckpointError(f"{ref_path} is not a reference of the shape of {paths[0]}")
-        avg = pa.merge_weights(ref["model"], avg, scale)
+        avg = pa.merge_weights(ref["model"], avg, scale) if scale != 1 else avg
+    if moved:
+        unmatched = [part for part in moved if not any(part in k for k in avg)]
+        if unmatched:
+            raise M.CheckpointError(f"--moved {','.join(unmatched)} names no weight; the weights: {', '.join(avg)}")
+        avg = {k: v if any(part in k for part in moved) else ref["model"][k] for k, v in avg.items()}
     keep = {k: v for k, v in cks[0].items() if k not in ("model", "optimizer", "rng", "gen", "sample_gen", "iter",
                                                           "critic", "critic_optimizer")}
     M.save_checkpoint(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths],
-                                     scale=scale))
+                                     scale=scale, moved=list(moved)))
     what = f"the average of {len(paths)} runs' weights" if len(paths) > 1 else "one run's weights"
-    print(f"[soup] {what}" + (f", moved {scale:g} times as far from the reference"
-                                                                  if scale != 1 else "") + f" -> {out_path}")
+    print(f"[soup] {what}" + (f", moved {scale:g} times as far from the reference" if scale != 1 else "")
+          + (f", only the weights named {','.join(moved)} (the rest the reference's)" if moved else "") + f" -> {out_path}")
 
 
 def main(argv):
@@ -499,6 +509,8 @@ def main(argv):
     p.add_argument("--out", default=None, help="with --soup: the averaged checkpoint's path")
     p.add_argument("--scale", type=float, default=1.0, help="with --soup: move the average this many times as far "
                    "from the reference --ref (ref + scale * (soup - ref)); one checkpoint is enough then")
+    p.add_argument("--moved", default="", help="with --soup: only the weights whose names hold one of these "
+                   "comma-separated parts (say wte,wpe,lm_head) are the soup's, the rest --ref's")
     p.add_argument("--few_tasks", type=int, default=0, help="PPO from --ref on N validation tasks only, then the "
                                                              "optimum check on them")
     p.add_argument("--advantages", default="gae", choices=("gae", "exact"), help="with --few_tasks: GAE's "
@@ -529,13 +541,14 @@ def main(argv):
     if not (args.kl_split or args.few_tasks or args.estimates or args.improve or args.cross or args.soup):
         p.error("choose one of --kl_split N, --few_tasks N, --estimates N, --improve N, --cross A,B, --soup A,B "
                 "(the tabular PPO runs are `python tabular.py`)")
-    if args.out and not args.soup:
-        p.error("--out names the averaged checkpoint of --soup (the other modes write to --out_dir)")
+    if (args.out or args.moved) and not args.soup:
+        p.error("--out and --moved belong to --soup (the other modes write to --out_dir)")
     if args.soup:
         if not args.out:
             p.error("--soup needs --out PATH for the averaged checkpoint")
         try:
-            soup(args.soup.split(","), args.out, args.scale, args.ref if args.scale != 1 else None)
+            moved = tuple(filter(None, args.moved.split(",")))
+            soup(args.soup.split(","), args.out, args.scale, args.ref if args.scale != 1 or moved else None, moved)
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return

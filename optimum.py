@@ -127,7 +127,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                         aref=[sol.ref_advantage(st.env.state, st.text) for ep in eps for st in ep.steps],
                         imp=[sol.improved_log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         valid=[st.valid for ep in eps for st in ep.steps])
-    flat = [st for ep in eps for st in ep.steps]
+    flat, row["lens"] = [st for ep in eps for st in ep.steps], [len(ep.steps) for ep in eps]
     row["all_actions"] = _all_actions(agent, sol, flat)
     kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + [len(ep.steps) for ep in eps])
     noop = row["all_actions"].pop("noop")  # PA of an invalid step read as the no-op's: one number for every such text
@@ -222,6 +222,34 @@ def _scaled_summary(T, k, ci):
                 auroc_logprob=auc("logprob"))
 
 
+def residual_split(ppo, opt, success, noise_scales=(1.0, 0.5, 0.25), draws=200, seed=0):
+    """Why a policy's summed PA predicts failure worse than its per-step correlation with pi*'s suggests.
+    ppo, opt: per episode, the log-ratio of each sampled step by the policy and by pi*; success: per episode.
+    The policy's log-ratio is split into its least-squares fit on pi*'s, slope * pi*'s (+ a constant), and a
+    residual. Returns the slope, both parts' per-step variance, the failure AUROC of each part summed over the
+    episode (the fitted part's is pi*'s own when the slope is positive), and, for each f in noise_scales, that of
+    the fitted part plus independent Gaussian noise of f times the residual's size at every step, with the
+    per-step Pearson such a policy would have (means over draws). f = 1 says what noise of the residual's size
+    costs if it leaned neither way; f < 1 what a policy with less of it would reach."""
+    o, p = np.concatenate(opt), np.concatenate(ppo)
+    if len(p) < 3 or np.std(o) == 0:
+        return dict(slope=math.nan, var_fit=math.nan, var_residual=math.nan, auroc_fit=math.nan,
+                    auroc_residual=math.nan, noise=[])
+    slope, c = np.polyfit(o, p, 1)
+    res = [np.asarray(x) - slope * np.asarray(y) - c for x, y in zip(ppo, opt)]
+    sd, rng = float(np.std(np.concatenate(res))), np.random.default_rng(seed)
+    fit_sums = np.array([slope * np.sum(y) for y in opt])
+    noise = []
+    for f in noise_scales:
+        draw = lambda: [slope * np.asarray(y) + rng.normal(0.0, f * sd, len(y)) for y in opt]
+        sims = [draw() for _ in range(draws)]
+        noise.append(dict(scale=f, auroc=float(np.mean([pa.auroc([x.sum() for x in d], success) for d in sims])),
+                          pearson=float(np.mean([pearson(np.concatenate(d), o) for d in sims]))))
+    return dict(slope=float(slope), var_fit=float(np.var(slope * o)), var_residual=sd ** 2,
+                auroc_fit=pa.auroc(fit_sums, success), auroc_residual=pa.auroc([x.sum() for x in res], success),
+                noise=noise)
+
+
 def pearson(x, y):
     x, y = np.asarray(x), np.asarray(y)
     return float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 and x.std() > 0 and y.std() > 0 else math.nan
@@ -272,6 +300,8 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob");
       - minus the summed gap between each step and the best available action at its state (search's "pa_gap"), by
         PPO's log-ratio ("gap"), by its log-prob ("gap_logprob"), and by pi*'s and pi_1's ("gap_opt", "gap_imp").
+      - PPO's log-ratio split into its fit on pi*'s and a residual (residual_split): the failure AUROC of each
+        part's sum, and of the fit plus independent noise of the residual's size, or a fraction of it ("residual").
     ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (search.load_run).
     With scales (say 1, 1.5, 2), the PPO network is also scored at every reachable state, and pi_s, the policy
     moved s times as far along its own log-ratio (scaled_log_ratio; s = 1: the policy itself), gets its exact
@@ -294,7 +324,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
     beta = run_.ppo.beta
     O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
-         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs", "all_actions", "scaled")} for t in T],
+         "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs", "all_actions", "scaled", "lens")} for t in T],
          "optimum": {k: float(np.mean([t[k] for t in T])) for k in ("opt_success", "opt_reward", "opt_kl",
                                                                       "ref_success", "v_soft", "v_star")},
          "max_identity_err": float(max(abs(t["identity_err"]) for t in T)),
@@ -323,6 +353,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
          "auroc_ci": {k: ci(lambda idx, k=k: pa.auroc(cat("trajs", k, idx), cat("trajs", "success", idx)))
                       for k in ("ppo", "opt")}}
     O["auroc"]["optimum"], O["auroc_ci"]["optimum"] = O["auroc"].pop("opt"), O["auroc_ci"].pop("opt")
+    per_episode = lambda k: [np.array(t["steps"][k][i:j]) for t in T
+                             for i, j in zip(np.cumsum([0] + t["lens"]), np.cumsum(t["lens"]))]
+    O["residual"] = residual_split(per_episode("ppo"), per_episode("opt"), cat("trajs", "success"))
     O["scaled"] = [_scaled_summary(T, k, ci) for k in range(len(scales))]
     m, lr = O["optimum"], O["log_ratio"]
     print(f"[optimum] {n} validation tasks, beta {beta}: pi* succeeds {pct(m['opt_success'])}% "
@@ -359,6 +392,12 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     print(f"[optimum] failure AUROC of minus the summed gap to the state's best available action: by PPO's "
           f"log-ratio {a['gap']:.3f}, by its log-prob {a['gap_logprob']:.3f}, by pi*'s {a['gap_opt']:.3f}, by pi_1's "
           f"{a['gap_imp']:.3f}")
+    r = O["residual"]
+    print(f"[optimum] PPO's log-ratio = {r['slope']:.2f} x the optimum's + a residual (per-step variance "
+          f"{r['var_fit']:.3f} and {r['var_residual']:.3f}): failure AUROC of the first part's sum "
+          f"{r['auroc_fit']:.3f}, of the residual's {r['auroc_residual']:.3f}; of the first plus independent noise "
+          f"of the residual's size " + ", ".join(f"x{x['scale']:g} {x['auroc']:.3f} (per-step Pearson "
+                                                f"{x['pearson']:+.2f})" for x in r["noise"]))
     for x in O["scaled"]:
         print(f"[optimum] PPO moved x{x['scale']:g} along its log-ratio, exactly: succeeds {pct(x['success'])}% "
               f"(KL {x['kl']:.2f}); on {x['episodes']} episodes drawn from it: Pearson with the optimum's "

@@ -1619,6 +1619,22 @@ def test_pa_noop_and_pa_gap_read_each_step_against_the_available_actions(tiny_ru
         "the reference acting is its own reference: 0, without a forward pass"
 
 
+def test_residual_split_of_a_log_ratio_that_follows_the_optimum_and_of_one_whose_error_leans_to_failures():
+    rng = np.random.default_rng(0)
+    opt = [rng.normal(size=n) for n in rng.integers(2, 8, size=60)]
+    success = [float(x.sum() > 0) for x in opt]
+    exact = optimum.residual_split([2 * x + 0.5 for x in opt], opt, success, noise_scales=(1.0,), draws=3)
+    assert exact["slope"] == pytest.approx(2.0) and exact["var_residual"] < 1e-20, exact
+    assert exact["auroc_fit"] == pa.auroc([x.sum() for x in opt], success) == 1.0, "a positive slope keeps the ranking"
+    assert exact["noise"][0]["auroc"] == pytest.approx(1.0) and exact["noise"][0]["pearson"] == pytest.approx(1.0)
+    leaning = optimum.residual_split([x + (0.0 if s else 3.0 / len(x)) for x, s in zip(opt, success)], opt, success,
+                                     noise_scales=(1.0, 0.0), draws=20)
+    assert leaning["auroc_residual"] < 0.2, "an error that is larger on failing episodes reads as failure-blind"
+    assert leaning["noise"][1]["auroc"] == pytest.approx(leaning["auroc_fit"]), "no noise: the fitted part itself"
+    assert leaning["noise"][0]["auroc"] < leaning["auroc_fit"], "independent noise costs AUROC"
+    assert math.isnan(optimum.residual_split([np.zeros(2)], [np.zeros(2)], [1.0])["slope"]), "nothing to fit"
+
+
 def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     cache = str(tmp_path / "optimum_cache")
     O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3,
@@ -1638,6 +1654,10 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert 0 <= O["improved"]["success"] <= 1 and O["improved"]["kl"] >= -1e-9, "one round of improvement: a KL >= 0"
     assert O["all_actions"]["rows"] >= O["log_ratio"]["steps"], "every available action of every visited state"
     assert sum(b["steps"] for b in O["by_improved"].values()) == O["log_ratio"]["steps"], "each step in one group"
+    r = O["residual"]
+    assert [x["scale"] for x in r["noise"]] in ([], [1.0, 0.5, 0.25]), r
+    if r["slope"] > 0:  # the fitted part's sum ranks episodes as pi*'s own does (as text: nan == nan)
+        assert json.dumps(r["auroc_fit"]) == json.dumps(O["auroc"]["optimum"]), r
     assert len(os.listdir(tmp_path / "optimum_cache")) == 2, "one cache of reference scores per task"
     scaled = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path / "s"), device="cpu", n=2, n_samples=2,
                                    max_steps=3, cache_dir=cache, scales=(1, 2), n_exact=4)
@@ -2570,6 +2590,13 @@ def test_a_soup_of_two_runs_is_their_midpoint_and_refuses_other_setups(tiny_run,
         "--scale 2: the reference plus twice the run's step from it"
     with pytest.raises(model.CheckpointError, match="give --ref"):
         diagnose.soup([ppo], str(tmp_path / "bad.pt"), scale=2.0)
+    diagnose.main(["--soup", ppo, "--moved", "wte,lm_head", "--ref", ref, "--out", str(tmp_path / "emb.pt")])
+    emb = model.load_checkpoint(str(tmp_path / "emb.pt"))["model"]
+    assert all(torch.equal(emb[k], (b if "wte" in k or "lm_head" in k else a)["model"][k]) for k in emb), \
+        "--moved: the run's embeddings, every other weight the reference's"
+    assert not torch.equal(emb["transformer.wte.weight"], a["model"]["transformer.wte.weight"]), "the run moved them"
+    with pytest.raises(model.CheckpointError, match="names no weight"):
+        diagnose.soup([ppo], str(tmp_path / "bad.pt"), ref_path=ref, moved=("embedding",))
     shutil.copy(ref, tmp_path / "ref.pt")
     shutil.copy(tmp_path / "soup.pt", tmp_path / "ppo.pt")
     with pytest.raises(model.CheckpointError, match="no training state"):
