@@ -129,7 +129,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                         valid=[st.valid for ep in eps for st in ep.steps])
     flat, row["lens"] = [st for ep in eps for st in ep.steps], [len(ep.steps) for ep in eps]
     row["all_actions"] = _all_actions(agent, sol, flat)
-    kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + [len(ep.steps) for ep in eps])
+    kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + row["lens"])
     noop = row["all_actions"].pop("noop")  # PA of an invalid step read as the no-op's: one number for every such text
     best = {k: row["all_actions"].pop(k) for k in ("best", "best_logprob", "best_opt", "best_imp")}
     for st, x in zip(flat, noop):

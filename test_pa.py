@@ -1629,7 +1629,7 @@ def test_residual_split_of_a_log_ratio_that_follows_the_optimum_and_of_one_whose
     assert exact["noise"][0]["auroc"] == pytest.approx(1.0) and exact["noise"][0]["pearson"] == pytest.approx(1.0)
     leaning = optimum.residual_split([x + (0.0 if s else 3.0 / len(x)) for x, s in zip(opt, success)], opt, success,
                                      noise_scales=(1.0, 0.0), draws=20)
-    assert leaning["auroc_residual"] < 0.2, "an error that is larger on failing episodes reads as failure-blind"
+    assert leaning["auroc_residual"] < 0.2, "an error that is larger on failing episodes ranks them above the successes"
     assert leaning["noise"][1]["auroc"] == pytest.approx(leaning["auroc_fit"]), "no noise: the fitted part itself"
     assert leaning["noise"][0]["auroc"] < leaning["auroc_fit"], "independent noise costs AUROC"
     assert math.isnan(optimum.residual_split([np.zeros(2)], [np.zeros(2)], [1.0])["slope"]), "nothing to fit"
