@@ -213,7 +213,7 @@ class GPT(nn.Module):
         return out
 
     @torch.no_grad()
-    def continuation_logprobs(self, prompts, conts, temperature=1.0):
+    def continuation_logprobs(self, prompts, conts, temperature=1.0, allowed=None):
         """The summed log-prob of each of many continuations of each prompt: prompts, S token lists; conts, per
         prompt a list of continuations (token lists, at least one token each). Returns per prompt a (k,) fp32 CPU
         tensor, the numbers evaluate() gives on every prompt + continuation row, for a fraction of the work: each
@@ -221,7 +221,8 @@ class GPT(nn.Module):
         and its own earlier tokens, never another continuation (the attention mask), and its positions restart
         where the prompt ends, so each reads exactly as if it were alone after the prompt. Scoring every action
         of the thousands of states of a task (optimum.reference_probs) then costs one prompt per state, not one
-        per action."""
+        per action. allowed, optional: per prompt a trie {tokens so far: the token ids that may come next}, as
+        for generate(); each token's log-prob is then renormalised over what its prefix allows."""
         device = self.lm_head.weight.device
         if not any(conts):
             return [torch.zeros(0) for _ in conts]
@@ -257,8 +258,21 @@ class GPT(nn.Module):
                 at += len(c)
                 lengths.append(len(c))
         logits, _ = self(idx, pos, mask[:, None], select=select.to(device))  # (n, V) in row-major order
-        logp = F.log_softmax(logits.float() / temperature, -1)
-        lp = logp[torch.tensor(src, device=device), torch.tensor(tok, device=device)]  # one per continuation token
+        src, tok = torch.tensor(src, device=device), torch.tensor(tok, device=device)
+        if allowed is None:
+            lp = F.log_softmax(logits.float() / temperature, -1)[src, tok]  # one per continuation token
+        else:  # each token over its own prefix's choices: one row of logits per continuation token
+            ok = torch.zeros(len(tok), logits.shape[-1], dtype=torch.bool)
+            n = 0
+            for trie, cs in zip(allowed, conts):
+                for c in cs:
+                    for i, t in enumerate(c):
+                        nxt = trie.get(tuple(c[:i]), ())
+                        if t not in nxt:
+                            raise ValueError(f"token {t} after {c[:i]} is not in the trie: not an available action")
+                        ok[n, nxt] = True
+                        n += 1
+            lp = log_softmax_over(logits[src].float() / temperature, ok).gather(1, tok[:, None])[:, 0]
         sums = torch.stack([x.sum() for x in lp.cpu().split(lengths)])
         return list(sums.split([len(cs) for cs in conts]))
 

@@ -198,23 +198,15 @@ class Agent:
     def action_logprobs(self, states, model="ref"):
         """states: [(prompt tokens, action texts)]. Per state, a (k,) tensor: the log-prob of each action's own
         tokens under one network ("policy" or "ref") at the agent's temperature. The numbers of score(), for a
-        fraction of the work: GPT.continuation_logprobs writes each prompt once for all its actions. States go
-        through about batch_size actions at a time, in order of length (less padding). A constrained agent
-        renormalises every token over the state's trie, which score() does: one row per action there."""
+        fraction of the work: GPT.continuation_logprobs writes each prompt once for all its actions (a constrained
+        agent renormalises every token over the state's trie, as score() does). States go through about batch_size
+        actions at a time, in order of length (less padding)."""
         net, codes = self.policy if model == "policy" else self.ref, {}
         for _, texts in states:
             for a in texts:
                 if a not in codes:
                     codes[a] = tokenizer.encode_action(self.enc, a)
         acts = [[codes[a] for a in texts] for _, texts in states]
-        if self.constrained:
-            rows = self.score([p for p, texts in states for _ in texts], [c for cs in acts for c in cs], (model,),
-                              [tuple(texts) for _, texts in states for _ in texts])
-            key, k, out = "logprobs" if model == "policy" else "ref_logprobs", 0, []
-            for _, texts in states:
-                out.append(torch.stack([r[key].sum() for r in rows[k:k + len(texts)]]) if texts else torch.zeros(0))
-                k += len(texts)
-            return out
         order = sorted(range(len(states)), key=lambda i: len(states[i][0]) + sum(map(len, acts[i])))
         out, chunk, n = [None] * len(states), [], 0  # n: the actions in the chunk
         for k, i in enumerate(order):
@@ -223,7 +215,8 @@ class Agent:
             if k + 1 == len(order) or n + len(acts[order[k + 1]]) > self.batch_size:
                 with M.autocast_ctx(self.device):
                     lps = net.continuation_logprobs([states[j][0] for j in chunk], [acts[j] for j in chunk],
-                                                    self.temperature)
+                                                    self.temperature, self._tries_of([states[j][1] for j in chunk],
+                                                                                     len(chunk)))
                 for j, lp in zip(chunk, lps):
                     out[j] = lp
                 self.forward_passes += len(chunk) * net.n_nets  # one row per state

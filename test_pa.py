@@ -1248,6 +1248,21 @@ def test_continuations_scored_after_one_shared_prompt_match_the_full_evaluation(
                                                         for p, t in zip(prompts, (4, 5, 6, 7))]), atol=1e-5), \
         "one-token continuations need the prompt pass only, and a prompt's padding never leaks into its score"
     assert [len(x) for x in gpt.continuation_logprobs(prompts[:2], [[], []])] == [0, 0], "nothing to score"
+    tries = [{(): [3, 6], (3,): [4, 9], (3, 4): [5, 1, 2]}, {(): [7], (7,): [8], (7, 8): [9], (7, 8, 9): [1, 2]},
+             {(): [2, 5, 9], (2,): [2], (9,): [8], (9, 8): [7, 3]}, {}]  # each token over its prefix's choices
+    ok = torch.zeros(sum(len(c) for _, c in rows), enc.n_vocab, dtype=torch.bool)
+    n = 0
+    for t, cs in zip(tries, conts):
+        for c in cs:
+            for i in range(len(c)):
+                ok[n, t[tuple(c[:i])]] = True
+                n += 1
+    held = gpt.continuation_logprobs(prompts, conts, temperature=0.7, allowed=tries)
+    slow = (gpt.evaluate(idx, 0.7, action_mask=action_mask, allowed=ok)[0] * action_mask).sum(1)
+    assert torch.allclose(torch.cat(held), slow, atol=1e-4), (torch.cat(held), slow)
+    assert (torch.cat(held) > torch.cat(fast)).all(), "renormalised over fewer tokens: likelier"
+    with pytest.raises(ValueError, match="not in the trie"):
+        gpt.continuation_logprobs(prompts[:1], [[[3, 5]]], allowed=tries[:1])
     long_p, many = list(range(3, 43)), [[5 + i, 6, 7 + i] for i in range(10)]  # 40 + 30 tokens > block_size 64
     idx, action_mask = model.pack([long_p] * 10, many, tokenizer.pad_id(enc))
     assert torch.allclose(gpt.continuation_logprobs([long_p], [many])[0],
@@ -1714,7 +1729,7 @@ def test_reference_scores_of_every_state_run_each_prompt_once_and_match_score(ag
     assert sorted(len(acts) for _, acts in batch) == [5, 7, 7]
     small.batch_size = 12  # two chunks: the shortest state with one of the others, then the third alone
     chunks, whole = [], small.ref.continuation_logprobs
-    monkeypatch.setattr(small.ref, "continuation_logprobs", lambda p, c, t: chunks.append(len(p)) or whole(p, c, t))
+    monkeypatch.setattr(small.ref, "continuation_logprobs", lambda p, *a: chunks.append(len(p)) or whole(p, *a))
     probs = optimum.reference_probs(small)(batch)
     assert chunks == [2, 1], chunks
     for (obs, acts), p in zip(batch, probs):
@@ -1722,6 +1737,16 @@ def test_reference_scores_of_every_state_run_each_prompt_once_and_match_score(ag
                            ("ref",))
         assert list(p) == list(acts) and p == pytest.approx(
             {a: math.exp(float(r["ref_logprobs"].sum())) for a, r in zip(acts, rows)}, rel=1e-4), obs
+    held = small.like(small.policy, small.ref, constrained=True)  # each prompt once too, over each state's trie
+    chunks.clear()
+    probs = optimum.reference_probs(held)(batch)
+    assert chunks == [2, 1], "a constrained agent scores each prompt once as well"
+    for (obs, acts), p in zip(batch, probs):
+        rows = held.score([held.encode(obs)] * len(acts), [tokenizer.encode_action(held.enc, a) for a in acts],
+                          ("ref",), [tuple(acts)] * len(acts))
+        assert p == pytest.approx({a: math.exp(float(r["ref_logprobs"].sum())) for a, r in zip(acts, rows)},
+                                  rel=1e-4), obs
+        assert sum(p.values()) == pytest.approx(1.0, abs=1e-4), "over the available actions only: they sum to 1"
 
 def test_state_kl_of_an_exact_policy_is_its_expected_log_ratio():
     sol = types.SimpleNamespace(ref_terms=lambda st: [("a", 0.5), ("b", 0.5)])
