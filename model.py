@@ -262,16 +262,8 @@ class GPT(nn.Module):
         if allowed is None:
             lp = F.log_softmax(logits.float() / temperature, -1)[src, tok]  # one per continuation token
         else:  # each token over its own prefix's choices: one row of logits per continuation token
-            ok = torch.zeros(len(tok), logits.shape[-1], dtype=torch.bool)
-            n = 0
-            for trie, cs in zip(allowed, conts):
-                for c in cs:
-                    for i, t in enumerate(c):
-                        nxt = trie.get(tuple(c[:i]), ())
-                        if t not in nxt:
-                            raise ValueError(f"token {t} after {c[:i]} is not in the trie: not an available action")
-                        ok[n, nxt] = True
-                        n += 1
+            ok = trie_mask([t for t, cs in zip(allowed, conts) for _ in cs], [c for cs in conts for c in cs],
+                           logits.shape[-1])
             lp = log_softmax_over(logits[src].float() / temperature, ok).gather(1, tok[:, None])[:, 0]
         sums = torch.stack([x.sum() for x in lp.cpu().split(lengths)])
         return list(sums.split([len(cs) for cs in conts]))
@@ -399,6 +391,20 @@ class RatioScaled(GPT):
         logits, values = self.policy(idx, pos, attn_mask, cp, last_only, select)
         ref_logits, _ = self.ref(idx, pos, attn_mask, cr, last_only, select)
         return (1.0 - self.scale) * ref_logits.float() + self.scale * logits.float(), values
+
+
+def trie_mask(tries, seqs, vocab_size):
+    """(N, V) bool: at each token of each sequence, in order, the tokens its trie allows after its prefix
+    (N = all their tokens). A token outside its trie raises ValueError."""
+    mask, n = torch.zeros(sum(map(len, seqs)), vocab_size, dtype=torch.bool), 0
+    for trie, seq in zip(tries, seqs):
+        for i, tok in enumerate(seq):
+            nxt = trie.get(tuple(seq[:i]), ())
+            if tok not in nxt:
+                raise ValueError(f"token {tok} after {list(seq[:i])} is not in the trie: not an available action")
+            mask[n, nxt] = True
+            n += 1
+    return mask
 
 
 def log_softmax_over(logits, allowed=None):

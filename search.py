@@ -122,16 +122,11 @@ class Agent:
 
     def allowed_mask(self, choices, actions, vocab_size):
         """(N, V) bool for evaluate(): at each action token of each row, in order, the tokens its trie allows."""
-        mask = torch.zeros(sum(len(a) for a in actions), vocab_size, dtype=torch.bool)
-        n = 0
-        for t, ch, a in zip(self._tries_of(choices, len(actions)), choices, actions):
-            for i, tok in enumerate(a):
-                ok = t.get(tuple(a[:i]), ())
-                if tok not in ok:
-                    raise ValueError(f"action {self.decode(a)!r} is not one of the available actions {list(ch)}")
-                mask[n, ok] = True
-                n += 1
-        return mask
+        tries = self._tries_of(choices, len(actions))
+        for t, ch, a in zip(tries, choices, actions):
+            if any(tok not in t.get(tuple(a[:i]), ()) for i, tok in enumerate(a)):
+                raise ValueError(f"action {self.decode(a)!r} is not one of the available actions {list(ch)}")
+        return M.trie_mask(tries, actions, vocab_size)
 
     def encode(self, obs):
         return self.enc.encode_ordinary(obs)
