@@ -123,10 +123,14 @@ class Agent:
     def allowed_mask(self, choices, actions, vocab_size):
         """(N, V) bool for evaluate(): at each action token of each row, in order, the tokens its trie allows."""
         tries = self._tries_of(choices, len(actions))
-        for t, ch, a in zip(tries, choices, actions):
-            if any(tok not in t.get(tuple(a[:i]), ()) for i, tok in enumerate(a)):
-                raise ValueError(f"action {self.decode(a)!r} is not one of the available actions {list(ch)}")
-        return M.trie_mask(tries, actions, vocab_size)
+        try:
+            return M.trie_mask(tries, actions, vocab_size)
+        except ValueError:  # only then walk the tries again, to name the action in words
+            for t, ch, a in zip(tries, choices, actions):
+                if any(tok not in t.get(tuple(a[:i]), ()) for i, tok in enumerate(a)):
+                    raise ValueError(f"action {self.decode(a)!r} is not one of the available actions "
+                                     f"{list(ch)}") from None
+            raise
 
     def encode(self, obs):
         return self.enc.encode_ordinary(obs)
