@@ -564,7 +564,7 @@ def main(argv):
         return
     if args.cross:
         try:
-            cross_scores(args.ckpt or "out/ppo.pt", args.cross.split(","), seed=args.seed)
+            cross_scores(args.ckpt or M.policy_path("out"), args.cross.split(","), seed=args.seed)
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
@@ -600,7 +600,7 @@ def main(argv):
         return
     if args.kl_split:
         try:
-            out = kl_split(args.ckpt or "out/ppo.pt", args.kl_split)
+            out = kl_split(args.ckpt or M.policy_path("out"), args.kl_split)
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         kinds = sorted(out["kl_per_episode"].items(), key=lambda kv: -abs(kv[1]))

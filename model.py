@@ -500,6 +500,13 @@ def save_run(path, net, cfg, enc, weights=None, **extra):
                                train_config=dataclasses.asdict(cfg), **extra))
 
 
+def policy_path(out_dir):
+    """The trained policy of a run folder, the one PA is read from: the mean of its late PPO iterates (ppo_avg.pt)
+    where the run kept one (train.py --average_from), else its last iterate (ppo.pt)."""
+    avg = os.path.join(out_dir, "ppo_avg.pt")
+    return avg if os.path.exists(avg) else os.path.join(out_dir, "ppo.pt")
+
+
 def load_run(path, cfg, enc, device):
     """(net, checkpoint dict) of a run's checkpoint, refused unless it is of cfg's world and enc's tokenizer."""
     ck = load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))

@@ -74,7 +74,7 @@ def table(R):
 def main(argv):
     p = argparse.ArgumentParser(description="A small model with PA search against a larger one without, at "
                                             "measured compute.")
-    p.add_argument("--small", default="out/ppo.pt", help="the small run's PPO checkpoint (report.json beside it)")
+    p.add_argument("--small", default=M.policy_path("out"), help="the small run's policy (report.json beside it)")
     p.add_argument("--large", default="out-large/ppo.pt", help="the larger run's PPO checkpoint")
     p.add_argument("--n_tasks", type=int, default=120, help="test tasks")
     p.add_argument("--device", default="auto")

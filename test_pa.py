@@ -1431,7 +1431,7 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
     assert seen[0] is not None and all(torch.allclose(a, b) for a, b in zip(seen[0], want)), "GAE's rewards"
     with pytest.raises(SystemExit, match="valid: sampled, exact"):
         train.parse_args(["--kl=k3"])
-    with pytest.raises(SystemExit, match="use it with --advantage=gae"):
+    with pytest.raises(SystemExit, match="add --kl=sampled"):
         train.parse_args(["--kl=exact", "--advantage=rloo"])
 
 
@@ -1528,7 +1528,19 @@ def test_tiny_run_logs_each_iteration_and_checkpoints_beta(tiny_run):
     assert [r["iter"] for r in log] == [0, 1], f"two logged iterations expected, got {[r['iter'] for r in log]}"
     assert all(r["first_ratio_dev"] < 1e-5 for r in log), "the first PPO ratio of every iteration must be 1"
     ck = model.load_checkpoint(str(tiny_run / "ppo.pt"), env_name="shop")
-    assert ck["beta"] == 0.05 and ck["iter"] == 1, "beta and the iteration travel in the checkpoint"
+    assert ck["beta"] == train.Config().beta and ck["iter"] == 1, "beta and the iteration travel in the checkpoint"
+
+
+@pytest.fixture(scope="module")
+def tiny_free(tiny_run, tmp_path_factory):
+    """Two PPO iterations of the tiny run's reference that write free text (--actions=any, with the sampled KL):
+    for what only free text has (invalid actions, the no-op, a sequence's log-prob split into its steps)."""
+    out = tmp_path_factory.mktemp("tiny_free")
+    for f in ("ref.pt", "ref_early.pt"):
+        shutil.copy(tiny_run / f, out / f)
+    train.main(TINY + [f"--out_dir={out}", "--stage=ppo", "--ppo_iters=2", "--eval=false", "--actions=any",
+                       "--kl=sampled"])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -1582,8 +1594,8 @@ def test_validation_check_of_a_tiny_run(tiny_run, tmp_path):
         "a failure AUROC per scorer and aggregation, on PPO's greedy episodes"
 
 
-def test_pa_noop_and_pa_gap_read_each_step_against_the_available_actions(tiny_run):
-    run_ = search.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+def test_pa_noop_and_pa_gap_read_each_step_against_the_available_actions(tiny_free):
+    run_ = search.load_run(str(tiny_free / "ppo.pt"), device="cpu")
     agent, beta = run_.ppo, run_.ppo.beta
     eps, invalid_only, plain = (search.rollout(agent, search.make_envs("shop", "valid", range(6), [0, 1]),
                                                generator=torch.Generator().manual_seed(0), keep_states=gap, noop=noop,
@@ -1904,7 +1916,11 @@ def test_constrained_runs_checkpoint_their_choice_and_refuse_to_resume_with_anot
     assert search.load_agent(str(tmp_path / "ppo.pt"), device="cpu")[0].constrained, "the report's agent follows it"
     assert json.loads(open(tmp_path / "ppo_log.jsonl").readline())["invalid"] == 0
     with pytest.raises(SystemExit, match="trained with --actions=available"):
-        train.main(base + ["--ppo_iters=2", "--init_from=resume"])
+        train.main(base + ["--ppo_iters=2", "--init_from=resume", "--actions=any"])
+    train.main(base + ["--ppo_iters=1", "--actions=any", "--kl=sampled"])
+    assert not search.load_agent(str(tmp_path / "ppo.pt"), device="cpu")[0].constrained
+    with pytest.raises(SystemExit, match="trained with --actions=any"):
+        train.main(base + ["--ppo_iters=2", "--init_from=resume"])  # the default, available actions
 
 
 def test_pa_gap_of_a_constrained_run_reads_its_renormalised_actions_and_its_validation_check_runs(tiny_run, tmp_path):
@@ -1992,9 +2008,28 @@ def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume
         train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--average_from=2",
                            "--ppo_iters=4", "--init_from=resume"])
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept  # the refusal loses nothing
-    for bad in (3, -1):
+    for bad in (3, -2):
         with pytest.raises(SystemExit, match="average_from"):
             train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--ppo_iters=3", f"--average_from={bad}"])
+
+
+def test_the_default_averages_the_last_two_thirds_and_a_resumed_run_keeps_where_its_mean_began(tiny_run, tmp_path):
+    """--average_from=-1, the default: a new run averages from iteration ppo_iters // 3 (20 of the preset's 60), and
+    the run folder's policy (model.policy_path, what the report reads) is that mean; a resume with more iterations
+    goes on with the mean it was making; a new run too short to average leaves no stale mean behind."""
+    cfg = train.resolve(train.parse_args(["--device=cpu"]))
+    train._resolve_average_from(cfg)
+    assert cfg.average_from == train.PRESETS["cpu"]["ppo_iters"] // 3 == 20
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false"]
+    train.main(base + ["--ppo_iters=3"])
+    assert model.load_checkpoint(str(tmp_path / "ppo.pt"))["train_config"]["average_from"] == 1
+    assert model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))["averaged"] == 2, "iterations 1 and 2"
+    assert model.policy_path(str(tmp_path)) == str(tmp_path / "ppo_avg.pt")
+    train.main(base + ["--ppo_iters=6", "--init_from=resume"])  # a new 6-iteration run would start its mean at 2
+    assert model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))["averaged"] == 5, "iterations 1 to 5"
+    train.main(base + ["--ppo_iters=2"])
+    assert not (tmp_path / "ppo_avg.pt").exists() and model.policy_path(str(tmp_path)) == str(tmp_path / "ppo.pt")
 
 
 def test_anneal_lr_lowers_the_learning_rate_linearly_over_every_iteration(tiny_run, tmp_path, monkeypatch):
@@ -2057,8 +2092,8 @@ def test_train_refuses_bad_options_and_devices():
         train.parse_args(["--advantage=vtrace"])
     with pytest.raises(SystemExit, match="valid: shared, separate"):
         train.parse_args(["--critic=twin"])
-    with pytest.raises(SystemExit, match="must be >= 1 and divide --episodes_per_iter \\(128\\)"):
-        train.resolve(train.parse_args(["--samples_per_task=3", "--device=cpu"]))
+    with pytest.raises(SystemExit, match="must be >= 1 and divide --episodes_per_iter \\(43\\)"):
+        train.resolve(train.parse_args(["--samples_per_task=5", "--device=cpu"]))
     assert train.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"
     with pytest.raises(SystemExit, match="--preset: 'auto'; valid: cpu, gpu"):
         train.parse_args(["--preset=auto"])
@@ -2129,11 +2164,12 @@ PRM_OPTS = ["--stage=prm", "--prm_episodes=8", "--prm_epochs=2", "--prm_lr=1e-3"
 
 
 @pytest.fixture(scope="module")
-def tiny_prm(tiny_run, tmp_path_factory):
-    """The tiny run's checkpoints, plus the merges and both reward models of `train.py --stage=prm`."""
+def tiny_prm(tiny_free, tmp_path_factory):
+    """The tiny free-text run's checkpoints, plus the merges and both reward models of `train.py --stage=prm`
+    (which acts as that policy was trained: free text, whatever the command line's default)."""
     out = tmp_path_factory.mktemp("tiny_prm")
     for f in ("ref.pt", "ref_early.pt", "ppo.pt"):
-        shutil.copy(tiny_run / f, out / f)
+        shutil.copy(tiny_free / f, out / f)
     train.main(TINY + [f"--out_dir={out}"] + PRM_OPTS)
     return out
 
@@ -2319,12 +2355,12 @@ def test_oracle_monitor_at_zero_hands_over_before_the_first_negative_step_and_th
         search.halting_monitor("value_td", "sum", 0.0, 0.05)
 
 
-def test_a_run_acting_along_its_log_ratio(tiny_run, tmp_path, capsys):
+def test_a_run_acting_along_its_log_ratio(tiny_free, tmp_path, capsys):
     """search.load_run(ratio_scale=S): the PPO agent acts with model.RatioScaled (PA then reads S log pi/pi_ref
     less the tokens' normalisers), counts two networks per forward pass, and the optimum check says how far it
     went (scale 1: the network's own numbers); report.py refuses a scale that is not positive."""
-    plain = search.load_run(str(tiny_run / "ppo.pt"), device="cpu")
-    two = search.load_run(str(tiny_run / "ppo.pt"), device="cpu", ratio_scale=2.0)
+    plain = search.load_run(str(tiny_free / "ppo.pt"), device="cpu")
+    two = search.load_run(str(tiny_free / "ppo.pt"), device="cpu", ratio_scale=2.0)
     assert isinstance(two.ppo.policy, model.RatioScaled) and two.ppo.ref is two.ppo.policy.ref
     env = envs.make_env("shop", "valid", 0, 0)
     p, acts = two.ppo.encode(env.obs()), env.actions()
@@ -2337,14 +2373,14 @@ def test_a_run_acting_along_its_log_ratio(tiny_run, tmp_path, capsys):
     assert two.ppo.forward_passes == 3 * len(acts), "two networks for the policy, one for the reference, per row"
     fast = two.ppo.action_logprobs([(p, acts)], "policy")[0]
     assert torch.allclose(fast, lp2, atol=1e-4), "every scorer reads the same moved policy"
-    O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=1, n_samples=2, max_steps=2,
+    O = optimum.optimum_check(str(tiny_free / "ppo.pt"), str(tmp_path), device="cpu", n=1, n_samples=2, max_steps=2,
                               ratio_scale=2.0, scales=(1,), n_exact=2)
     assert O["scaled"][0]["scale"] == 1 and any("-ratio2-" in f or f.endswith("-ratio2.json")
-                                                 for f in os.listdir(tiny_run / "optimum_cache")), \
+                                                 for f in os.listdir(tiny_free / "optimum_cache")), \
         "the moved policy's scores are cached apart from the network's own, beside the reference by default"
     assert not (tmp_path / "optimum_cache").exists(), "not in the check's out_dir: another out_dir finds them too"
     with pytest.raises(SystemExit):
-        report.main([f"--ckpt={tiny_run / 'ppo.pt'}", "--valid", "--ratio_scale=0"])
+        report.main([f"--ckpt={tiny_free / 'ppo.pt'}", "--valid", "--ratio_scale=0"])
     assert "--ratio_scale must be positive" in capsys.readouterr().err
 
 
@@ -2490,13 +2526,13 @@ def test_mc_state_values_with_beta_are_the_kl_regularised_returns_of_the_same_ro
 def test_mc_advantage_run_trains_no_critic_and_refuses_one(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--ppo_iters=1", "--advantage=mc",
-                       "--mc_rollouts=2"])
+                       "--mc_rollouts=2", "--kl=sampled"])
     ref, ppo = (model.load_checkpoint(str(tmp_path / f))["model"] for f in ("ref.pt", "ppo.pt"))
     assert all(torch.equal(ref[k], ppo[k]) for k in ref if k.startswith("value_head")), "no value loss with mc"
     assert any(not torch.equal(ref[k], ppo[k]) for k in ref), "the policy itself must move"
     for extra, said in ((["--critic=separate"], "learns no critic"), (["--mc_rollouts=0"], "at least 1")):
         with pytest.raises(SystemExit, match=said):
-            train.resolve(train.parse_args(TINY + ["--advantage=mc"] + extra))
+            train.resolve(train.parse_args(TINY + ["--advantage=mc", "--kl=sampled"] + extra))
 
 
 def test_consistency_targets_telescope_to_the_reward_less_the_first_value():
@@ -2525,7 +2561,8 @@ def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent,
         assert ("consistency" in stats) == (weight > 0), "the loss is logged when it is on, and only then"
     before = float(((cfg.beta * torch.tensor([s.log_ratio for s in steps]) - tgt) ** 2).mean())
     assert errors[1] < errors[0] and errors[1] < before, f"squared error: before {before}, after {errors}"
-    for bad in (["--consistency=-1"], ["--consistency=1", "--advantage=mc"], ["--consistency=1", "--gamma=0.99"]):
+    for bad in (["--consistency=-1"], ["--consistency=1", "--advantage=mc", "--kl=sampled"],
+                ["--consistency=1", "--gamma=0.99"]):
         with pytest.raises(SystemExit, match="--consistency"):
             train.parse_args(TINY + bad)
 
@@ -2657,7 +2694,8 @@ def test_distilling_the_optimum_log_ratio_fits_it_and_checks_the_distilled_netwo
     """loss="ratio" regresses the network's log-ratio of every available action on pi*'s; with iters=0 no PPO runs
     and the optimum check scores the distilled network itself (the ceiling of the network's PA on those tasks)."""
     log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
-                             start="optimum", distil_rounds=20, distil_lr=1e-2, distil_loss="ratio", beta=0.005)
+                             start="optimum", distil_rounds=20, distil_lr=1e-2, distil_loss="ratio", beta=0.005,
+                             actions="any")
     assert [r["round"] for r in log] == list(range(20)), f"distillation rounds only, no PPO iteration: {log}"
     assert log[-1]["loss"] < 0.7 * log[0]["loss"], f"the squared error to pi*'s log-ratio must fall: {log}"
     assert (tmp_path / "ppo.pt").exists() and (tmp_path / "optimum.json").exists(), "the distilled network, checked"
@@ -2672,7 +2710,7 @@ def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, cap
     never taught, from more tasks than are checked."""
     diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
                        start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2, distil_tasks=3,
-                       cache_dir=str(tmp_path / "optimum_cache"))
+                       cache_dir=str(tmp_path / "optimum_cache"), actions="any")
     solved = sorted(int(f.split("-valid")[1].split("-")[0]) for f in os.listdir(tmp_path / "optimum_cache"))
     assert solved == [0, 1, 2, 3, 4], f"the taught tasks' optima are solved beside the checked ones': {solved}"
     assert [r["task"] for r in json.load(open(tmp_path / "optimum.json"))["tasks"]] == [0, 1], "checked on 0 and 1"

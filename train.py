@@ -3,18 +3,22 @@ train.py: the whole pipeline. Stage 1 behaviour-clones a reference from noisy-ex
 stage 2 runs PPO with GAE and a per-token KL penalty to that frozen reference; then the evaluation report.
 
     python train.py                                  # both stages + the report (~20 min on a 2-core CPU)
-    python train.py --stage=ppo --ppo_iters=40       # PPO only, from out/ref.pt
+    python train.py --stage=ppo --ppo_iters=90       # PPO only, from out/ref.pt
     python train.py --init_from=resume               # continue an interrupted run from its last checkpoint
     python train.py --stage=prm                      # PA's other references and trained reward models (prm.py)
     python train.py --help                           # every option
 
 The PPO math is written out by hand below (gae, ppo_losses), to be read next to CleanRL's ppo.py.
 Deliberate departures from textbook PPO, each for Proposition 1 of the paper (README.md):
-  - the reward is per token: r_t = -beta * (log pi - log pi_ref) on every action token, plus the
+  - the reward is per token: r_t = -beta * KL(pi || pi_ref) at every action token (the whole KL over the
+    next token, exact; --kl=sampled: the sampled token's log(pi / pi_ref), its one-sample estimate), plus the
     environment's reward on the last token of the action that earned it. beta is fixed (no adaptive KL
     controller): Proposition 1 needs one known beta, and it is saved in the checkpoint for scoring;
   - GAE runs over the episode's action tokens only, in order; prompt tokens are context, never steps;
-  - no dropout, and one temperature everywhere, so the first PPO ratio is exactly 1.
+  - no dropout, and one temperature everywhere, so the first PPO ratio is exactly 1;
+  - the policy samples only the available actions (--actions=any: any text, an invalid one a no-op), and the
+    report reads PA from the mean of the late iterates' weights (ppo_avg.pt), which follows the optimum more
+    closely than the last iterate (README.md, "What this shows").
 """
 import dataclasses
 import itertools
@@ -67,7 +71,8 @@ class Config:
     sft_vf_coef: float = 0.5         # weight of the critic's regression on demonstration returns
     sft_early: float = 0.1           # also save the reference after this fraction of its steps (ref_early.pt)
     # stage 2: PPO with a per-token KL penalty
-    beta: float = 0.05               # KL coefficient, fixed; PA = beta * log(pi / pi_ref)
+    beta: float = 0.2                # KL coefficient, fixed; PA = beta * log(pi / pi_ref) (0.05 before: an optimum
+                                     # that far from the reference, PPO did not reach in budget; LOG.md)
     ppo_iters: int = 0               # iterations (0 = preset)
     episodes_per_iter: int = 0       # rollouts per iteration (0 = preset)
     task_pool: int = 0               # PPO draws its tasks from training tasks 0..N-1 (0 = any: a new task each time)
@@ -80,14 +85,15 @@ class Config:
     critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     critic: str = "shared"           # shared: the policy's own value head; separate: a copy of the reference network
-    actions: str = "any"             # any text, or available: sample only available actions (search.Agent)
+    actions: str = "available"       # available: sample only the available actions (search.Agent); any: any text
     ppo_start: str = ""              # PPO starts from this checkpoint's weights, not the reference's (say a soup of
                                      # runs, diagnose.py --soup: a second round); the KL stays to out_dir/ref.pt
-    kl: str = "sampled"              # the KL penalty: sampled, -beta log(pi/pi_ref) of each sampled token in the
-                                     # reward; exact: the whole KL(pi || pi_ref) over the vocabulary at each action
-                                     # token, in the reward and, differentiated at that token, in the loss
-    average_from: int = 0            # from this PPO iteration on, also keep the running mean of the policy's weights
-                                     # (iterate averaging) in out_dir/ppo_avg.pt: report.py --ckpt reads it (0 = off)
+    kl: str = "exact"                # the KL penalty: exact, the whole KL(pi || pi_ref) over the vocabulary at each
+                                     # action token, in the reward and, differentiated at that token, in the loss;
+                                     # sampled: -beta log(pi/pi_ref) of each sampled token in the reward
+    average_from: int = -1           # from this PPO iteration on, also keep the running mean of the policy's weights
+                                     # (iterate averaging) in out_dir/ppo_avg.pt, the policy the report reads PA from
+                                     # (-1 = a third of the way: iteration ppo_iters // 3 after any warm-up; 0 = off)
     ppo_lr: float = 3e-4
     anneal_lr: bool = False          # the learning rate falls linearly over the iterations, ppo_lr at the first to
                                      # ppo_lr / N at the last (CleanRL's default), critic and warm-up included
@@ -98,7 +104,7 @@ class Config:
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     update_epochs: int = 2           # passes over each iteration's rollouts
-    minibatch: int = 128             # steps per minibatch
+    minibatch: int = 0               # steps per minibatch (0 = preset)
     target_kl: float = 0.05          # stop the epoch loop early when approx_kl exceeds this
     max_grad_norm: float = 1.0
     # stage prm (optional): PA's other references and two trained reward models to compare it with (prm.py)
@@ -112,11 +118,12 @@ class Config:
 
 
 PRESETS = {  # cpu: sized so that `python train.py` on a 2-core CPU takes about 20 minutes; the default on a GPU too,
-    # since the gpu one (a 26M-parameter scale-up, opt-in) failed on an H200 (LOG.md: "The GPU preset, run")
+    # since the gpu one (a 26M-parameter scale-up, opt-in) failed on an H200 (LOG.md: "The GPU preset, run").
+    # PPO's 60 iterations of 43 episodes: as good a run as 128 episodes a time, in a third of the time (LOG.md)
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256,  # ~0.92M parameters
-                sft_episodes=2000, sft_iters=1000, ppo_iters=20, episodes_per_iter=128),
+                sft_episodes=2000, sft_iters=1000, ppo_iters=60, episodes_per_iter=43, minibatch=43),
     "gpu": dict(n_layer=8, n_head=8, n_embd=512, block_size=1024,  # ~26M parameters
-                sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512),
+                sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512, minibatch=128),
 }
 STAGES, INITS = ("sft", "ppo", "all", "eval", "prm"), ("scratch", "resume")
 
@@ -161,11 +168,11 @@ def parse_args(argv, cfg=None):
         raise SystemExit(f"bad value for --actions: {cfg.actions!r}; valid: any, available")
     if cfg.kl not in ("sampled", "exact"):
         raise SystemExit(f"bad value for --kl: {cfg.kl!r}; valid: sampled, exact")
-    if cfg.kl == "exact" and cfg.advantage != "gae":
-        raise SystemExit("--kl=exact puts the KL into GAE's rewards: use it with --advantage=gae (rloo and mc "
-                         "compute their own sampled penalty)")
     if cfg.advantage not in ("gae", "rloo", "mc"):
         raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo, mc")
+    if cfg.kl == "exact" and cfg.advantage != "gae":
+        raise SystemExit(f"--advantage={cfg.advantage} computes its own sampled KL penalty: add --kl=sampled (--kl=exact, "
+                         f"the default, puts the whole KL into GAE's rewards)")
     if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
         raise SystemExit("--advantage=mc learns no critic: leave out --critic and --critic_warmup")
     if cfg.consistency < 0 or (cfg.consistency and (cfg.advantage == "mc" or cfg.gamma != 1)):
@@ -201,7 +208,7 @@ def resolve(cfg):
         raise SystemExit(f"bad value for --samples_per_task: {cfg.samples_per_task} must be >= 1 and divide "
                          f"--episodes_per_iter ({cfg.episodes_per_iter})")
     last = cfg.critic_warmup + cfg.ppo_iters - 1
-    if cfg.average_from and not 0 < cfg.average_from <= last:
+    if cfg.average_from not in (-1, 0) and not 0 < cfg.average_from <= last:
         raise SystemExit(f"bad value for --average_from: {cfg.average_from}; a PPO iteration from 1 to {last}, the "
                          f"first whose weights enter the mean (0 = off)")
     return cfg
@@ -590,6 +597,14 @@ def _averaged(cfg, it):
     return max(0, it - cfg.average_from + 1) if cfg.average_from else 0
 
 
+def _resolve_average_from(cfg, ck=None):
+    """--average_from=-1, the default: a resumed run keeps the one it was started with (ck, its checkpoint); a new
+    one averages its last two thirds, from iteration ppo_iters // 3 after any warm-up (none under 3 iterations)."""
+    if cfg.average_from == -1:
+        cfg.average_from = (ck["train_config"].get("average_from", 0) if ck is not None else
+                            cfg.critic_warmup + cfg.ppo_iters // 3 if cfg.ppo_iters >= 3 else 0)
+
+
 def _check_resume(ck, cfg, ppo_path):
     """Refuse, before anything is loaded or rewritten, a resume whose options would change the run it continues.
     Returns the iteration to resume at."""
@@ -628,6 +643,7 @@ def train_ppo(cfg, enc, ref):
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if resuming:
         ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
+        _resolve_average_from(cfg, ck)
         start = _check_resume(ck, cfg, ppo_path)
         policy.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -644,6 +660,7 @@ def train_ppo(cfg, enc, ref):
         if ck.get("average") is not None:  # the mean is saved with the run, so a resume cannot lose it
             avg = {k: v.to(cfg.device) for k, v in ck["average"].items()}
     else:
+        _resolve_average_from(cfg)
         for path in (log, avg_path):
             if os.path.exists(path):
                 os.remove(path)
@@ -704,7 +721,7 @@ def main(argv):
     os.makedirs(cfg.out_dir, exist_ok=True)
     seed_all(cfg.seed)
     enc = tokenizer.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)
-    ref_path, ppo_path = os.path.join(cfg.out_dir, "ref.pt"), os.path.join(cfg.out_dir, "ppo.pt")
+    ref_path = os.path.join(cfg.out_dir, "ref.pt")
     times = {}
     if cfg.stage in ("sft", "all") and not (cfg.init_from == "resume" and os.path.exists(ref_path)):
         t0 = time.time()
@@ -719,17 +736,17 @@ def main(argv):
         print(f"stage ppo: {times['ppo_s']} s")
     if cfg.stage == "prm":
         ref, _ = M.load_run(ref_path, cfg, enc, cfg.device)
-        policy, ck = M.load_run(ppo_path, cfg, enc, cfg.device)
-        for k in ("beta", "temperature", "max_action_tokens"):  # PPO's own, whatever the command line says
-            setattr(cfg, k, ck["train_config"][k])
+        policy, ck = M.load_run(M.policy_path(cfg.out_dir), cfg, enc, cfg.device)
+        for k, was in (("beta", None), ("temperature", None), ("max_action_tokens", None), ("actions", "any")):
+            setattr(cfg, k, ck["train_config"].get(k, was))  # PPO's own, whatever the command line says
         prm.train_prms(cfg, enc, ref, policy)
         if cfg.eval:
-            prm.compare(ppo_path, cfg.out_dir, cfg.device, cfg.batch_size)
+            prm.compare(M.policy_path(cfg.out_dir), cfg.out_dir, cfg.device, cfg.batch_size)
     if cfg.eval and cfg.stage in ("all", "eval"):
         t0 = time.time()
         quick = cfg.report == "quick" or (cfg.report == "auto" and not cfg.device.startswith("cuda"))
         rc = report.ReportConfig(**(report.QUICK if quick else {}))
-        report.run(ppo_path, cfg.out_dir, ref_path, cfg.device, cfg.batch_size, rc, times)
+        report.run(M.policy_path(cfg.out_dir), cfg.out_dir, ref_path, cfg.device, cfg.batch_size, rc, times)
         print(f"stage report: {round(time.time() - t0, 1)} s")
     return cfg
 
