@@ -7,13 +7,13 @@ math gets there (tabular.py); in the shop it does not (LOG.md). Each diagnostic 
 optimum the optimum check solves exactly, to tell estimation (critic, GAE, samples) from optimisation (Adam,
 clipping, the network) and from how PA is read:
 
-    python diagnose.py --ckpt out/ppo.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
+    python diagnose.py --ckpt out/ppo_avg.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
     python diagnose.py --few_tasks 8 --advantages exact # the network's PPO on 8 validation tasks against pi* there
     python diagnose.py --few_tasks 8 --start optimum    # ... starting from pi* distilled into the network
     python diagnose.py --few_tasks 16 --start optimum --iters 0 --distil_loss ratio  # pi*'s PA taught directly
     python diagnose.py --estimates 16                   # how well GAE and re-rollouts know the reference's advantage
     python diagnose.py --improve 64                     # one round of improvement from rollouts, fitted, then checked
-    python diagnose.py --ckpt out/ppo.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo.pt's samples
+    python diagnose.py --ckpt out/ppo_avg.pt --cross a/ppo.pt,b/ppo.pt  # PA of other policies on out/ppo_avg.pt's samples
     python diagnose.py --soup a/ppo.pt,b/ppo.pt --out c/ppo.pt  # average PPO runs' weights (then check c/)
     python diagnose.py --soup a/ppo_avg.pt --scale 2 --ref a/ref.pt --out d/ppo.pt  # twice as far from the reference
     python diagnose.py --soup a/ppo_avg.pt --moved wte,wpe,lm_head --ref a/ref.pt --out e/ppo.pt  # only its embeddings

@@ -10,8 +10,8 @@ that fires at step t leaves the agent's actions before t unchanged (greedy), so 
 followed by the expert from the saved state t. search.rollout(..., monitor=search.halting_monitor(...)) runs the
 same monitor online. A scorer that needs the action executed (value_td) can only hand over one step later.
 
-    python monitor.py --ckpt out/ppo.pt        # monitor.json and monitor.md beside the checkpoint
-    python search.py --ckpt out/ppo.pt --show 3 --monitor   # where PA's monitor stops, next to the first mistake
+    python monitor.py --ckpt out/ppo_avg.pt        # monitor.json and monitor.md beside the checkpoint
+    python search.py --ckpt out/ppo_avg.pt --show 3 --monitor   # where PA's monitor stops, next to the first mistake
 """
 import os
 import random

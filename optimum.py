@@ -1,7 +1,7 @@
 """PPO against the exact optimum of its own objective, on validation tasks: every state reachable in a task is
 scored by the reference network, the KL-regularised objective is solved exactly (envs.SoftSolution), and PPO's
 samples are compared with the optimum pi* and with one round of policy improvement pi_1 from the reference.
-`python report.py --ckpt out/ppo.pt --optimum 8` runs it; diagnose.py uses its pieces."""
+`python report.py --ckpt out/ppo_avg.pt --optimum 8` runs it; diagnose.py uses its pieces."""
 import hashlib
 import json
 import math

@@ -20,7 +20,7 @@ failure AUROC of one sampled episode per task, Spearman of step scores with A*, 
 the running sum against the oracle's first critical mistake), and the extra training each scorer needed.
 
     python train.py --stage=prm               # train the two reward models, save the merges, write the table
-    python prm.py --ckpt out/ppo.pt           # the table again from the saved checkpoints
+    python prm.py --ckpt out/ppo_avg.pt           # the table again from the saved checkpoints
 """
 import os
 import random

@@ -8,10 +8,10 @@ scorers, PA vs A*) and optimum_check (PPO against the exact optimum of its own K
 Protocol, fixed before looking at test results: every choice (the trajectory aggregation of each
 selector, the beam width) is made on the VALIDATION split; the test split is only measured.
 
-    python report.py --ckpt out/ppo.pt               # the full report (train.py runs the quick one on a CPU)
-    python report.py --ckpt out/ppo.pt --quick       # the quick report: fewer tasks where it samples
-    python report.py --ckpt out/ppo.pt --valid       # the validation check (about three minutes on a 2-core CPU)
-    python report.py --ckpt out/ppo.pt --optimum 8   # PPO against the exact optimum on 8 validation tasks
+    python report.py --ckpt out/ppo_avg.pt               # the full report (train.py runs the quick one on a CPU)
+    python report.py --ckpt out/ppo_avg.pt --quick       # the quick report: fewer tasks where it samples
+    python report.py --ckpt out/ppo_avg.pt --valid       # the validation check (about three minutes on a 2-core CPU)
+    python report.py --ckpt out/ppo_avg.pt --optimum 8   # PPO against the exact optimum on 8 validation tasks
     python report.py --ckpt out/ppo_avg.pt --optimum 16 --ratio_scales 1,2   # ... and the policy moved along
                                                      # its own log-ratio, exactly (--ratio_scale S: acting so)
 """

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+import model as M
 import monitor
 import prm
 import report
@@ -105,7 +106,7 @@ def results_md(runs):
         L += report.table(R)
         L += ["", "What these numbers say:", ""] + reading(R)
         if V:
-            L += ["", f"Validation check (`python report.py --ckpt {folder}/ppo.pt --valid`, {V['n']} validation "
+            L += ["", f"Validation check (`python report.py --ckpt {M.policy_path(folder)} --valid`, {V['n']} validation "
                       f"tasks): greedy success reference {pct(V['reference']['greedy'])}%, PPO {pct(V['ppo']['greedy'])}%; "
                       f"Spearman(PA, A*) over {V['spearman_pa_astar']['steps']} sampled steps "
                       f"{V['spearman_pa_astar']['all']:+.2f}."]
@@ -116,7 +117,7 @@ def results_md(runs):
             L += ["", f"PA's other references and two trained reward models (`{cmd} --stage=prm`, after the run "
                       f"above; prm.py):", ""] + prm.table(P)
         if H:
-            L += ["", f"The halting monitor (`python monitor.py --ckpt {dict(RUNS).get(world, folder)}/ppo.pt`): success when the agent may "
+            L += ["", f"The halting monitor (`python monitor.py --ckpt {M.policy_path(dict(RUNS).get(world, folder))}`): success when the agent may "
                       "ask the scripted expert to finish, at a budget of requests for help per 100 episodes fixed on "
                       "validation (in brackets: the requests used on the test split):", ""] + monitor.table(H)
         if Z:
@@ -160,7 +161,7 @@ def figures(out_dir, shop_folder, R):
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "ppo_curves.png"), dpi=110)
     # 3 and 4 need episodes: greedy (the progress meter) and sampled (PA against A*) on test tasks
-    agent, env_name, _, device = S.load_agent(os.path.join(shop_folder, "ppo.pt"), device="cpu")
+    agent, env_name, _, device = S.load_agent(M.policy_path(shop_folder), device="cpu")
     gen = torch.Generator(device=device).manual_seed(0)
     ep = S.rollout(agent, S.make_envs(env_name, "test", [1], [0]), greedy=True, generator=gen, oracle=True)[0]
     pa_ = S.step_scores(ep, "pa", agent.beta)

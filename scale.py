@@ -11,7 +11,7 @@ reads or writes (generation with a KV cache reads each once); PA's selection als
 same tokens. Attention's own FLOPs are left out (small next to 2 * N at these prompt lengths).
 
     python train.py --n_embd=256 --out_dir=out-large     # the larger model, same recipe
-    python scale.py --small out/ppo.pt --large out-large/ppo.pt
+    python scale.py --small out/ppo_avg.pt --large out-large/ppo_avg.pt
 """
 import argparse
 import json
@@ -75,7 +75,7 @@ def main(argv):
     p = argparse.ArgumentParser(description="A small model with PA search against a larger one without, at "
                                             "measured compute.")
     p.add_argument("--small", default=M.policy_path("out"), help="the small run's policy (report.json beside it)")
-    p.add_argument("--large", default="out-large/ppo.pt", help="the larger run's PPO checkpoint")
+    p.add_argument("--large", default=M.policy_path("out-large"), help="the larger run's policy")
     p.add_argument("--n_tasks", type=int, default=120, help="test tasks")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -10,8 +10,8 @@ so best-of-N, failure prediction and attribution never run the model again.
 Compute is counted as model forward passes per sequence (a prefill or a one-token decode of one row = 1)
 plus environment steps, so that search methods can be compared at matched compute.
 
-    python search.py --ckpt out/ppo.pt --show 3   # the "progress meter": 3 test episodes step by step
-    python report.py --ckpt out/ppo.pt            # the evaluation report, which uses all of this
+    python search.py --ckpt out/ppo_avg.pt --show 3   # the "progress meter": 3 test episodes step by step
+    python report.py --ckpt out/ppo_avg.pt            # the evaluation report, which uses all of this
 """
 import json
 import math
