@@ -63,6 +63,8 @@ class Recipe:
     consistency: float = 0.0       # weight of (beta * log pi/pi_ref(a|s) - (r + V(s') - V(s)))^2 on the sampled steps,
                                    # V the critic's values (train.py's --consistency)
     advantages: str = "gae"        # gae, or exact: beta * (log pi*/pi_ref - log pi/pi_ref), as few_tasks' runs
+    kl: str = "sampled"            # sampled: -beta * log(pi/pi_ref)(a|s) in the reward; exact: -beta * KL(pi || pi_ref)
+                                   # at the state in the reward and, differentiated, in the loss (train.py's --kl)
     target_kl: float = math.inf    # stop an iteration's epochs past this approx_kl (train.py: 0.05)
     anneal_lr: bool = False        # the learning rate falls linearly to 0 over the iterations (CleanRL's
                                    # default; train.py keeps it constant)
@@ -154,12 +156,15 @@ def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target, mc=None)
     target: log pi*/pi_ref, for the exact advantages. mc: Monte Carlo state values (critic="mc")."""
     L = max(len(ep) for ep in eps)
     E = len(eps)
-    r, v, mask = (torch.zeros(E, L, dtype=torch.float64) for _ in range(3))
+    r, rs, v, mask = (torch.zeros(E, L, dtype=torch.float64) for _ in range(4))
+    state_kl = (torch.softmax(logits, 1).detach().numpy() * lr_now).sum(1)  # KL(pi || pi_ref) at each state
+    log_ref = torch.log_softmax(logits, 1).detach() - torch.tensor(lr_now)  # log pi_ref, (S, A)
     s_idx, a_idx = torch.zeros(E, L, dtype=torch.long), torch.zeros(E, L, dtype=torch.long)
     for e, ep in enumerate(eps):
         for t, (s, a) in enumerate(ep):
             s_idx[e, t], a_idx[e, t], mask[e, t] = s, a, 1.0
-            r[e, t] = R[s, a] - rc.beta * lr_now[s, a]  # the per-step KL penalty, as train.episode_tensors
+            rs[e, t] = R[s, a]
+            r[e, t] = R[s, a] - rc.beta * (state_kl[s] if rc.kl == "exact" else lr_now[s, a])  # as episode_tensors
             if rc.critic == "exact":
                 v[e, t] = V_pi[s]
             elif rc.critic == "mc":
@@ -169,11 +174,12 @@ def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target, mc=None)
     adv, ret = train.gae(r, v, mask, 1.0, 0.0 if rc.critic == "mc" else rc.lam)
     if rc.advantages == "exact":
         adv = rc.beta * torch.tensor(target - lr_now)[s_idx, a_idx] * mask
+    kl_coef = rc.beta * float(torch.rsqrt(adv[mask > 0].var() + 1e-8))  # kl="exact": as train.ppo_update scales it
     adv = train.whiten(adv, mask)
     old_lp = (torch.log_softmax(logits, 1)[s_idx, a_idx]).detach()
     ref_lp = old_lp - torch.tensor(lr_now)[s_idx, a_idx]
     v_next = torch.cat([v[:, 1:], torch.zeros(E, 1, dtype=v.dtype)], 1) * torch.cat([mask[:, 1:], mask[:, :1] * 0], 1)
-    tgt = r + rc.beta * torch.tensor(lr_now)[s_idx, a_idx] + v_next - v  # r_t + V(s_t+1) - V(s_t), the KL taken out
+    tgt = rs + v_next - v  # r_t + V(s_t+1) - V(s_t), the KL left out
     rows = mask.flatten() > 0
     flat = [x.flatten()[rows] for x in (s_idx, a_idx, old_lp, adv, ret, v, ref_lp, tgt)]
     n = int(rows.sum())
@@ -189,6 +195,9 @@ def _update(rc, eps, R, lr_now, V_pi, logits, values, opt, gen, target, mc=None)
             loss = pg_loss + (0.5 * v_loss if rc.critic == "learned" else 0.0)
             if rc.consistency:
                 loss = loss + rc.consistency * ((rc.beta * (new_lp - mb_ref) - mb_tgt) ** 2).mean()
+            if rc.kl == "exact":  # the KL at each visited state, differentiated there, as train.ppo_update does
+                logp = torch.log_softmax(logits, 1)[s]
+                loss = loss + kl_coef * (logp.exp() * (logp - log_ref[s])).sum(1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -248,7 +257,7 @@ def parse_changes(sets, error):
             error(f"--set {kv!r}: must be above {1 if key == 'states' else 0}")
         if key in at_least_0 and change[key] < 0:
             error(f"--set {kv!r}: must be at least 0")
-        choices = {"critic": ("learned", "exact", "mc"), "advantages": ("gae", "exact")}.get(key)
+        choices = {"critic": ("learned", "exact", "mc"), "advantages": ("gae", "exact"), "kl": ("sampled", "exact")}.get(key)
         if choices and val not in choices:
             error(f"--set {kv!r}: valid: {', '.join(choices)}")
     return change

@@ -2456,6 +2456,21 @@ def test_tabular_ppo_with_exact_advantages_reaches_the_optimum():
 
 
 
+def test_tabular_ppo_with_train_pys_default_recipe_moves_the_averaged_log_ratio_to_the_optimums():
+    """train.py's default recipe on a table: the exact KL(pi || pi_ref) of each visited state in the reward and,
+    differentiated, in the loss; beta 0.2; a third of the episodes; the mean of the last two thirds of the
+    iterates. From the reference (no correlation to speak of) the mean's log-ratio must approach pi*'s, and its
+    value close most of the gap from V^ref(s0) to V*(s0) at the KL the objective prices."""
+    P, R, pi_ref = tabular.make_mdp(seed=1)
+    rc = tabular.Recipe(iters=30, seed=1, beta=0.2, kl="exact", episodes=21, average_from=10, target_kl=0.05)
+    log = tabular.run(P, R, pi_ref, rc)
+    v_ref = tabular.policy_values(P, R, pi_ref, pi_ref, rc.beta)[0]
+    assert log[1]["corr"] < 0.6 < 0.9 < log[-1]["corr_avg"], [round(r["corr"], 2) for r in log]
+    assert log[-1]["value_avg"] > v_ref + 0.6 * (log[-1]["v_star"] - v_ref), (v_ref, log[-1])
+    with pytest.raises(SystemExit):
+        tabular.main(["--seeds=1", "--iters=1", "--set=kl=k3"])
+
+
 def test_tabular_average_from_scores_the_running_mean_of_the_logits():
     """Recipe.average_from (train.py's --average_from on a table): from that iteration on, corr_avg and value_avg
     describe the policy of the mean logits so far; the mean of one iterate is that iterate."""
