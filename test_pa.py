@@ -2459,8 +2459,8 @@ def test_tabular_ppo_with_exact_advantages_reaches_the_optimum():
 def test_tabular_ppo_with_train_pys_default_recipe_moves_the_averaged_log_ratio_to_the_optimums():
     """train.py's default recipe on a table: the exact KL(pi || pi_ref) of each visited state in the reward and,
     differentiated, in the loss; beta 0.2; a third of the episodes; the mean of the last two thirds of the
-    iterates. From the reference (no correlation to speak of) the mean's log-ratio must approach pi*'s, and its
-    value close most of the gap from V^ref(s0) to V*(s0) at the KL the objective prices."""
+    iterates. Still far from pi*'s log-ratio after one iteration, the mean's must come close by the thirtieth,
+    and its value close most of the gap from V^ref(s0) to V*(s0)."""
     P, R, pi_ref = tabular.make_mdp(seed=1)
     rc = tabular.Recipe(iters=30, seed=1, beta=0.2, kl="exact", episodes=21, average_from=10, target_kl=0.05)
     log = tabular.run(P, R, pi_ref, rc)

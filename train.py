@@ -18,7 +18,7 @@ Deliberate departures from textbook PPO, each for Proposition 1 of the paper (RE
   - no dropout, and one temperature everywhere, so the first PPO ratio is exactly 1;
   - the policy samples only the available actions (--actions=any: any text, an invalid one a no-op), and the
     report reads PA from the mean of the late iterates' weights (ppo_avg.pt), which follows the optimum more
-    closely than the last iterate (README.md, "What this shows").
+    closely than the last iterate (README.md, "Results").
 """
 import dataclasses
 import itertools
@@ -737,8 +737,9 @@ def main(argv):
     if cfg.stage == "prm":
         ref, _ = M.load_run(ref_path, cfg, enc, cfg.device)
         policy, ck = M.load_run(M.policy_path(cfg.out_dir), cfg, enc, cfg.device)
-        for k, was in (("beta", None), ("temperature", None), ("max_action_tokens", None), ("actions", "any")):
-            setattr(cfg, k, ck["train_config"].get(k, was))  # PPO's own, whatever the command line says
+        for k in ("beta", "temperature", "max_action_tokens"):  # PPO's own, whatever the command line says
+            setattr(cfg, k, ck["train_config"][k])
+        cfg.actions = ck["train_config"].get("actions", "any")  # runs older than --actions wrote free text
         prm.train_prms(cfg, enc, ref, policy)
         if cfg.eval:
             prm.compare(M.policy_path(cfg.out_dir), cfg.out_dir, cfg.device, cfg.batch_size)
