@@ -507,6 +507,12 @@ def policy_path(out_dir):
     return avg if os.path.exists(avg) else os.path.join(out_dir, "ppo.pt")
 
 
+def add_policy_arg(parser, beside="its reference: ref.pt beside it"):
+    """The scripts' --ckpt: a trained policy, by default the one in out/ (policy_path)."""
+    parser.add_argument("--ckpt", default=policy_path("out"),
+                        help=f"the trained policy (default: out/ppo_avg.pt, else out/ppo.pt; {beside})")
+
+
 def load_run(path, cfg, enc, device):
     """(net, checkpoint dict) of a run's checkpoint, refused unless it is of cfg's world and enc's tokenizer."""
     ck = load_checkpoint(path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))

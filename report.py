@@ -477,8 +477,7 @@ def table_main(argv, prog, description, run, n_valid=100, n_test=200):
     run(ckpt, out_dir, device, n_valid=, n_test=). A bad checkpoint is one clear line."""
     import argparse
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--ckpt", default=M.policy_path("out"), help="the trained policy (default: out/ppo_avg.pt, else "
-                   "out/ppo.pt); any other checkpoints sit beside it")
+    M.add_policy_arg(p, beside="any other checkpoints sit beside it")
     p.add_argument("--out_dir", default=None, help="where the table's json and md go (default: the ckpt's folder)")
     p.add_argument("--n_valid", type=int, default=n_valid, help="validation tasks (the choices are made here)")
     p.add_argument("--n_test", type=int, default=n_test, help="test tasks")
@@ -518,8 +517,7 @@ def main(argv):
     import argparse
     p = argparse.ArgumentParser(description="Evaluate a trained PPO checkpoint: the test-split report, or a "
                                             "validation-only check (--valid, --optimum N).")
-    p.add_argument("--ckpt", default=M.policy_path("out"), help="the trained policy (default: out/ppo_avg.pt, else "
-                   "out/ppo.pt; its reference: ref.pt beside it)")
+    M.add_policy_arg(p)
     p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
     p.add_argument("--pa_ref", default=None, help="score every PA against this checkpoint instead (an early or "
                    "merged reference: python train.py --stage=prm)")

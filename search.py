@@ -675,8 +675,7 @@ def main(argv):
     p = argparse.ArgumentParser(description="The progress meter: test episodes of a trained PPO checkpoint step "
                                             "by step, each step's PA beside the oracle's A*. (The evaluation "
                                             "report and checks: python report.py.)")
-    p.add_argument("--ckpt", default=M.policy_path("out"), help="the trained policy (default: out/ppo_avg.pt, else "
-                   "out/ppo.pt; its reference: ref.pt beside it)")
+    M.add_policy_arg(p)
     p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
     p.add_argument("--pa_ref", default=None, help="score PA against this checkpoint instead (an early or merged "
                    "reference: python train.py --stage=prm)")
