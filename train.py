@@ -95,6 +95,8 @@ class Config:
                                      # (iterate averaging) in out_dir/ppo_avg.pt, the policy the report reads PA from
                                      # (-1 = a third of the way: iteration ppo_iters // 3 after any warm-up; 0 = off)
     ppo_lr: float = 3e-4
+    adam_eps: float = 1e-8           # Adam's epsilon in PPO: a weight whose gradient's RMS is well below it moves
+                                     # in proportion to its gradient (SGD-like), not by about the learning rate
     anneal_lr: bool = False          # the learning rate falls linearly over the iterations, ppo_lr at the first to
                                      # ppo_lr / N at the last (CleanRL's default), critic and warm-up included
     gamma: float = 1.0               # discount over action tokens
@@ -546,7 +548,7 @@ def separate_critic(cfg, ref):
     if cfg.critic != "separate":
         return None, None
     critic = M.copy_net(ref)
-    return critic, torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    return critic, torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, eps=cfg.adam_eps, weight_decay=0.0)
 
 
 def critic_values(critic, agent, episodes):
@@ -637,7 +639,7 @@ def train_ppo(cfg, enc, ref):
     policy.load_state_dict(ref.state_dict() if resuming else _start_weights(cfg, enc, ref, policy))
     policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, eps=cfg.adam_eps, weight_decay=0.0)
     critic, critic_opt = separate_critic(cfg, ref)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
