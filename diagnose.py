@@ -457,19 +457,10 @@ def soup(paths, out_path, scale=1.0, ref_path=None, moved=()):
         raise M.CheckpointError("--soup needs at least two checkpoints (one, with --scale or --moved)")
     if alone and not ref_path:
         raise M.CheckpointError("--scale and --moved take weights from the reference: give --ref")
-    cks = [M.load_checkpoint(p) for p in paths]
-    setup = lambda ck: (ck["config"], ck["tokenizer"], ck["env_name"], ck.get("beta"),
-                        ck.get("train_config", {}).get("actions", "any"), sorted(ck["model"]))
-    for p, ck in zip(paths[1:], cks[1:]):
-        if setup(ck) != setup(cks[0]):
-            raise M.CheckpointError(f"{p} and {paths[0]} differ in shape, tokenizer, world, beta or --actions: only "
-                                    f"runs of one setup can be averaged")
-    avg = cks[0]["model"]
-    for k, ck in enumerate(cks[1:], 2):  # the running mean: the mean of k-1 runs moved 1/k of the way to the k-th
-        avg = pa.merge_weights(avg, ck["model"], 1 / k)
+    avg, keep = M.soup(paths)
     if alone:
-        ref = M.load_checkpoint(ref_path, env_name=cks[0]["env_name"], tokenizer_spec=cks[0]["tokenizer"])
-        if sorted(ref["model"]) != sorted(avg) or ref["config"] != cks[0]["config"]:
+        ref = M.load_checkpoint(ref_path, env_name=keep["env_name"], tokenizer_spec=keep["tokenizer"])
+        if sorted(ref["model"]) != sorted(avg) or ref["config"] != keep["config"]:
             raise M.CheckpointError(f"{ref_path} is not a reference of the shape of {paths[0]}")
         avg = pa.merge_weights(ref["model"], avg, scale) if scale != 1 else avg
     if moved:
@@ -477,8 +468,6 @@ def soup(paths, out_path, scale=1.0, ref_path=None, moved=()):
         if unmatched:
             raise M.CheckpointError(f"--moved {','.join(unmatched)} names no weight; the weights: {', '.join(avg)}")
         avg = {k: v if any(part in k for part in moved) else ref["model"][k] for k, v in avg.items()}
-    keep = {k: v for k, v in cks[0].items() if k not in ("model", "optimizer", "rng", "gen", "sample_gen", "iter",
-                                                          "critic", "critic_optimizer")}
     M.save_checkpoint(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths],
                                      scale=scale, moved=list(moved)))
     what = f"the average of {len(paths)} runs' weights" if len(paths) > 1 else "one run's weights"

@@ -501,10 +501,33 @@ def save_run(path, net, cfg, enc, weights=None, **extra):
 
 
 def policy_path(out_dir):
-    """The trained policy of a run folder, the one PA is read from: the mean of its late PPO iterates (ppo_avg.pt)
-    where the run kept one (train.py --average_from), else its last iterate (ppo.pt)."""
-    avg = os.path.join(out_dir, "ppo_avg.pt")
-    return avg if os.path.exists(avg) else os.path.join(out_dir, "ppo.pt")
+    """The trained policy of a run folder, the one PA is read from: the seed soup (ppo_soup.pt, train.py --seeds)
+    where there is one, else the mean of its late PPO iterates (ppo_avg.pt, train.py --average_from), else its
+    last iterate (ppo.pt)."""
+    for name in ("ppo_soup.pt", "ppo_avg.pt"):
+        if os.path.exists(os.path.join(out_dir, name)):
+            return os.path.join(out_dir, name)
+    return os.path.join(out_dir, "ppo.pt")
+
+
+TRAINING_STATE = ("optimizer", "rng", "gen", "sample_gen", "iter", "critic", "critic_optimizer", "average")
+
+
+def soup(paths):
+    """(the mean of the weights of these PPO checkpoints, the first one's checkpoint dict without its training
+    state): a "seed soup" of runs from one reference. Refused unless they share shape, tokenizer, world, beta and
+    --actions; that they share one reference is left to the caller."""
+    cks = [load_checkpoint(p) for p in paths]
+    setup = lambda ck: (ck["config"], ck["tokenizer"], ck["env_name"], ck.get("beta"),
+                        ck.get("train_config", {}).get("actions", "any"), sorted(ck["model"]))
+    for p, ck in zip(paths[1:], cks[1:]):
+        if setup(ck) != setup(cks[0]):
+            raise CheckpointError(f"{p} and {paths[0]} differ in shape, tokenizer, world, beta or --actions: only "
+                                  f"runs of one setup can be averaged")
+    avg = cks[0]["model"]
+    for k, ck in enumerate(cks[1:], 2):  # the running mean: the mean of k-1 runs moved 1/k of the way to the k-th
+        avg = {name: a + (1 / k) * (ck["model"][name] - a) for name, a in avg.items()}
+    return avg, {k: v for k, v in cks[0].items() if k not in TRAINING_STATE + ("model", "averaged")}
 
 
 def add_policy_arg(parser, beside="its reference: ref.pt beside it"):

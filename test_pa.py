@@ -2032,6 +2032,34 @@ def test_the_default_averages_the_last_two_thirds_and_a_resumed_run_keeps_where_
     assert not (tmp_path / "ppo_avg.pt").exists() and model.policy_path(str(tmp_path)) == str(tmp_path / "ppo.pt")
 
 
+def test_seeds_makes_each_run_as_its_seed_alone_would_and_reads_pa_from_their_mean(tiny_run, tmp_path):
+    """--seeds=2: two PPO runs from the reference, each what `--stage=ppo --seed=S` makes, and the run folder's
+    policy (what the report reads) the mean of their weights; a later single run in the folder drops that soup,
+    and refuses to resume as one run what was a soup."""
+    soup_dir, alone = tmp_path / "soup", tmp_path / "alone"
+    for d in (soup_dir, alone):
+        d.mkdir()
+        shutil.copy(tiny_run / "ref.pt", d / "ref.pt")
+    run = TINY + ["--stage=ppo", "--eval=false", "--ppo_iters=2"]
+    train.main(run + [f"--out_dir={soup_dir}", "--seed=5", "--seeds=2"])
+    train.main(run + [f"--out_dir={alone}", "--seed=6"])
+    weights = lambda path: model.load_checkpoint(str(path))["model"]
+    a, b = weights(soup_dir / "seed5" / "ppo.pt"), weights(soup_dir / "seed6" / "ppo.pt")
+    by_itself = weights(alone / "ppo.pt")
+    assert all(torch.equal(b[k], by_itself[k]) for k in b), "the second run is the one --seed=6 makes alone"
+    assert any(not torch.equal(a[k], b[k]) for k in a), "two seeds, two different runs"
+    assert model.policy_path(str(soup_dir)) == str(soup_dir / "ppo_soup.pt")
+    soup = model.load_checkpoint(str(soup_dir / "ppo_soup.pt"))
+    assert all(torch.allclose(soup["model"][k], (a[k] + b[k]) / 2, atol=1e-6) for k in a), "the soup is the mean"
+    assert soup["train_config"]["seeds"] == 2 and "optimizer" not in soup, "an evaluation-only checkpoint"
+    with pytest.raises(SystemExit, match="--seeds"):
+        train.main(run + [f"--out_dir={soup_dir}", "--init_from=resume"])
+    train.main(run + [f"--out_dir={soup_dir}", "--ppo_iters=1"])
+    assert model.policy_path(str(soup_dir)) == str(soup_dir / "ppo.pt"), "no stale soup is read after a new run"
+    with pytest.raises(SystemExit, match="--seeds"):
+        train.resolve(train.parse_args(["--seeds=0", "--device=cpu"]))
+
+
 def test_anneal_lr_lowers_the_learning_rate_linearly_over_every_iteration(tiny_run, tmp_path, monkeypatch):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     seen, update = [], train.ppo_update

@@ -5,6 +5,7 @@ stage 2 runs PPO with GAE and a per-token KL penalty to that frozen reference; t
     python train.py                                  # both stages + the report (~20 min on a 2-core CPU)
     python train.py --stage=ppo --ppo_iters=90       # PPO only, from out/ref.pt
     python train.py --init_from=resume               # continue an interrupted run from its last checkpoint
+    python train.py --stage=ppo --seeds=3            # three PPO runs from out/ref.pt, PA read from their mean
     python train.py --stage=prm                      # PA's other references and trained reward models (prm.py)
     python train.py --help                           # every option
 
@@ -94,6 +95,9 @@ class Config:
     average_from: int = -1           # from this PPO iteration on, also keep the running mean of the policy's weights
                                      # (iterate averaging) in out_dir/ppo_avg.pt, the policy the report reads PA from
                                      # (-1 = a third of the way: iteration ppo_iters // 3 after any warm-up; 0 = off)
+    seeds: int = 1                   # PPO runs from the reference, seeds seed, seed+1, ... (out_dir/seed<S>/);
+                                     # above 1, PA is read from the mean of their policies' weights, a seed soup
+                                     # (out_dir/ppo_soup.pt): N times PPO's time, for less of each run's own noise
     ppo_lr: float = 3e-4
     adam_eps: float = 1e-8           # Adam's epsilon in PPO: a weight whose gradient's RMS is well below it moves
                                      # in proportion to its gradient (SGD-like), not by about the learning rate
@@ -209,6 +213,8 @@ def resolve(cfg):
     if cfg.samples_per_task < 1 or cfg.episodes_per_iter % cfg.samples_per_task:
         raise SystemExit(f"bad value for --samples_per_task: {cfg.samples_per_task} must be >= 1 and divide "
                          f"--episodes_per_iter ({cfg.episodes_per_iter})")
+    if cfg.seeds < 1:
+        raise SystemExit(f"bad value for --seeds: {cfg.seeds}; the number of PPO runs averaged, 1 or more")
     last = cfg.critic_warmup + cfg.ppo_iters - 1
     if cfg.average_from not in (-1, 0) and not 0 < cfg.average_from <= last:
         raise SystemExit(f"bad value for --average_from: {cfg.average_from}; a PPO iteration from 1 to {last}, the "
@@ -718,6 +724,27 @@ def train_ppo(cfg, enc, ref):
     return policy
 
 
+def train_soup(cfg, enc, ref):
+    """--seeds=N: N PPO runs from the reference, each as `--stage=ppo --seed=S` would make it in out_dir/seed<S>/,
+    then the mean of their policies' weights (a "seed soup"; weight averaging of fine-tuned runs that share their
+    start: Wortsman et al. 2022, arXiv 2203.05482; of RL runs: Rame et al. 2024, arXiv 2406.16768). Each run's
+    log-ratio is a shared signal plus its own noise; the mean keeps the first and shrinks the second (LOG.md).
+    An interrupted soup resumes run by run (--init_from=resume)."""
+    paths = []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        run = dataclasses.replace(cfg, seed=seed, seeds=1, out_dir=os.path.join(cfg.out_dir, f"seed{seed}"))
+        os.makedirs(run.out_dir, exist_ok=True)
+        print(f"PPO run {seed - cfg.seed + 1} of {cfg.seeds} (seed {seed}) in {run.out_dir}")
+        seed_all(seed)
+        train_ppo(run, enc, ref)
+        paths.append(M.policy_path(run.out_dir))
+    weights, keep = M.soup(paths)
+    path = os.path.join(cfg.out_dir, "ppo_soup.pt")
+    M.save_checkpoint(path, dict(keep, model=weights, stage="soup", soup_of=paths,
+                                 train_config=dict(keep["train_config"], seeds=cfg.seeds)))
+    print(f"[soup] the mean of {cfg.seeds} runs' weights -> {path}")
+
+
 def main(argv):
     cfg = resolve(parse_args(argv))
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -733,7 +760,14 @@ def main(argv):
     if cfg.stage in ("ppo", "all"):
         t0 = time.time()
         ref, _ = M.load_run(ref_path, cfg, enc, cfg.device)
-        train_ppo(cfg, enc, ref)
+        soup_path = os.path.join(cfg.out_dir, "ppo_soup.pt")
+        if os.path.exists(soup_path):  # a soup of earlier runs, which the report would read instead of these
+            if cfg.init_from != "resume":
+                os.remove(soup_path)
+            elif cfg.seeds == 1:
+                raise SystemExit(f"{soup_path} is a soup of several PPO runs: resume it with the --seeds it was "
+                                 f"made with, or start anew")
+        (train_soup if cfg.seeds > 1 else train_ppo)(cfg, enc, ref)
         times["ppo_s"] = round(time.time() - t0, 1)
         print(f"stage ppo: {times['ppo_s']} s")
     if cfg.stage == "prm":
