@@ -533,7 +533,8 @@ def soup(paths):
 def add_policy_arg(parser, beside="its reference: ref.pt beside it"):
     """The scripts' --ckpt: a trained policy, by default the one in out/ (policy_path)."""
     parser.add_argument("--ckpt", default=policy_path("out"),
-                        help=f"the trained policy (default: out/ppo_avg.pt, else out/ppo.pt; {beside})")
+                        help=f"the trained policy (default: out/ppo_soup.pt, else out/ppo_avg.pt, else out/ppo.pt; "
+                             f"{beside})")
 
 
 def load_run(path, cfg, enc, device):

@@ -737,7 +737,7 @@ def train_soup(cfg, enc, ref):
         print(f"PPO run {seed - cfg.seed + 1} of {cfg.seeds} (seed {seed}) in {run.out_dir}")
         seed_all(seed)
         train_ppo(run, enc, ref)
-        paths.append(M.policy_path(run.out_dir))
+        paths.append(os.path.abspath(M.policy_path(run.out_dir)))
     weights, keep = M.soup(paths)
     path = os.path.join(cfg.out_dir, "ppo_soup.pt")
     M.save_checkpoint(path, dict(keep, model=weights, stage="soup", soup_of=paths,
