@@ -1354,6 +1354,25 @@ def test_gae_with_gamma_lambda_one_is_return_to_go_minus_value():
     assert torch.allclose(adv, to_go - v, atol=1e-5), "with gamma = lambda = 1, A_t = sum_{l>=t} r_l - V_t"
 
 
+def test_gae_with_lambda_per_action_decays_only_from_one_action_to_the_next():
+    """--lam_per=action: lambda is 1 between the tokens of one action and lam from its last token to the next
+    action's first, so a decision k actions before the outcome gets it times lam^k, not lam^(its tokens)."""
+    eps = [search.Episode(0, 0, False, [_step(3, 0.0), _step(2, 0.0), _step(4, 1.0)])]
+    lams = train.action_lambdas(eps, 0.8, (1, 9))
+    assert lams[0].tolist() == pytest.approx([1, 1, 0.8, 1, 0.8, 1, 1, 1, 0.8])
+    g = torch.Generator().manual_seed(3)
+    r, v = torch.randn(1, 9, generator=g), torch.randn(1, 9, generator=g)
+    adv, _ = train.gae(r, v, torch.ones(1, 9), gamma=0.9, lam=lams)
+    deltas = [float(r[0, t]) + 0.9 * (float(v[0, t + 1]) if t + 1 < 9 else 0.0) - float(v[0, t]) for t in range(9)]
+    want = [sum(deltas[l] * math.prod(0.9 * float(lams[0, j]) for j in range(t, l)) for l in range(t, 9))
+            for t in range(9)]
+    assert torch.allclose(adv[0], torch.tensor(want), atol=1e-5), f"{adv[0]} != naive {want}"
+    as_number, _ = train.gae(r, v, torch.ones(1, 9), gamma=0.9, lam=0.8)
+    as_tensor, _ = train.gae(r, v, torch.ones(1, 9), gamma=0.9, lam=torch.full((1, 9), 0.8))
+    assert torch.allclose(as_number, as_tensor), "a constant lambda per token is the plain lambda"
+    assert not torch.allclose(adv, as_number), "lambda per action is not lambda per token"
+
+
 # ----------------------------------------------------------------------------- rewards and losses
 
 def _step(k, reward, lp=None, ref=None):

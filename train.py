@@ -105,6 +105,9 @@ class Config:
                                      # ppo_lr / N at the last (CleanRL's default), critic and warm-up included
     gamma: float = 1.0               # discount over action tokens
     lam: float = 0.95                # GAE lambda
+    lam_per: str = "token"           # token: lambda at every action token; action: only from one action to the next
+                                     # (1 within an action), so the outcome reaches a decision k actions back as
+                                     # lambda^k, not lambda^(its tokens)
     clip: float = 0.2                # policy ratio clip
     vclip: float = 0.2               # value clip around the rollout's values
     vf_coef: float = 0.5
@@ -213,6 +216,8 @@ def resolve(cfg):
     if cfg.samples_per_task < 1 or cfg.episodes_per_iter % cfg.samples_per_task:
         raise SystemExit(f"bad value for --samples_per_task: {cfg.samples_per_task} must be >= 1 and divide "
                          f"--episodes_per_iter ({cfg.episodes_per_iter})")
+    if cfg.lam_per not in ("token", "action"):
+        raise SystemExit(f"bad value for --lam_per: {cfg.lam_per!r}; valid: token, action")
     if cfg.seeds < 1:
         raise SystemExit(f"bad value for --seeds: {cfg.seeds}; the number of PPO runs averaged, 1 or more")
     last = cfg.critic_warmup + cfg.ppo_iters - 1
@@ -313,11 +318,12 @@ def train_sft(cfg, enc):
 
 def gae(rewards, values, action_mask, gamma, lam):
     """Generalised advantage estimation over action tokens only.
-        delta_t = r_t + gamma * V_next - V_t,   A_t = delta_t + gamma * lam * A_next
+        delta_t = r_t + gamma * V_next - V_t,   A_t = delta_t + gamma * lam_t * A_next
     where 'next' is the next ACTION token of the same row (positions with action_mask 0, i.e. prompt,
     observation and padding tokens, are skipped entirely) and the value after the row's last action
     token is 0 (the episode is over). rewards, values, action_mask: (B, T) fp32, values[t] = V of the
-    state before token t. Returns (advantages, returns), (B, T), zero where action_mask is 0."""
+    state before token t; lam a number, or (B, T) per token (action_lambdas). Returns (advantages, returns),
+    (B, T), zero where action_mask is 0."""
     B, T = rewards.shape
     advantages = torch.zeros_like(rewards)
     next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
@@ -325,7 +331,7 @@ def gae(rewards, values, action_mask, gamma, lam):
     for t in reversed(range(T)):
         m = action_mask[:, t] > 0
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        adv = delta + gamma * lam * next_adv
+        adv = delta + gamma * (lam[:, t] if torch.is_tensor(lam) else lam) * next_adv
         advantages[:, t] = torch.where(m, adv, torch.zeros_like(adv))
         next_adv = torch.where(m, adv, next_adv)  # a skipped token leaves the recursion untouched
         next_value = torch.where(m, values[:, t], next_value)
@@ -388,6 +394,13 @@ def per_step_to_tokens(values, episodes, shape):
             out[e, t:t + len(s.action)] = x
             t += len(s.action)
     return out
+
+
+def action_lambdas(episodes, lam, shape):
+    """--lam_per=action: GAE's lambda per action token, (E, L): 1 within an action, lam on its last token (the
+    step from it to the next action's first token, across the environment)."""
+    return per_step_to_tokens([[torch.tensor([1.0] * (len(s.action) - 1) + [lam]) for s in ep.steps]
+                               for ep in episodes], episodes, shape)
 
 
 def rloo_advantages(episodes, beta):
@@ -476,7 +489,8 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     exact = cfg.kl == "exact"
     kls, ref_dists = exact_kl(agent, policy, [s for ep in episodes for s in ep.steps]) if exact else (None, None)
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta, kls)
-    adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else cfg.lam)
+    lam = 1.0 if critic_only else action_lambdas(episodes, cfg.lam, mask.shape) if cfg.lam_per == "action" else cfg.lam
+    adv, ret = gae(r, v, mask, cfg.gamma, lam)
     if advantages is not None:
         adv = per_step_to_tokens(advantages(episodes), episodes, mask.shape)
     # --kl=exact: the KL at each token is also differentiated there (the part of the objective's gradient that the
