@@ -37,20 +37,6 @@ import tokenizer
 import train
 
 
-def step_kind(text, actions):
-    """The kind of an action in the shop's grammar (house and travel actions fall under "other")."""
-    if text not in actions:
-        return "invalid"
-    for kind, test in (("search", lambda t: t.startswith("search[")), ("buy", lambda t: t == "click[buy now]"),
-                       ("back", lambda t: t == "click[back to search]"), ("item", lambda t: t.startswith("click[p")),
-                       ("page", lambda t: t in ("click[next >]", "click[< prev]")),
-                       ("detour", lambda t: t in ("click[description]", "click[deal of the day]")),
-                       ("option", lambda t: t.startswith("click["))):
-        if test(text):
-            return kind
-    return "other"
-
-
 def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
     """Where a trained policy's KL to its reference goes, on sampled episodes of n_tasks validation tasks:
     the sampled log-ratio summed per kind of step (per episode), and, at every visited state, over ALL its
@@ -62,7 +48,7 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
     per_kind, total = {}, float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps]))
     for ep in eps:
         for st in ep.steps:
-            kind = step_kind(st.text, st.env.actions())
+            kind = envs.step_kind(st.text, st.env.actions())
             per_kind[kind] = per_kind.get(kind, 0.0) + st.log_ratio / len(eps)
     states = [st.env for ep in eps for st in ep.steps]
     sharpen, reweight, moved = [], [], []

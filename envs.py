@@ -340,6 +340,20 @@ def first_critical_mistake(env, actions, delta=DELTA):
     return None
 
 
+def step_kind(text, actions):
+    """The kind of an action in the shop's grammar (house and travel actions fall under "other")."""
+    if text not in actions:
+        return "invalid"
+    for kind, test in (("search", lambda t: t.startswith("search[")), ("buy", lambda t: t == "click[buy now]"),
+                       ("back", lambda t: t == "click[back to search]"), ("item", lambda t: t.startswith("click[p")),
+                       ("page", lambda t: t in ("click[next >]", "click[< prev]")),
+                       ("detour", lambda t: t in ("click[description]", "click[deal of the day]")),
+                       ("option", lambda t: t.startswith("click["))):
+        if test(text):
+            return kind
+    return "other"
+
+
 def vocabulary(name="shop"):
     """Every word the world can emit (WORD_RE split of any prompt or action), sorted."""
     if name not in WORLDS:

@@ -126,7 +126,8 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                         astar=[st.qstar - st.vstar for ep in eps for st in ep.steps],
                         aref=[sol.ref_advantage(st.env.state, st.text) for ep in eps for st in ep.steps],
                         imp=[sol.improved_log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
-                        valid=[st.valid for ep in eps for st in ep.steps])
+                        valid=[st.valid for ep in eps for st in ep.steps],
+                        kind=[envs.step_kind(st.text, st.env.actions()) for ep in eps for st in ep.steps])
     flat, row["lens"] = [st for ep in eps for st in ep.steps], [len(ep.steps) for ep in eps]
     row["all_actions"] = _all_actions(agent, sol, flat)
     kl, ends = row["all_actions"].pop("state_kl"), np.cumsum([0] + row["lens"])
@@ -176,6 +177,14 @@ def _by_improved(p, imp):
 def _state_kl(sol, state, log_ratio):
     """KL(pi || pi_ref) at a state of an exact policy given by its log-ratio (sol.log_ratio: pi*; improved: pi_1)."""
     return sum(p * math.exp(x) * x for x, p in ((log_ratio(state, a), p) for a, p in sol.ref_terms(state)))
+
+
+def _by_kind(p, o, kinds):
+    """PPO's log-ratio against the optimum's within each kind of step (envs.step_kind: search, item click, option
+    click, buy, ...), with each kind's spread on both sides: which decisions PPO has learnt, and which not."""
+    return {k: dict(steps=int((kinds == k).sum()), pearson=pearson(p[kinds == k], o[kinds == k]),
+                    opt_sd=float(o[kinds == k].std()), ppo_sd=float(p[kinds == k].std()))
+            for k in sorted(set(kinds.tolist()), key=lambda k: -(kinds == k).sum())}
 
 
 def _all_actions(agent, sol, steps):
@@ -300,6 +309,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob");
       - minus the summed gap between each step and the best available action at its state (search's "pa_gap"), by
         PPO's log-ratio ("gap"), by its log-prob ("gap_logprob"), and by pi*'s and pi_1's ("gap_opt", "gap_imp").
+      - PPO's log-ratio against pi*'s within each kind of step ("by_kind": search, item click, buy, ...);
       - PPO's log-ratio split into its fit on pi*'s and a residual (residual_split): the failure AUROC of each
         part's sum, and of the fit plus independent noise of the residual's size, or a fraction of it ("residual").
     ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (search.load_run).
@@ -345,6 +355,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                              pearson_improved_ci=ci(lambda idx: pearson(cat("all_actions", "ppo", idx),
                                                                         cat("all_actions", "imp", idx)))),
          "by_improved": _by_improved(p, imp),
+         "by_kind": _by_kind(p, o, np.array(cat("steps", "kind"))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
          "pa_vs_aref": dict(ppo=pa.spearman(p, aref), optimum=pa.spearman(o, aref)),
          "auroc": {k: pa.auroc(cat("trajs", k), cat("trajs", "success"))
@@ -380,6 +391,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           f"{aa['pearson_improved_ci'][1]:+.2f}] (on its sampled actions: {aa['pearson_improved_sampled']:+.3f}), vs the optimum's: "
           f"{aa['pearson_optimum']:+.3f}; a policy that only sharpened the reference: {aa['sharpening_improved']:+.3f} "
           f"with pi_1's")
+    print("[optimum] within each kind of step, PPO's log-ratio vs the optimum's (Pearson; sd of each, nats): " +
+          "; ".join(f"{k} ({b['steps']} steps) {b['pearson']:+.2f} ({b['ppo_sd']:.2f}, {b['opt_sd']:.2f})"
+                    for k, b in O["by_kind"].items()))
     print("[optimum] PPO's log-ratio on its sampled steps, by pi_1's log-ratio of the same step: " + "; ".join(
         f"{name} ({b['steps']} steps, pi_1 {b['imp']:+.2f}): {b['ppo']:+.2f} (sd {b['ppo_sd']:.2f})"
         for name, b in O["by_improved"].items()))

@@ -1700,6 +1700,8 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert 0 <= O["improved"]["success"] <= 1 and O["improved"]["kl"] >= -1e-9, "one round of improvement: a KL >= 0"
     assert O["all_actions"]["rows"] >= O["log_ratio"]["steps"], "every available action of every visited state"
     assert sum(b["steps"] for b in O["by_improved"].values()) == O["log_ratio"]["steps"], "each step in one group"
+    assert sum(b["steps"] for b in O["by_kind"].values()) == O["log_ratio"]["steps"], "each step of one kind"
+    assert set(O["by_kind"]) <= {"search", "item", "option", "buy", "back", "page", "detour", "invalid", "other"}
     r = O["residual"]
     assert [x["scale"] for x in r["noise"]] in ([], [1.0, 0.5, 0.25]), r
     if r["slope"] > 0:  # the fitted part's sum ranks episodes as pi*'s own does (as text: nan == nan)
@@ -2795,7 +2797,7 @@ def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
 
 def test_step_kinds_of_the_shop():
     acts = ["search[red mug]", "click[p07]", "click[red]", "click[buy now]", "click[back to search]", "click[next >]"]
-    kinds = [diagnose.step_kind(a, acts) for a in acts + ["click[nothing]"]]
+    kinds = [envs.step_kind(a, acts) for a in acts + ["click[nothing]"]]
     assert kinds == ["search", "item", "option", "buy", "back", "page", "invalid"], kinds
 
 
