@@ -2070,6 +2070,7 @@ def test_seeds_makes_each_run_as_its_seed_alone_would_and_reads_pa_from_their_me
     assert all(torch.equal(b[k], by_itself[k]) for k in b), "the second run is the one --seed=6 makes alone"
     assert any(not torch.equal(a[k], b[k]) for k in a), "two seeds, two different runs"
     assert model.policy_path(str(soup_dir)) == str(soup_dir / "ppo_soup.pt")
+    assert (soup_dir / "seed5" / "ref.pt").read_bytes() == (soup_dir / "ref.pt").read_bytes(), "each run alone"
     soup = model.load_checkpoint(str(soup_dir / "ppo_soup.pt"))
     assert all(torch.allclose(soup["model"][k], (a[k] + b[k]) / 2, atol=1e-6) for k in a), "the soup is the mean"
     assert soup["train_config"]["seeds"] == 2 and "optimizer" not in soup, "an evaluation-only checkpoint"

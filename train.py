@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -748,6 +749,8 @@ def train_soup(cfg, enc, ref):
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         run = dataclasses.replace(cfg, seed=seed, seeds=1, out_dir=os.path.join(cfg.out_dir, f"seed{seed}"))
         os.makedirs(run.out_dir, exist_ok=True)
+        if not os.path.exists(os.path.join(run.out_dir, "ref.pt")):  # each run's folder is a run of its own
+            shutil.copyfile(os.path.join(cfg.out_dir, "ref.pt"), os.path.join(run.out_dir, "ref.pt"))
         print(f"PPO run {seed - cfg.seed + 1} of {cfg.seeds} (seed {seed}) in {run.out_dir}")
         seed_all(seed)
         train_ppo(run, enc, ref)
