@@ -490,8 +490,8 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     exact = cfg.kl == "exact"
     kls, ref_dists = exact_kl(agent, policy, [s for ep in episodes for s in ep.steps]) if exact else (None, None)
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta, kls)
-    lam = 1.0 if critic_only else action_lambdas(episodes, cfg.lam, mask.shape) if cfg.lam_per == "action" else cfg.lam
-    adv, ret = gae(r, v, mask, cfg.gamma, lam)
+    lam = cfg.lam if cfg.lam_per == "token" else action_lambdas(episodes, cfg.lam, mask.shape)
+    adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else lam)
     if advantages is not None:
         adv = per_step_to_tokens(advantages(episodes), episodes, mask.shape)
     # --kl=exact: the KL at each token is also differentiated there (the part of the objective's gradient that the
