@@ -227,7 +227,8 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     return less the critic's value; the step's first action token, before whitening) and mc_advantages from k
     re-rollouts per visited state (--advantage=mc), each against the exact A^ref of envs.SoftSolution; the state
     values too, against the exact V^ref. Pearson, with 95% bootstrap intervals over tasks, and the slope of each
-    estimate on the truth. Returns the dict it prints."""
+    estimate on the truth; "by_kind": each advantage estimator within each kind of step (envs.step_kind), which
+    decisions it knows. Returns the dict it prints."""
     cfg, enc, ref = _reference(ref_path, device)
     agent = S.make_agent(cfg, ref, ref, enc)
     cache_dir = cache_dir or optimum.default_cache_dir(ref_path)
@@ -240,7 +241,8 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
                         generator=gen, keep_states=True)
         steps = [st for ep in eps for st in ep.steps]
         row = dict(task=t, aref=[sol.ref_advantage(st.env.state, st.text) for st in steps],
-                   vref=[sol.ref_v(st.env.state) for st in steps], critic=[float(st.values[0]) for st in steps])
+                   vref=[sol.ref_v(st.env.state) for st in steps], critic=[float(st.values[0]) for st in steps],
+                   kind=[envs.step_kind(st.text, st.env.actions()) for st in steps])
         lp, _, v, r, mask = train.episode_tensors(eps, cfg.beta)
         starts = [sum(len(x.action) for x in ep.steps[:i]) for ep in eps for i in range(len(ep.steps))]
         for key, lam in (("gae", cfg.lam), ("gae_lam1", 1.0)):  # lambda 1: the return less the critic's value
@@ -260,9 +262,18 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     out = dict(ref=ref_path, n_tasks=n_tasks, n_samples=n_samples, steps=len(cat("aref")),
                advantage={k: corr(k, "aref") for k in ["gae", "gae_lam1"] + [f"mc{k}" for k in ks]},
                value={k: corr(k, "vref") for k in ["critic"] + [f"v_mc{k}" for k in ks]})
+    kinds = np.array(cat("kind"))
+    within = lambda key, m: dict(pearson=optimum.pearson(np.array(cat(key))[m], np.array(cat("aref"))[m]),
+                                 slope=slope(np.array(cat(key))[m], np.array(cat("aref"))[m]))
+    out["by_kind"] = {k: dict(steps=int((kinds == k).sum()), aref_sd=float(np.array(cat("aref"))[kinds == k].std()),
+                              **{e: within(e, kinds == k) for e in out["advantage"]})
+                      for k in sorted(set(kinds.tolist()), key=lambda k: -(kinds == k).sum())}
     for what, d in (("A^ref", out["advantage"]), ("V^ref", out["value"])):
         print(f"[estimates] Pearson with the exact {what} on {out['steps']} steps (slope on it): " + ", ".join(
             f"{k} {x['pearson']:+.3f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}] ({x['slope']:+.2f})" for k, x in d.items()))
+    for kind, b in out["by_kind"].items():
+        print(f"[estimates] within {kind} steps ({b['steps']}, A^ref sd {b['aref_sd']:.2f}): " + ", ".join(
+            f"{e} {b[e]['pearson']:+.2f} ({b[e]['slope']:+.2f})" for e in out["advantage"]))
     return out
 
 

@@ -2658,6 +2658,8 @@ def test_estimates_compare_each_estimator_with_the_exact_reference_advantage(tin
     out = diagnose.estimates(str(tiny_run / "ref.pt"), n_tasks=2, n_samples=2, ks=(2,), max_steps=3, cache_dir=tmp_path)
     assert set(out["advantage"]) == {"gae", "gae_lam1", "mc2"} and set(out["value"]) == {"critic", "v_mc2"}, out
     assert 2 <= out["steps"] <= 2 * 2 * 3, f"2 tasks x 2 episodes of at most 3 steps: {out['steps']}"
+    assert sum(b["steps"] for b in out["by_kind"].values()) == out["steps"], "each step in one kind"
+    assert all(set(b) == {"steps", "aref_sd", "gae", "gae_lam1", "mc2"} for b in out["by_kind"].values()), out["by_kind"]
 
 
 def test_slope_is_the_share_of_a_true_difference_that_reaches_the_estimate():
