@@ -88,7 +88,7 @@ def distil_optimum(policy, agent, sols, cfg, tasks, rounds=10, episodes=64, lr=1
         raise ValueError(f"loss: ce or ratio, not {loss!r}")
     if loss == "ratio" and agent.constrained:
         raise ValueError("loss='ratio' compares the network's own log-probs of the action texts with pi_ref's: "
-                         "with --actions=any only")
+                         "with --actions=any only (pass it to diagnose.py)")
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     gen, sample_gen = torch.Generator().manual_seed(seed + 3), torch.Generator().manual_seed(seed + 4)
     log = []
@@ -219,7 +219,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     return log
 
 
-def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, device="cpu", seed=0, max_steps=None):
+def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, device="cpu", seed=0, max_steps=None,
+              **overrides):
     """How well does each advantage estimator know A^ref, the reference's own advantage, at the states it visits?
     That is what PPO's first iteration needs (policy = reference, so the KL term is 0 and the soft advantage is
     A^ref exactly), and what one exact round of improvement (pi_1) is built from. On n_samples of the reference's
@@ -228,8 +229,8 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     re-rollouts per visited state (--advantage=mc), each against the exact A^ref of envs.SoftSolution; the state
     values too, against the exact V^ref. Pearson, with 95% bootstrap intervals over tasks, and the slope of each
     estimate on the truth; "by_kind": each advantage estimator within each kind of step (envs.step_kind), which
-    decisions it knows. Returns the dict it prints."""
-    cfg, enc, ref = _reference(ref_path, device)
+    decisions it knows. overrides: train.Config fields (actions). Returns the dict it prints."""
+    cfg, enc, ref = _reference(ref_path, device, **overrides)
     agent = S.make_agent(cfg, ref, ref, enc)
     cache_dir = cache_dir or optimum.default_cache_dir(ref_path)
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
@@ -324,7 +325,7 @@ def improvement_data(agent, cfg, episodes, k, seed, max_steps=None):
 
 
 def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr=1e-3, batch=32, device="cpu",
-            seed=0, n_check=16, max_steps=None, cache_dir=None, actions="any"):
+            seed=0, n_check=16, max_steps=None, cache_dir=None, actions=None):
     """One round of soft policy improvement, estimated and distilled: can the network learn pi_1 = pi_ref exp(A^ref /
     beta) / Z, whose PA predicts failure (LOG.md), from Monte Carlo estimates on training tasks
     (improvement_data, saved in out_dir and reused)? The network starts from the reference and learns, epochs
@@ -334,16 +335,18 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
       loss="regression": at each state, beta * log pi/pi_ref of each available action and of the no-op against Q,
         both centred over the state's actions (least squares: the noise of Q averages out, where exp(Q / beta)
         magnifies it).
-    actions="available": both networks write only available actions (train.py --actions), so there is no no-op.
+    actions="available": both networks write only available actions (train.py --actions), so there is no no-op;
+    None: as the reference was trained.
     Saved as out_dir/ppo.pt, then the optimum check on n_check validation tasks (it also reports the correlation
     with the exact pi_1). A diagnostic of what PA needs, not PPO. Returns the optimum check's pi_1 summary."""
     if loss not in ("ce", "regression"):
         raise ValueError(f"loss: ce or regression, not {loss!r}")
-    cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, actions=actions)
+    cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, **({} if actions is None else
+                                                                                dict(actions=actions)))
     os.makedirs(out_dir, exist_ok=True)
     agent = S.make_agent(cfg, ref, ref, enc)
     t0, gen = time.time(), torch.Generator().manual_seed(seed + 1)
-    data_path = os.path.join(out_dir, f"improve_data-{episodes}-{k}-{seed}-{max_steps or 0}-{actions}.pt")
+    data_path = os.path.join(out_dir, f"improve_data-{episodes}-{k}-{seed}-{max_steps or 0}-{cfg.actions}.pt")
     if os.path.exists(data_path):
         data = torch.load(data_path)
     else:
@@ -517,13 +520,15 @@ def main(argv):
                    "critic before PPO")
     p.add_argument("--critic", default="shared", choices=("shared", "separate"), help="with --few_tasks: the "
                    "policy's own value head, or a critic network of its own (train.py --critic)")
-    p.add_argument("--actions", default="any", choices=("any", "available"), help="with --few_tasks: any text, or "
-                   "sample only available actions (train.py --actions)")
+    p.add_argument("--actions", default=None, choices=("any", "available"), help="with --few_tasks, --improve or "
+                   "--estimates: any text, or sample only available actions (train.py --actions; default: as the "
+                   "reference was trained)")
     p.add_argument("--seed", type=int, default=0, help="with --few_tasks: the seed of its sampling and minibatches")
     p.add_argument("--ref", default="out/ref.pt", help="with --few_tasks: the reference to start from")
     p.add_argument("--out_dir", default="out/few_tasks", help="with --few_tasks: where its ppo.pt and logs go "
                    "(the reference's scores are cached in optimum_cache/ beside --ref)")
     args = p.parse_args(argv)
+    acts = {} if args.actions is None else dict(actions=args.actions)  # else as the reference was trained
     if not (args.kl_split or args.few_tasks or args.estimates or args.improve or args.cross or args.soup):
         p.error("choose one of --kl_split N, --few_tasks N, --estimates N, --improve N, --cross A,B, --soup A,B "
                 "(the tabular PPO runs are `python tabular.py`)")
@@ -542,7 +547,7 @@ def main(argv):
         if not 1 <= args.estimates <= envs.N_TASKS["valid"]:
             p.error(f"--estimates takes 1 to {envs.N_TASKS['valid']} tasks, not {args.estimates}")
         try:
-            out = estimates(args.ref, args.estimates, seed=args.seed)
+            out = estimates(args.ref, args.estimates, seed=args.seed, **acts)
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         with open(os.path.join(os.path.dirname(os.path.abspath(args.ref)), "estimates.json"), "w") as f:
@@ -557,7 +562,7 @@ def main(argv):
     if args.improve:
         try:
             improve(args.ref, args.out_dir, args.improve, loss=args.loss, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                    actions=args.actions)
+                    **acts)
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
@@ -579,7 +584,7 @@ def main(argv):
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, distil_loss=args.distil_loss,
                       distil_from=args.distil_from, distil_tasks=args.distil_tasks,
-                      distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, actions=args.actions,
+                      distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, **acts,
                       seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)))
         except M.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
