@@ -31,6 +31,7 @@ import torch
 import envs
 import model as M
 import pa
+import ppo_variants
 import optimum
 import search as S
 import tokenizer
@@ -194,7 +195,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         log += distil_optimum(policy, agent, sols, cfg, taught, distil_rounds, lr=distil_lr, max_steps=max_steps,
                               seed=seed, loss=distil_loss)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
-    critic, critic_opt = train.separate_critic(cfg, ref)
+    critic, critic_opt = ppo_variants.separate_critic(cfg, ref)
     gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
     for it in range(critic_warmup + iters):
         t0 = time.time()
@@ -251,7 +252,7 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
             row[key] = [float(adv[e, j]) for e, j in zip([e for e, ep in enumerate(eps) for _ in ep.steps], starts)]
         for k in ks:
             vals = S.mc_state_values(agent, eps, k, gen, cfg.beta, seed=10**6 * (t + 1) + 10**4 * k)
-            row[f"mc{k}"] = [float(a[0]) for per_ep in train.mc_advantages(eps, vals, cfg.beta) for a in per_ep]
+            row[f"mc{k}"] = [float(a[0]) for per_ep in ppo_variants.mc_advantages(eps, vals, cfg.beta) for a in per_ep]
             row[f"v_mc{k}"] = [v for per_ep in vals for v in per_ep]
         rows.append(row)
         print(f"[estimates] task {t}: {len(steps)} steps, " + ", ".join(

@@ -43,6 +43,7 @@ import model
 import monitor
 import optimum
 import pa
+import ppo_variants
 import prm
 import report
 import results
@@ -1857,7 +1858,7 @@ def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(pol_before, policy.parameters())), "the policy must not move"
     assert not torch.equal(head_before, critic.value_head.weight), "the critic must learn"
     critic.load_state_dict(agent.ref.state_dict())
-    train.critic_values(critic, ag, eps)
+    ppo_variants.critic_values(critic, ag, eps)
     idx, mask = model.pack([s.prompt for s in steps], [s.action for s in steps], ag.pad)
     _, v, _ = agent.ref.evaluate(idx, 1.0, action_mask=mask)
     for b, s in enumerate(steps):
@@ -2550,7 +2551,7 @@ def test_rloo_advantage_is_the_return_less_the_mean_of_the_same_tasks_others():
                                                            steps=[types.SimpleNamespace(log_ratio=x) for x in lrs])
     eps = [ep(7, 1.0, 2.0, 0.0), ep(7, 0.0, 0.0), ep(7, 0.5, -1.0), ep(9, 1.0, 0.0)]
     R = [1.0 - 0.1 * 2.0, 0.0, 0.5 + 0.1, 1.0]  # reward - beta * summed log-ratio, beta = 0.1
-    out = train.rloo_advantages(eps, beta=0.1)
+    out = ppo_variants.rloo_advantages(eps, beta=0.1)
     want = [R[0] - (R[1] + R[2]) / 2, R[1] - (R[0] + R[2]) / 2, R[2] - (R[0] + R[1]) / 2, R[3] - sum(R) / 4]
     assert [len(x) for x in out] == [2, 1, 1, 1], "one number per step"
     assert [x[0] for x in out] == pytest.approx(want) and out[0][0] == out[0][1], f"{out} vs {want}"
@@ -2561,7 +2562,7 @@ def test_mc_advantages_are_the_steps_reward_and_kl_to_go_plus_the_value_it_led_t
     step = lambda lp, ref, r: types.SimpleNamespace(logprobs=torch.tensor(lp), ref_logprobs=torch.tensor(ref), reward=r)
     ep = types.SimpleNamespace(steps=[step([-1.0, -2.0], [-1.5, -1.0], 0.0), step([-0.5], [-0.5], 0.8)])
     V, beta = [0.3, 0.6], 0.1
-    (a0, a1), = train.mc_advantages([ep], [V], beta)
+    (a0, a1), = ppo_variants.mc_advantages([ep], [V], beta)
     # step 0: log-ratios +0.5, -1.0 -> KL to go -0.5 then -1.0; it led to V = 0.6 from V = 0.3
     assert a0.tolist() == pytest.approx([0.0 + 0.05 + 0.6 - 0.3, 0.0 + 0.1 + 0.6 - 0.3])
     assert a1.tolist() == pytest.approx([0.8 - 0.0 + 0.0 - 0.6]), "after the last step the value is 0"
@@ -2604,14 +2605,14 @@ def test_consistency_targets_telescope_to_the_reward_less_the_first_value():
     step = lambda v, r: types.SimpleNamespace(values=torch.tensor([v, 9.0]), reward=r, logprobs=torch.tensor([-1.0, -2.0]),
                                               ref_logprobs=torch.tensor([-3.0, -0.5]))  # no KL in the targets
     ep = types.SimpleNamespace(steps=[step(0.2, 0.0), step(0.5, 0.0), step(0.4, 0.7)])
-    (tgt,) = train.consistency_targets([ep])
+    (tgt,) = ppo_variants.consistency_targets([ep])
     assert tgt == pytest.approx([0.5 - 0.2, 0.4 - 0.5, 0.7 + 0.0 - 0.4]), "r + V(s') - V(s), V = values[0], 0 at the end"
     assert sum(tgt) == pytest.approx(0.7 - 0.2), "summed along the episode: its reward less V(s_0)"
 
 
 def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent, enc):
     eps = search.rollout(agent, search.make_envs("shop", "train", [3, 4, 5], [0]), generator=torch.Generator().manual_seed(0))
-    steps, tgt = [s for ep in eps for s in ep.steps], torch.tensor([x for xs in train.consistency_targets(eps) for x in xs])
+    steps, tgt = [s for ep in eps for s in ep.steps], torch.tensor([x for xs in ppo_variants.consistency_targets(eps) for x in xs])
     errors = []
     for weight in (0.0, 50.0):
         cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=4", f"--consistency={weight}"]))

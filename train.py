@@ -22,7 +22,6 @@ Deliberate departures from textbook PPO, each for Proposition 1 of the paper (RE
     closely than the last iterate (README.md, "Results").
 """
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from tqdm import tqdm
 import envs
 import model as M
 import pa
+import ppo_variants
 import prm
 import report
 import search as S
@@ -404,45 +404,6 @@ def action_lambdas(episodes, lam, shape):
                                for ep in episodes], episodes, shape)
 
 
-def rloo_advantages(episodes, beta):
-    """Leave-one-out advantages, no critic: each episode's whole return R = reward - beta * sum log(pi/pi_ref),
-    less the mean R of the OTHER episodes of the same task (consecutive episodes with equal task ids), put on
-    every step. An episode alone with its task gets R less the batch mean."""
-    R = [ep.reward - beta * sum(s.log_ratio for s in ep.steps) for ep in episodes]
-    out = []
-    for _, group in itertools.groupby(zip(episodes, R), key=lambda er: er[0].task):
-        group = list(group)
-        total, n = sum(r for _, r in group), len(group)
-        out += [[r - ((total - r) / (n - 1) if n > 1 else float(np.mean(R)))] * len(ep.steps) for ep, r in group]
-    return out
-
-
-def mc_advantages(episodes, values, beta):
-    """Per-token advantages from Monte Carlo state values (--advantage=mc), no critic. values[e][t] estimates
-    V(s_t), the KL-regularised return from step t's state (search.mc_state_values with beta). Token i of step t:
-        A = r_t - beta * sum_{j >= i} log(pi/pi_ref)(token j of step t) + V(s_{t+1}) - V(s_t)
-    with V = 0 after the last step: the step's own reward and KL penalty from this token on, then the value of
-    where the step led, less the value of where it started. Returns [[(k,) tensor per step] per episode]."""
-    out = []
-    for ep, vs in zip(episodes, values):
-        rows = []
-        for t, s in enumerate(ep.steps):
-            kl_to_go = (s.logprobs - s.ref_logprobs).flip(0).cumsum(0).flip(0)
-            v_next = vs[t + 1] if t + 1 < len(ep.steps) else 0.0
-            rows.append(s.reward - beta * kl_to_go + v_next - vs[t])
-        out.append(rows)
-    return out
-
-
-def consistency_targets(episodes):
-    """[[r_t + V(s_{t+1}) - V(s_t) per step] per episode], V the critic's value of the step's state (values[0]),
-    0 after the last step. At the optimum of the KL-regularised objective, beta * log pi*/pi_ref(a|s) equals
-    this in expectation (Proposition 1), and along any episode the targets sum to its reward less V(s_0): the
-    property PA needs to predict an outcome. --consistency regresses beta * log pi/pi_ref onto them."""
-    values = [[float(s.values[0]) for s in ep.steps] for ep in episodes]
-    return [[float(a[0]) for a in rows] for rows in mc_advantages(episodes, values, 0.0)]  # beta 0: no KL term
-
-
 def whiten(x, mask, eps=1e-8):
     """Zero mean, unit variance over the masked entries. A single entry has no spread: centred only."""
     n = mask.sum()
@@ -485,7 +446,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     critic (with its own critic_opt): a separate network whose value head is the critic (--critic=separate):
     the rollouts' values are re-read from it, and the value loss trains it alone, never the policy."""
     if critic is not None:
-        critic_values(critic, agent, episodes)
+        ppo_variants.critic_values(critic, agent, episodes)
     # 1. rewards and GAE: per-token rewards and GAE over each episode's action tokens (fp32, no grad)
     exact = cfg.kl == "exact"
     kls, ref_dists = exact_kl(agent, policy, [s for ep in episodes for s in ep.steps]) if exact else (None, None)
@@ -500,7 +461,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     adv = whiten(adv, mask)
     # 2. one row per step: scatter back to (the Markov prompt + the action), the unit the model sees
     steps, s_adv, s_ret = [], [], []
-    s_tgt = [x for xs in consistency_targets(episodes) for x in xs] if cfg.consistency else None
+    s_tgt = [x for xs in ppo_variants.consistency_targets(episodes) for x in xs] if cfg.consistency else None
     for e, ep in enumerate(episodes):
         t = 0
         for s in ep.steps:
@@ -560,27 +521,6 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     out["explained_var"] = float(1 - (rr - vv).var() / rr.var().clamp(min=1e-8))
     out["first_ratio_dev"] = first_ratio
     return out
-
-
-def separate_critic(cfg, ref):
-    """(critic, its optimizer) for --critic=separate: the reference network again, its value head the critic,
-    trained on its own (saved as ppo.pt's "critic"; the policy's own head stays the reference's, and that is what
-    the report's value-TD scorer reads). (None, None) for the default shared critic."""
-    if cfg.critic != "separate":
-        return None, None
-    critic = M.copy_net(ref)
-    return critic, torch.optim.AdamW(critic.parameters(), lr=cfg.ppo_lr, eps=cfg.adam_eps, weight_decay=0.0)
-
-
-def critic_values(critic, agent, episodes):
-    """Replace each step's values (the policy's own head's, read during the rollout) with the separate critic's,
-    teacher-forced on the same (prompt, action) rows by Agent.score."""
-    steps = [s for ep in episodes for s in ep.steps]
-    rows = agent.like(critic.eval(), agent.ref).score([s.prompt for s in steps], [s.action for s in steps],
-                                                      ("policy",), [s.choices for s in steps])
-    for s, row in zip(steps, rows):
-        s.values = row["values"]
-    critic.train()
 
 
 def _iter_of(line):
@@ -661,7 +601,7 @@ def train_ppo(cfg, enc, ref):
     policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, eps=cfg.adam_eps, weight_decay=0.0)
-    critic, critic_opt = separate_critic(cfg, ref)
+    critic, critic_opt = ppo_variants.separate_critic(cfg, ref)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if resuming:
@@ -702,11 +642,11 @@ def train_ppo(cfg, enc, ref):
             episodes = S.rollout(agent, env_list, generator=sample_gen, progress=bar, keep_states=cfg.advantage == "mc")
         advantages = None
         if cfg.advantage == "rloo":
-            advantages = lambda eps: rloo_advantages(eps, cfg.beta)
+            advantages = lambda eps: ppo_variants.rloo_advantages(eps, cfg.beta)
         elif cfg.advantage == "mc":  # the values of the visited states from the policy's own re-rollouts
             mc = S.mc_state_values(agent, episodes, cfg.mc_rollouts, sample_gen, cfg.beta,
                                     seed=cfg.seed * 10**7 + it * 10**5)
-            advantages = lambda eps: mc_advantages(eps, mc, cfg.beta)
+            advantages = lambda eps: ppo_variants.mc_advantages(eps, mc, cfg.beta)
         policy.train()
         t1 = time.time()
         critic_only = it < cfg.critic_warmup
