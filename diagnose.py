@@ -264,12 +264,11 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     out = dict(ref=ref_path, n_tasks=n_tasks, n_samples=n_samples, steps=len(cat("aref")),
                advantage={k: corr(k, "aref") for k in ["gae", "gae_lam1"] + [f"mc{k}" for k in ks]},
                value={k: corr(k, "vref") for k in ["critic"] + [f"v_mc{k}" for k in ks]})
-    kinds = np.array(cat("kind"))
-    within = lambda key, m: dict(pearson=optimum.pearson(np.array(cat(key))[m], np.array(cat("aref"))[m]),
-                                 slope=slope(np.array(cat(key))[m], np.array(cat("aref"))[m]))
-    out["by_kind"] = {k: dict(steps=int((kinds == k).sum()), aref_sd=float(np.array(cat("aref"))[kinds == k].std()),
-                              **{e: within(e, kinds == k) for e in out["advantage"]})
-                      for k in sorted(set(kinds.tolist()), key=lambda k: -(kinds == k).sum())}
+    kinds, aref = np.array(cat("kind")), np.array(cat("aref"))
+    est = {e: np.array(cat(e)) for e in out["advantage"]}
+    within = lambda m: dict(steps=int(m.sum()), aref_sd=float(aref[m].std()), **{
+        e: dict(pearson=optimum.pearson(x[m], aref[m]), slope=slope(x[m], aref[m])) for e, x in est.items()})
+    out["by_kind"] = {k: within(kinds == k) for k in sorted(set(kinds.tolist()), key=lambda k: (-(kinds == k).sum(), k))}
     for what, d in (("A^ref", out["advantage"]), ("V^ref", out["value"])):
         print(f"[estimates] Pearson with the exact {what} on {out['steps']} steps (slope on it): " + ", ".join(
             f"{k} {x['pearson']:+.3f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}] ({x['slope']:+.2f})" for k, x in d.items()))

@@ -184,7 +184,7 @@ def _by_kind(p, o, kinds):
     click, buy, ...), with each kind's spread on both sides: which decisions PPO has learnt, and which not."""
     return {k: dict(steps=int((kinds == k).sum()), pearson=pearson(p[kinds == k], o[kinds == k]),
                     opt_sd=float(o[kinds == k].std()), ppo_sd=float(p[kinds == k].std()))
-            for k in sorted(set(kinds.tolist()), key=lambda k: -(kinds == k).sum())}
+            for k in sorted(set(kinds.tolist()), key=lambda k: (-(kinds == k).sum(), k))}
 
 
 def _all_actions(agent, sol, steps):

@@ -2674,7 +2674,8 @@ def test_slope_is_the_share_of_a_true_difference_that_reaches_the_estimate():
 def test_improve_estimates_one_round_and_distils_it(tiny_run, tmp_path):
     out = diagnose.improve(str(tiny_run / "ref.pt"), str(tmp_path), episodes=2, k=2, epochs=1, n_check=1, max_steps=3,
                            cache_dir=tmp_path / "cache")
-    data = torch.load(next(tmp_path.glob("improve_data-*.pt")))
+    made_with = model.load_checkpoint(str(tiny_run / "ref.pt"))["train_config"]["actions"]
+    data = torch.load(next(tmp_path.glob(f"improve_data-*-{made_with}.pt")))  # sampled as the reference was trained
     assert data and all(len(acts) == len(p) == len(q) for _, acts, p, q, _ in data), "one pi_ref and Q per action"
     assert all(sum(p) <= 1 + 1e-6 and all(0 <= x <= 1 for x in q + [qn]) for _, _, p, q, qn in data), \
         "pi_ref of the available actions sums to at most 1; Q is a mean final reward"
