@@ -176,6 +176,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         raise ValueError(f"start: reference or optimum, not {start!r}")
     if iters < (1 if start == "reference" else 0):
         raise ValueError(f"iters: at least 1 from the reference (0 is allowed from the optimum), not {iters}")
+    if advantages == "exact":  # pi*'s exact advantage holds the KL term: the exact KL's loss would count it twice
+        overrides["kl"] = "sampled"  # (the sampled KL lives only in the reward, which these advantages replace)
     cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, ppo_iters=iters,
                                episodes_per_iter=episodes, **overrides)
     os.makedirs(out_dir, exist_ok=True)

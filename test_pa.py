@@ -2650,6 +2650,7 @@ def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, t
     log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=2, episodes=8,
                              advantages="exact", max_steps=3)
     assert len(log) == 2 and log[0]["first_ratio_dev"] < 1e-4, f"two iterations, the first ratio exactly 1: {log}"
+    assert "kl_loss" not in log[0], "the exact advantages hold the KL term; no KL loss is added on top"
     O = json.loads((tmp_path / "optimum.json").read_text())
     assert O["n"] == 2 and O["log_ratio"]["steps"] > 0, "the optimum check ran on the same two tasks"
     assert (tmp_path / "ppo.pt").exists() and (tmp_path / "few_tasks_log.json").exists(), os.listdir(tmp_path)
