@@ -270,7 +270,7 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     est = {e: np.array(cat(e)) for e in out["advantage"]}
     within = lambda m: dict(steps=int(m.sum()), aref_sd=float(aref[m].std()), **{
         e: dict(pearson=optimum.pearson(x[m], aref[m]), slope=slope(x[m], aref[m])) for e, x in est.items()})
-    out["by_kind"] = {k: within(kinds == k) for k in sorted(set(kinds.tolist()), key=lambda k: (-(kinds == k).sum(), k))}
+    out["by_kind"] = {k: within(m) for k, m in optimum.kind_masks(kinds).items()}
     for what, d in (("A^ref", out["advantage"]), ("V^ref", out["value"])):
         print(f"[estimates] Pearson with the exact {what} on {out['steps']} steps (slope on it): " + ", ".join(
             f"{k} {x['pearson']:+.3f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}] ({x['slope']:+.2f})" for k, x in d.items()))

@@ -179,12 +179,17 @@ def _state_kl(sol, state, log_ratio):
     return sum(p * math.exp(x) * x for x, p in ((log_ratio(state, a), p) for a, p in sol.ref_terms(state)))
 
 
+def kind_masks(kinds):
+    """{kind: boolean mask} for an array of kinds of step (envs.step_kind), the most frequent first (ties by name)."""
+    masks = {k: kinds == k for k in set(kinds.tolist())}
+    return {k: masks[k] for k in sorted(masks, key=lambda k: (-masks[k].sum(), k))}
+
+
 def _by_kind(p, o, kinds):
     """PPO's log-ratio against the optimum's within each kind of step (envs.step_kind: search, item click, option
     click, buy, ...), with each kind's spread on both sides: which decisions PPO has learnt, and which not."""
-    return {k: dict(steps=int((kinds == k).sum()), pearson=pearson(p[kinds == k], o[kinds == k]),
-                    opt_sd=float(o[kinds == k].std()), ppo_sd=float(p[kinds == k].std()))
-            for k in sorted(set(kinds.tolist()), key=lambda k: (-(kinds == k).sum(), k))}
+    return {k: dict(steps=int(m.sum()), pearson=pearson(p[m], o[m]), opt_sd=float(o[m].std()), ppo_sd=float(p[m].std()))
+            for k, m in kind_masks(kinds).items()}
 
 
 def _all_actions(agent, sol, steps):

@@ -1682,6 +1682,12 @@ def test_residual_split_of_a_log_ratio_that_follows_the_optimum_and_of_one_whose
     assert math.isnan(optimum.residual_split([np.zeros(2)], [np.zeros(2)], [1.0])["slope"]), "nothing to fit"
 
 
+def test_kind_masks_list_the_most_frequent_kind_first_and_ties_by_name():
+    masks = optimum.kind_masks(np.array(["item", "buy", "item", "back"]))
+    assert list(masks) == ["item", "back", "buy"], list(masks)
+    assert masks["item"].tolist() == [True, False, True, False] and masks["buy"].tolist() == [False, True, False, False]
+
+
 def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     cache = str(tmp_path / "optimum_cache")
     O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3,
