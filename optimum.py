@@ -203,9 +203,9 @@ def _all_actions(agent, sol, steps):
     prompts = [p for p, acts, _ in states for _ in acts]
     actions = [tokenizer.encode_action(agent.enc, a) for _, acts, _ in states for a in acts]
     rows = agent.score(prompts, actions, ("policy", "ref"), [tuple(acts) for _, acts, _ in states for _ in acts])
-    out, k = dict(ppo=[], opt=[], imp=[], ref=[], state_kl=[], noop=[], best=[], best_logprob=[], best_opt=[],
-                  best_imp=[]), 0
-    for _, acts, state in states:
+    out, k = dict(ppo=[], opt=[], imp=[], ref=[], kind=[], state=[], state_kl=[], noop=[], best=[], best_logprob=[],
+                  best_opt=[], best_imp=[]), 0
+    for i, (_, acts, state) in enumerate(states):
         lr = [float((r["logprobs"] - r["ref_logprobs"]).sum()) for r in rows[k:k + len(acts)]]
         ref = [float(r["ref_logprobs"].sum()) for r in rows[k:k + len(acts)]]
         k += len(acts)
@@ -217,8 +217,30 @@ def _all_actions(agent, sol, steps):
         opt, imp = [sol.log_ratio(state, a) for a in acts], [sol.improved_log_ratio(state, a) for a in acts]
         for name, xs in (("ppo", lr), ("ref", ref), ("opt", opt), ("imp", imp)):
             out[name] += list(np.asarray(xs) - np.mean(xs))
+        out["kind"] += [envs.step_kind(a, acts) for a in acts]
+        out["state"] += [i] * len(acts)
         for name, xs in (("best", lr), ("best_logprob", np.add(lr, ref)), ("best_opt", opt), ("best_imp", imp)):
             out[name].append(float(np.max(xs)))
+    return out
+
+
+def _all_actions_by_kind(T):
+    """Over every available action of the visited states, within each kind of action: PPO's log-ratio against the
+    optimum's, each centred over the actions of that kind at the same state (which item, which option: the choice
+    among alternatives, wherever PPO's own samples went), and the reference's log-prob against the optimum's (what
+    a policy that only sharpened the reference would show). States with one action of a kind do not count."""
+    cat = lambda key: np.concatenate([np.asarray(t["all_actions"][key]) for t in T])
+    group = np.concatenate([[f"{j}/{s}" for s in t["all_actions"]["state"]] for j, t in enumerate(T)])
+    kinds, out = cat("kind"), {}
+    for kind, m in kind_masks(kinds).items():
+        cols = {name: cat(name)[m] for name in ("ppo", "opt", "ref")}
+        _, inv, counts = np.unique(group[m], return_inverse=True, return_counts=True)
+        keep = counts[inv] > 1
+        for name, x in cols.items():  # centre within (state, kind)
+            cols[name] = (x - np.bincount(inv, x)[inv] / counts[inv])[keep]
+        out[kind] = dict(rows=int(keep.sum()), states=int((counts > 1).sum()),
+                         pearson_optimum=pearson(cols["ppo"], cols["opt"]),
+                         sharpening_optimum=pearson(cols["ref"], cols["opt"]))
     return out
 
 
@@ -314,7 +336,9 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob");
       - minus the summed gap between each step and the best available action at its state (search's "pa_gap"), by
         PPO's log-ratio ("gap"), by its log-prob ("gap_logprob"), and by pi*'s and pi_1's ("gap_opt", "gap_imp").
-      - PPO's log-ratio against pi*'s within each kind of step ("by_kind": search, item click, buy, ...);
+      - PPO's log-ratio against pi*'s within each kind of step ("by_kind": search, item click, buy, ...), on the
+        sampled steps and over every available action, centred within its kind at each state (which item of a
+        results page, which option; "all_actions" "by_kind");
       - PPO's log-ratio split into its fit on pi*'s and a residual (residual_split): the failure AUROC of each
         part's sum, and of the fit plus independent noise of the residual's size, or a fraction of it ("residual").
     ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (search.load_run).
@@ -358,7 +382,8 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                              pearson_improved_sampled=pearson(p, imp), rows=len(cat("all_actions", "ppo")),
                              sharpening_improved=pearson(cat("all_actions", "ref"), cat("all_actions", "imp")),
                              pearson_improved_ci=ci(lambda idx: pearson(cat("all_actions", "ppo", idx),
-                                                                        cat("all_actions", "imp", idx)))),
+                                                                        cat("all_actions", "imp", idx))),
+                             by_kind=_all_actions_by_kind(T)),
          "by_improved": _by_improved(p, imp),
          "by_kind": _by_kind(p, o, np.array(cat("steps", "kind"))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
@@ -399,6 +424,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     print("[optimum] within each kind of step, PPO's log-ratio vs the optimum's (Pearson; sd of each, nats): " +
           "; ".join(f"{k} ({b['steps']} steps) {b['pearson']:+.2f} ({b['ppo_sd']:.2f}, {b['opt_sd']:.2f})"
                     for k, b in O["by_kind"].items()))
+    print("[optimum] over every available action, within each kind at each state (Pearson with the optimum's; of the "
+          "reference's log-prob, the sharpening control, in brackets): " +
+          "; ".join(f"{k} ({b['rows']} actions at {b['states']} states) {b['pearson_optimum']:+.2f} "
+                    f"({b['sharpening_optimum']:+.2f})" for k, b in aa["by_kind"].items() if b["states"]))
     print("[optimum] PPO's log-ratio on its sampled steps, by pi_1's log-ratio of the same step: " + "; ".join(
         f"{name} ({b['steps']} steps, pi_1 {b['imp']:+.2f}): {b['ppo']:+.2f} (sd {b['ppo_sd']:.2f})"
         for name, b in O["by_improved"].items()))

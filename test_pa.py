@@ -1688,6 +1688,19 @@ def test_kind_masks_list_the_most_frequent_kind_first_and_ties_by_name():
     assert masks["item"].tolist() == [True, False, True, False] and masks["buy"].tolist() == [False, True, False, False]
 
 
+def test_all_actions_by_kind_compares_the_choice_among_alternatives_at_each_state():
+    # task 0, state 0: three items and one back; task 1, state 0: two items. PPO = the optimum + a shift per state,
+    # so within (task, state, kind) the two agree exactly; the reference ranks each state's items the other way.
+    aa = lambda ppo, opt, ref, kind: dict(ppo=ppo, opt=opt, ref=ref, kind=kind, state=[0] * len(kind))
+    T = [dict(all_actions=aa([11, 12, 13, 0], [1, 2, 3, 0], [3, 2, 1, 0], ["item", "item", "item", "back"])),
+         dict(all_actions=aa([-100, -95], [0, 5], [5, 0], ["item", "item"]))]
+    out = optimum._all_actions_by_kind(T)
+    assert out["item"]["rows"] == 5 and out["item"]["states"] == 2, "the same state index in two tasks: two states"
+    assert out["item"]["pearson_optimum"] == pytest.approx(1.0), "centred per state, not over the tasks together"
+    assert out["item"]["sharpening_optimum"] == pytest.approx(-1.0)
+    assert out["back"]["rows"] == 0 and out["back"]["states"] == 0, "one action of a kind is no choice"
+
+
 def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     cache = str(tmp_path / "optimum_cache")
     O = optimum.optimum_check(str(tiny_run / "ppo.pt"), str(tmp_path), device="cpu", n=2, n_samples=2, max_steps=3,
@@ -1709,6 +1722,8 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     assert sum(b["steps"] for b in O["by_improved"].values()) == O["log_ratio"]["steps"], "each step in one group"
     assert sum(b["steps"] for b in O["by_kind"].values()) == O["log_ratio"]["steps"], "each step of one kind"
     assert set(O["by_kind"]) <= {"search", "item", "option", "buy", "back", "page", "detour", "invalid", "other"}
+    by_kind = O["all_actions"]["by_kind"]
+    assert sum(b["rows"] for b in by_kind.values()) <= O["all_actions"]["rows"], "rows with alternatives of their kind"
     r = O["residual"]
     assert [x["scale"] for x in r["noise"]] in ([], [1.0, 0.5, 0.25]), r
     if r["slope"] > 0:  # the fitted part's sum ranks episodes as pi*'s own does (as text: nan == nan)
