@@ -1753,6 +1753,8 @@ def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
     kl, noop = out.pop("state_kl"), out.pop("noop")
     best = {k: out.pop(k) for k in ("best", "best_logprob", "best_opt", "best_imp")}
     assert best["best_opt"] == [8, 10] and best["best_imp"] == [-8, -8], "each state's best action, uncentred"
+    assert out.pop("state") == [0, 0, 1, 1, 1], "each row's state"
+    assert out.pop("kind") == ["option"] * 4 + ["search"], "each row's kind, the state's actions in sorted order"
     assert all(len(xs) == 5 for xs in out.values()), "one row per available action of each state"
     assert all(abs(sum(xs[:2])) < 1e-9 and abs(sum(xs[2:])) < 1e-9 for xs in out.values()), "centred per state"
     assert out["opt"][:2] == pytest.approx([0.0, 0.0]) and out["imp"][2:] == pytest.approx([1 / 3, 1 / 3, -2 / 3]), out
