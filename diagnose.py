@@ -28,12 +28,12 @@ import time
 import numpy as np
 import torch
 
+import agents
 import envs
 import model as M
 import pa
 import ppo_variants
 import optimum
-import search as S
 import tokenizer
 import train
 
@@ -43,8 +43,8 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
     the sampled log-ratio summed per kind of step (per episode), and, at every visited state, over ALL its
     available actions, whether log pi/pi_ref follows the reference's own preferences (sharpening: Spearman with
     log pi_ref) or the oracle's advantage (reweighting: Spearman with A*), plus how often the argmax moved."""
-    agent, env_name, _, _ = S.load_agent(ckpt, device=device)
-    eps = S.rollout(agent, S.make_envs(env_name, "valid", range(n_tasks), range(n_samples)),
+    agent, env_name, _, _ = agents.load_agent(ckpt, device=device)
+    eps = agents.rollout(agent, agents.make_envs(env_name, "valid", range(n_tasks), range(n_samples)),
                     generator=torch.Generator().manual_seed(0), oracle=True, keep_states=True)
     per_kind, total = {}, float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps]))
     for ep in eps:
@@ -53,7 +53,7 @@ def kl_split(ckpt, n_tasks, n_samples=4, device="cpu"):
             per_kind[kind] = per_kind.get(kind, 0.0) + st.log_ratio / len(eps)
     states = [st.env for ep in eps for st in ep.steps]
     sharpen, reweight, moved = [], [], []
-    for env, cands in zip(states, S.score_actions(agent, states)):
+    for env, cands in zip(states, agents.score_actions(agent, states)):
         lp, ref = (np.array([float(getattr(c, k).sum()) for c in cands]) for k in ("logprobs", "ref_logprobs"))
         lr = np.array([c.log_ratio for c in cands])
         adv = np.array([env.q_star(c.text) - env.optimal_value() for c in cands])
@@ -97,7 +97,7 @@ def distil_optimum(policy, agent, sols, cfg, tasks, rounds=10, episodes=64, lr=1
         env_list = [envs.make_env(cfg.env, "valid", tasks[i % len(tasks)], 10**6 + r * episodes + i, max_steps)
                     for i in range(episodes)]
         policy.eval()
-        eps = S.rollout(agent, env_list, generator=sample_gen, keep_states=True)
+        eps = agents.rollout(agent, env_list, generator=sample_gen, keep_states=True)
         targets = {}  # each visited state once: its actions' rows and the no-op's log pi*(no-op | s)
         for ep in eps:
             for st in ep.steps:
@@ -183,7 +183,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     os.makedirs(out_dir, exist_ok=True)
     policy = train.build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict())
-    agent = S.make_agent(cfg, policy, ref, enc)
+    agent = agents.make_agent(cfg, policy, ref, enc)
     cache_dir = cache_dir or optimum.default_cache_dir(ref_path)
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     solve = lambda t: envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(
@@ -203,7 +203,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         t0 = time.time()
         env_list = [envs.make_env(cfg.env, "valid", i % n_tasks, it * episodes + i, max_steps) for i in range(episodes)]
         policy.eval()
-        eps = S.rollout(agent, env_list, generator=sample_gen, keep_states=True)
+        eps = agents.rollout(agent, env_list, generator=sample_gen, keep_states=True)
         steps = [(ep.task, st) for ep in eps for st in ep.steps]
         mine = [st.log_ratio for _, st in steps]
         target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
@@ -234,14 +234,14 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     estimate on the truth; "by_kind": each advantage estimator within each kind of step (envs.step_kind), which
     decisions it knows. overrides: train.Config fields (actions). Returns the dict it prints."""
     cfg, enc, ref = _reference(ref_path, device, **overrides)
-    agent = S.make_agent(cfg, ref, ref, enc)
+    agent = agents.make_agent(cfg, ref, ref, enc)
     cache_dir = cache_dir or optimum.default_cache_dir(ref_path)
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     gen, rows = torch.Generator().manual_seed(seed), []
     for t in range(n_tasks):
         sol = envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(
             optimum.reference_probs(agent, cache(t)), cfg.beta)
-        eps = S.rollout(agent, [envs.make_env(cfg.env, "valid", t, s, max_steps) for s in range(n_samples)],
+        eps = agents.rollout(agent, [envs.make_env(cfg.env, "valid", t, s, max_steps) for s in range(n_samples)],
                         generator=gen, keep_states=True)
         steps = [st for ep in eps for st in ep.steps]
         row = dict(task=t, aref=[sol.ref_advantage(st.env.state, st.text) for st in steps],
@@ -253,7 +253,7 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
             adv, _ = train.gae(r, v, mask, cfg.gamma, lam)
             row[key] = [float(adv[e, j]) for e, j in zip([e for e, ep in enumerate(eps) for _ in ep.steps], starts)]
         for k in ks:
-            vals = S.mc_state_values(agent, eps, k, gen, cfg.beta, seed=10**6 * (t + 1) + 10**4 * k)
+            vals = agents.mc_state_values(agent, eps, k, gen, cfg.beta, seed=10**6 * (t + 1) + 10**4 * k)
             row[f"mc{k}"] = [float(a[0]) for per_ep in ppo_variants.mc_advantages(eps, vals, cfg.beta) for a in per_ep]
             row[f"v_mc{k}"] = [v for per_ep in vals for v in per_ep]
         rows.append(row)
@@ -295,7 +295,7 @@ def improvement_data(agent, cfg, episodes, k, seed, max_steps=None):
     the episode. Returns [(prompt, [action texts], [pi_ref of each], [Q of each], Q of the no-op)] per state."""
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     tasks = rng.integers(10**9, size=(episodes, 2))
-    eps = S.rollout(agent, [envs.make_env(cfg.env, "train", int(t), int(sd), max_steps) for t, sd in tasks],
+    eps = agents.rollout(agent, [envs.make_env(cfg.env, "train", int(t), int(sd), max_steps) for t, sd in tasks],
                     generator=gen, keep_states=True)
     states = [st for ep in eps for st in ep.steps]
     noop = [] if agent.constrained else [envs.Env.invalid]  # a constrained reference writes no other text
@@ -313,7 +313,7 @@ def improvement_data(agent, cfg, episodes, k, seed, max_steps=None):
             cc = c.clone()
             cc.rng = np.random.default_rng([seed, j, m + 1])
             clones.append(cc)
-    outs = S.rollout(agent, clones, generator=gen, fresh=False)
+    outs = agents.rollout(agent, clones, generator=gen, fresh=False)
     for n, key in enumerate(after):
         q[key] = float(np.mean([o.reward for o in outs[n * k:(n + 1) * k]]))
     out = []
@@ -346,7 +346,7 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
     cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, **({} if actions is None else
                                                                                 dict(actions=actions)))
     os.makedirs(out_dir, exist_ok=True)
-    agent = S.make_agent(cfg, ref, ref, enc)
+    agent = agents.make_agent(cfg, ref, ref, enc)
     t0, gen = time.time(), torch.Generator().manual_seed(seed + 1)
     data_path = os.path.join(out_dir, f"improve_data-{episodes}-{k}-{seed}-{max_steps or 0}-{cfg.actions}.pt")
     if os.path.exists(data_path):
@@ -404,8 +404,8 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
     set against pi*'s at that step (Pearson over every sampled step, as the optimum check's): the same steps read
     by a network that did not choose them. Returns the AUROCs, the Pearsons, the success rate and every episode's
     scores."""
-    run_ = S.load_run(sampler_path, None, device, seed=seed)
-    others = [S.load_agent(p, None, device)[0] for p in scorer_paths]
+    run_ = agents.load_run(sampler_path, None, device, seed=seed)
+    others = [agents.load_agent(p, None, device)[0] for p in scorer_paths]
     agent, beta = run_.ppo, run_.ppo.beta
     cache = optimum.optimum_cache(run_.ref_path, agent.temperature, max_steps,
                                   cache_dir or optimum.default_cache_dir(run_.ref_path), agent.constrained)
@@ -414,7 +414,7 @@ def cross_scores(sampler_path, scorer_paths, n_tasks=16, n_samples=8, device="cp
     for t in range(n_tasks):
         sol = envs.make_env(run_.env_name, "valid", t, 0, max_steps).soft_solution(
             optimum.reference_probs(agent, cache(t)), beta)
-        eps = S.rollout(agent, [envs.make_env(run_.env_name, "valid", t, s, max_steps) for s in range(n_samples)],
+        eps = agents.rollout(agent, [envs.make_env(run_.env_name, "valid", t, s, max_steps) for s in range(n_samples)],
                         generator=run_.gen, keep_states=True)
         for ep in eps:
             for path, other in zip(scorer_paths, others):

@@ -7,7 +7,7 @@ score and the threshold for each budget) made on the validation split first.
 
 Evaluated offline and exactly: the greedy episodes are rolled out once with a copy of every state; a monitor
 that fires at step t leaves the agent's actions before t unchanged (greedy), so its episode is those t steps
-followed by the expert from the saved state t. search.rollout(..., monitor=search.halting_monitor(...)) runs the
+followed by the expert from the saved state t. agents.rollout(..., monitor=search.halting_monitor(...)) runs the
 same monitor online. A scorer that needs the action executed (value_td) can only hand over one step later.
 
     python monitor.py --ckpt out/ppo_avg.pt        # monitor.json and monitor.md beside the checkpoint
@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+import agents
 import pa
 import report
 import search as S
@@ -41,7 +42,7 @@ class Episodes:
     def expert_success(self, i, t):
         if (i, t) not in self._expert:
             env = self.eps[i].steps[t].env.clone()
-            self._expert[(i, t)] = S.expert_finish(env)[0] == 1.0
+            self._expert[(i, t)] = agents.expert_finish(env)[0] == 1.0
         return self._expert[(i, t)]
 
     def running(self, sel, how):
@@ -91,7 +92,7 @@ def choose(V, sel, budgets):
 def check(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, n_test=200, seed=0):
     """Write monitor.json and monitor.md (beside the checkpoint unless out_dir). Returns the dict."""
     out_dir = out_dir or os.path.dirname(os.path.abspath(ppo_path))
-    run_ = S.load_run(ppo_path, None, device, batch_size, seed)
+    run_ = agents.load_run(ppo_path, None, device, batch_size, seed)
     rng = random.Random(seed)
     V, T = Episodes(run_, "valid", n_valid, rng), Episodes(run_, "test", n_test, rng)
     R = dict(env=run_.env_name, n_valid=n_valid, n_test=n_test, budgets=list(BUDGETS), headline=HEADLINE,

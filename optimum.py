@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+import agents
 import envs
 import pa
 import search as S
@@ -120,7 +121,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
                ref_success=sol.expect(s0, "reference")[0])
     row["imp_success"], _, row["imp_kl"] = sol.expect(s0, "improved")
     samples = [envs.make_env(run_.env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
-    eps = S.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
+    eps = agents.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
     row["steps"] = dict(ppo=[st.log_ratio for ep in eps for st in ep.steps],
                         opt=[sol.log_ratio(st.env.state, st.text) for ep in eps for st in ep.steps],
                         astar=[st.qstar - st.vstar for ep in eps for st in ep.steps],
@@ -134,7 +135,7 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
     noop = row["all_actions"].pop("noop")  # PA of an invalid step read as the no-op's: one number for every such text
     best = {k: row["all_actions"].pop(k) for k in ("best", "best_logprob", "best_opt", "best_imp")}
     for st, x in zip(flat, noop):
-        st.noop_log_ratio = None if st.valid else x  # as search.read_noop leaves it, from the same scores
+        st.noop_log_ratio = None if st.valid else x  # as agents.read_noop leaves it, from the same scores
     merged = S.noop_ratio(flat, "noop")
     row["steps"]["noop"] = merged  # pi*'s log-ratio of any invalid text is already the no-op's (SoftSolution.log_ratio)
     row["trajs"] = dict(ppo=[beta * sum(st.log_ratio for st in ep.steps) for ep in eps],
@@ -211,7 +212,7 @@ def _all_actions(agent, sol, steps):
         k += len(acts)
         p = np.exp(np.add(lr, ref))
         rest_p = 1.0 - p.sum()
-        noop = S.noop_log_ratio(rest_p, 1.0 - np.exp(ref).sum())
+        noop = agents.noop_log_ratio(rest_p, 1.0 - np.exp(ref).sum())
         out["state_kl"].append(float(p @ np.asarray(lr)) + (0.0 if math.isnan(noop) else rest_p * noop))
         out["noop"].append(noop)
         opt, imp = [sol.log_ratio(state, a) for a in acts], [sol.improved_log_ratio(state, a) for a in acts]
@@ -341,7 +342,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         results page, which option; "all_actions" "by_kind");
       - PPO's log-ratio split into its fit on pi*'s and a residual (residual_split): the failure AUROC of each
         part's sum, and of the fit plus independent noise of the residual's size, or a fraction of it ("residual").
-    ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (search.load_run).
+    ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (agents.load_run).
     With scales (say 1, 1.5, 2), the PPO network is also scored at every reachable state, and pi_s, the policy
     moved s times as far along its own log-ratio (scaled_log_ratio; s = 1: the policy itself), gets its exact
     success and KL and, on n_exact episodes per task drawn from it without the network, the Pearson correlation
@@ -352,7 +353,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     scores are cached in cache_dir (default: optimum_cache/ beside the reference file) under the reference file's
     hash and the temperature, so later checks of other policies with the same reference, in any out_dir, only
     sample and compare."""
-    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
+    run_ = agents.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
     cache_dir = cache_dir or default_cache_dir(run_.ref_path)
     cache = optimum_cache(run_.ref_path, run_.ppo.temperature, max_steps, cache_dir, run_.ppo.constrained)
     pcache = optimum_cache(ppo_path, run_.ppo.temperature, max_steps, cache_dir,

@@ -5,7 +5,7 @@ against the default on the optimum check (LOG.md) and none became the default; t
 reads as the default recipe.
 
     --advantage=rloo        rloo_advantages: each episode's return less its task's other episodes' mean, no critic
-    --advantage=mc          mc_advantages: values of the visited states from re-rollouts (search.mc_state_values)
+    --advantage=mc          mc_advantages: values of the visited states from re-rollouts (agents.mc_state_values)
     --consistency=W         consistency_targets: beta * log pi/pi_ref(a|s) regressed onto r + V(s') - V(s)
     --critic=separate       separate_critic, critic_values: a copy of the reference network as the critic
 """
@@ -31,7 +31,7 @@ def rloo_advantages(episodes, beta):
 
 def mc_advantages(episodes, values, beta):
     """Per-token advantages from Monte Carlo state values (--advantage=mc), no critic. values[e][t] estimates
-    V(s_t), the KL-regularised return from step t's state (search.mc_state_values with beta). Token i of step t:
+    V(s_t), the KL-regularised return from step t's state (agents.mc_state_values with beta). Token i of step t:
         A = r_t - beta * sum_{j >= i} log(pi/pi_ref)(token j of step t) + V(s_{t+1}) - V(s_t)
     with V = 0 after the last step: the step's own reward and KL penalty from this token on, then the value of
     where the step led, less the value of where it started. Returns [[(k,) tensor per step] per episode]."""

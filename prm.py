@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import agents
 import envs
 import model as M
 import pa
@@ -164,7 +165,7 @@ def compare(ppo_path, out_dir=None, device="auto", batch_size=256, n_valid=100, 
     """Write prm.json and prm.md (the table) beside the checkpoint, or into out_dir. Returns the dict."""
     folder = os.path.dirname(os.path.abspath(ppo_path))
     out_dir = out_dir or folder
-    run_ = S.load_run(ppo_path, None, device, batch_size, seed)
+    run_ = agents.load_run(ppo_path, None, device, batch_size, seed)
     extra, rng = scorers(folder, run_), random.Random(seed)
     agent = run_.ppo
     valid = run_.episodes(agent, "valid", range(n_valid), range(N_SAMPLES), read=False)  # step_table's scorers
@@ -213,9 +214,9 @@ def training_episodes(cfg, enc, policy, ref):
     rng = random.Random(cfg.seed + 7)
     env_list = [envs.make_env(cfg.env, "train", rng.randrange(10**9), rng.randrange(10**9))
                 for _ in range(cfg.prm_episodes)]
-    agent = S.make_agent(cfg, policy.eval(), ref.eval(), enc)
+    agent = agents.make_agent(cfg, policy.eval(), ref.eval(), enc)
     with tqdm(total=cfg.prm_episodes * 5, desc="prm rollouts", leave=False) as bar:
-        return S.rollout(agent, env_list, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 7),
+        return agents.rollout(agent, env_list, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 7),
                          oracle=True, progress=bar)
 
 

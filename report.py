@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import agents
 import envs
 import model as M
 import optimum
@@ -110,12 +111,12 @@ def attribution_steps(ep, delta=envs.DELTA):
 def fidelity_top1(agent, states, beta):
     """At each state, score EVERY available action and check whether each scorer's favourite is an
     optimal action (Q* within 1e-9 of V*). Returns {selector: top-1 agreement}."""
-    per_state = S.score_actions(agent, states)
+    per_state = agents.score_actions(agent, states)
     rng, out = random.Random(0), {}
     for sel in [s for s, x in S.SELECTORS.items() if x.before_acting and s != "oracle"]:
         hits = []
         for env, cands in zip(states, per_state):
-            sc = [S.step_scores(S.Episode(0, 0, False, [c]), sel, beta, rng)[0] for c in cands]
+            sc = [S.step_scores(agents.Episode(0, 0, False, [c]), sel, beta, rng)[0] for c in cands]
             best = cands[int(np.argmax(sc))].text
             q = env.optimal_q()
             hits.append(q[best] >= max(q.values()) - 1e-9)
@@ -129,10 +130,10 @@ def run(ppo_path, out_dir, ref_path=None, device="auto", batch_size=256, rc=None
     """Write the evaluation report of a PPO checkpoint (and its reference) to out_dir. Every section below
     fills its part of the report R; they run in this order, which fixes each one's random draws.
     pa_ref: another checkpoint as PA's reference; ratio_scale: the policy moved along its log-ratio (both:
-    search.load_run); the report names them."""
+    agents.load_run); the report names them."""
     rc = rc or ReportConfig()
     t_start = time.time()
-    run_ = S.load_run(ppo_path, ref_path, device, batch_size, rc.seed, pa_ref, ratio_scale)
+    run_ = agents.load_run(ppo_path, ref_path, device, batch_size, rc.seed, pa_ref, ratio_scale)
     run_.gap = rc.gap
     R = {"env": run_.env_name, "beta": run_.ppo.beta, "config": {k: v for k, v in vars(rc).items()},
          "pa_ref": os.path.basename(pa_ref) if pa_ref else "ref.pt", "ratio_scale": ratio_scale}
@@ -168,9 +169,9 @@ def policies_section(R, run_, rc, test):
     samples = run_.episodes(run_.ppo, "test", test[:rc.n_bon], range(rc.n_samples))
     groups = [samples[i * rc.n_samples:(i + 1) * rc.n_samples] for i in range(rc.n_bon)]
     oracle_eps = []
-    for env in S.make_envs(run_.env_name, "test", test, [0]):
+    for env in agents.make_envs(run_.env_name, "test", test, [0]):
         env.reset()
-        ep = S.Episode(env.task_id, env.seed, env.unseen)
+        ep = agents.Episode(env.task_id, env.seed, env.unseen)
         while not env.done:
             _, ep.reward, _, _ = env.step(envs.expert_action(env))
         oracle_eps.append(ep)
@@ -305,7 +306,7 @@ def monte_carlo_section(R, run_, rc, eps, how_pa, test):
             s.env = env.clone()
             env.step(s.text)
     fp0 = agent.forward_passes
-    mcv = S.mc_state_values(agent, mc_eps, rc.mc_rollouts, run_.gen)
+    mcv = agents.mc_state_values(agent, mc_eps, rc.mc_rollouts, run_.gen)
     mc_fp = agent.forward_passes - fp0
     k, mc_sc = 0, []
     for g in mc_groups:
@@ -334,7 +335,7 @@ def beam_section(R, run_, rc, samples, rng, test, valid):
     grid = [(b, rc.beam_budget // b) for b in (1, 2, 4, 8) if rc.beam_budget % b == 0]
     vb = {}
     for B, K in grid:
-        best, _ = S.beam_search(agent, S.make_envs(env_name, "valid", valid[:rc.n_beam_valid], [0]), B, K, "pa",
+        best, _ = S.beam_search(agent, agents.make_envs(env_name, "valid", valid[:rc.n_beam_valid], [0]), B, K, "pa",
                                 run_.gen, rng)
         vb[f"{B}x{K}"] = float(np.mean([b.success for b in best]))
     B, K = max(grid, key=lambda g: vb[f"{g[0]}x{g[1]}"])
@@ -342,7 +343,7 @@ def beam_section(R, run_, rc, samples, rng, test, valid):
     R["beam"] = {}
     for sel in S.BEAM_SELECTORS:
         fp0 = agent.forward_passes
-        roots = S.make_envs(env_name, "test", test[:rc.n_beam], [0])
+        roots = agents.make_envs(env_name, "test", test[:rc.n_beam], [0])
         best, executed = S.beam_search(agent, roots, B, K, sel, run_.gen, rng)
         succ = [b.success for b in best]
         R["beam"][sel] = dict(success=float(np.mean(succ)), ci=rate(succ), B=B, K=K,
@@ -365,8 +366,8 @@ def validation_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size
     greedy and one-sample success of the reference and the PPO policy on n tasks, best-of-8 by a few step
     scorers under each aggregation on the first n_bon tasks (with Mean@8 and Pass@8), and the rank
     correlation of each sampled step's PA with the oracle's A* (all steps, and the steps where A* != 0).
-    Writes validation.json to out_dir and returns it. ratio_scale: as for search.load_run."""
-    run_ = S.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
+    Writes validation.json to out_dir and returns it. ratio_scale: as for agents.load_run."""
+    run_ = agents.load_run(ppo_path, ref_path, device, batch_size, seed, ratio_scale=ratio_scale)
     run_.gap = True  # 200 greedy and 800 sampled episodes: "pa_gap" is worth its cost here
     agent, env_name, rng, tasks = run_.ppo, run_.env_name, random.Random(seed), list(range(n))
     V = {"env": env_name, "beta": agent.beta, "n": n, "n_bon": n_bon}

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+import agents
 import model as M
 import monitor
 import prm
@@ -161,9 +162,9 @@ def figures(out_dir, shop_folder, R):
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "ppo_curves.png"), dpi=110)
     # 3 and 4 need episodes: greedy (the progress meter) and sampled (PA against A*) on test tasks
-    agent, env_name, _, device = S.load_agent(M.policy_path(shop_folder), device="cpu")
+    agent, env_name, _, device = agents.load_agent(M.policy_path(shop_folder), device="cpu")
     gen = torch.Generator(device=device).manual_seed(0)
-    ep = S.rollout(agent, S.make_envs(env_name, "test", [1], [0]), greedy=True, generator=gen, oracle=True)[0]
+    ep = agents.rollout(agent, agents.make_envs(env_name, "test", [1], [0]), greedy=True, generator=gen, oracle=True)[0]
     pa_ = S.step_scores(ep, "pa", agent.beta)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     xs = range(len(ep.steps))
@@ -175,7 +176,7 @@ def figures(out_dir, shop_folder, R):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "progress_meter.png"), dpi=110)
-    eps = S.rollout(agent, S.make_envs(env_name, "test", range(100), [0]), generator=gen, oracle=True)
+    eps = agents.rollout(agent, agents.make_envs(env_name, "test", range(100), [0]), generator=gen, oracle=True)
     pa_all = [x for e in eps for x in S.step_scores(e, "pa", agent.beta)]
     astar = [s.qstar - s.vstar for e in eps for s in e.steps]
     fig, ax = plt.subplots(figsize=(4.5, 4))

@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+import agents
 import model as M
 import report
 import search as S
@@ -33,7 +34,7 @@ def tokens(ep):
 
 
 def compare(small_path, large_path, n_tasks=120, device="auto", seed=0, out=None):
-    small, large = S.load_run(small_path, device=device, seed=seed), S.load_run(large_path, device=device, seed=seed)
+    small, large = agents.load_run(small_path, device=device, seed=seed), agents.load_run(large_path, device=device, seed=seed)
     if small.env_name != large.env_name:
         raise M.CheckpointError(f"{small_path} and {large_path} are runs of different worlds")
     how = json.load(open(os.path.join(os.path.dirname(os.path.abspath(small_path)), "report.json")))["validation"]

@@ -141,7 +141,7 @@ def run(P, R, pi_ref, rc):
 
 def _mc_values(P, R, pi, lr_now, eps, rc, rng):
     """[[V(s_t) per step] per episode]: the mean KL-regularised return of rc.mc_rollouts episodes of pi from each
-    visited state, as search.mc_state_values does for the network."""
+    visited state, as agents.mc_state_values does for the network."""
     starts = [s for ep in eps for s, _ in ep for _ in range(rc.mc_rollouts)]
     G = [sum(R[s, a] - rc.beta * lr_now[s, a] for s, a in ep) for ep in sample_episodes(P, pi, 0, rng, start=starts)]
     G, k, out = np.reshape(G, (-1, rc.mc_rollouts)).mean(axis=1), 0, []

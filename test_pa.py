@@ -4,7 +4,7 @@ aggregations, metrics, and Proposition 1 checked exactly on a small stochastic t
 (one battery run on the shop, house and travel worlds, then each world's specifics); tokenizer.py and model.py (tokenizer, GPT,
 KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, a tiny run shared by the report,
 checks, results, resume and SFT tests, bad input at every command line); tabular.py and diagnose.py (PPO against
-the exact optimum on a table and on validation tasks); search.py (agent loop, best-of-N, beam search). No test looks at the clock.
+the exact optimum on a table and on validation tasks); agents.py and search.py (agent loop, best-of-N, beam search). No test looks at the clock.
 
     python -m pytest -q
 """
@@ -34,6 +34,7 @@ import torch
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
+import agents
 import assignments
 import bench
 import diagnose
@@ -1312,7 +1313,7 @@ def agent(enc):
     torch.manual_seed(0)
     cfg = model.GPTConfig(block_size=256, vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=32)
     policy, ref = model.GPT(cfg).eval(), model.GPT(cfg).eval()
-    return search.Agent(policy, ref, enc, beta=0.1, max_action_tokens=8, batch_size=64)
+    return agents.Agent(policy, ref, enc, beta=0.1, max_action_tokens=8, batch_size=64)
 
 
 # ----------------------------------------------------------------------------- GAE
@@ -1358,7 +1359,7 @@ def test_gae_with_gamma_lambda_one_is_return_to_go_minus_value():
 def test_gae_with_lambda_per_action_decays_only_from_one_action_to_the_next():
     """--lam_per=action: lambda is 1 between the tokens of one action and lam from its last token to the next
     action's first, so a decision k actions before the outcome gets it times lam^k, not lam^(its tokens)."""
-    eps = [search.Episode(0, 0, False, [_step(3, 0.0), _step(2, 0.0), _step(4, 1.0)])]
+    eps = [agents.Episode(0, 0, False, [_step(3, 0.0), _step(2, 0.0), _step(4, 1.0)])]
     lams = train.action_lambdas(eps, 0.8, (1, 9))
     assert lams[0].tolist() == pytest.approx([1, 1, 0.8, 1, 0.8, 1, 1, 1, 0.8])
     g = torch.Generator().manual_seed(3)
@@ -1378,13 +1379,13 @@ def test_gae_with_lambda_per_action_decays_only_from_one_action_to_the_next():
 
 def _step(k, reward, lp=None, ref=None):
     lp = torch.full((k,), -0.5) if lp is None else lp
-    return search.Step([1, 2, 3], list(range(k)), "x", lp, lp.clone() if ref is None else ref, torch.zeros(k),
-                       torch.zeros(k), torch.zeros(k, search.TOPK), reward=reward)
+    return agents.Step([1, 2, 3], list(range(k)), "x", lp, lp.clone() if ref is None else ref, torch.zeros(k),
+                       torch.zeros(k), torch.zeros(k, agents.TOPK), reward=reward)
 
 
 def test_env_reward_lands_on_last_action_token_of_each_episode():
-    eps = [search.Episode(0, 0, False, [_step(3, 0.0), _step(2, 0.7)]),
-           search.Episode(1, 0, False, [_step(4, 1.0)])]
+    eps = [agents.Episode(0, 0, False, [_step(3, 0.0), _step(2, 0.7)]),
+           agents.Episode(1, 0, False, [_step(4, 1.0)])]
     _, _, _, r, mask = train.episode_tensors(eps, beta=0.1)
     assert r.shape == (2, 5) and mask.sum(1).tolist() == [5.0, 4.0], "rows hold the episodes' action tokens"
     assert r[0].tolist() == pytest.approx([0, 0, 0, 0, 0.7]), f"reward should be on token 4 only: {r[0]}"
@@ -1392,11 +1393,11 @@ def test_env_reward_lands_on_last_action_token_of_each_episode():
 
 
 def test_kl_reward_is_zero_when_policy_equals_reference():
-    eps = [search.Episode(0, 0, False, [_step(3, 0.0, torch.tensor([-1.0, -2.0, -0.1])), _step(2, 0.0)])]
+    eps = [agents.Episode(0, 0, False, [_step(3, 0.0, torch.tensor([-1.0, -2.0, -0.1])), _step(2, 0.0)])]
     _, _, _, r, _ = train.episode_tensors(eps, beta=0.3)
     assert (r == 0).all(), f"identical log-probs must give zero KL reward, got {r}"
     lp, ref = torch.tensor([-1.0, -1.0]), torch.tensor([-2.0, -1.5])
-    _, _, _, r, _ = train.episode_tensors([search.Episode(0, 0, False, [_step(2, 0.0, lp, ref)])], beta=0.3)
+    _, _, _, r, _ = train.episode_tensors([agents.Episode(0, 0, False, [_step(2, 0.0, lp, ref)])], beta=0.3)
     assert r[0].tolist() == pytest.approx([-0.3, -0.15]), "KL reward is -beta * (log pi - log pi_ref)"
 
 
@@ -1416,7 +1417,7 @@ def test_exact_kl_is_the_kl_of_whole_distributions_and_finite_where_neither_can_
 
 def test_exact_kl_reward_replaces_the_sampled_tokens_log_ratio():
     lp, ref = torch.tensor([-1.0, -1.0]), torch.tensor([-2.0, -1.5])
-    eps = [search.Episode(0, 0, False, [_step(2, 1.0, lp, ref)])]
+    eps = [agents.Episode(0, 0, False, [_step(2, 1.0, lp, ref)])]
     _, _, _, r, _ = train.episode_tensors(eps, beta=0.3, kl=[torch.tensor([0.5, 2.0])])
     assert r[0].tolist() == pytest.approx([-0.15, -0.6 + 1.0]), "-beta * KL on each token, the reward on the last"
 
@@ -1426,19 +1427,19 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
     the flat rows line up with the steps' tokens); the KL is 0 from a network to itself; and an update whose
     advantages are all equal (whitened to 0) moves the policy only by the exact KL term: towards the reference."""
     short = [envs.make_env("shop", "train", t, 0, max_steps=6) for t in (3, 4)]
-    eps = search.rollout(agent, short, generator=torch.Generator().manual_seed(0))
+    eps = agents.rollout(agent, short, generator=torch.Generator().manual_seed(0))
     steps = [s for ep in eps for s in ep.steps]
     kls, refs = train.exact_kl(agent, agent.policy, steps)
     for s, kl, ref in zip(steps, kls, refs):
         assert kl.shape == (len(s.action),) and (kl >= 0).all() and ref.shape == (len(s.action), enc.n_vocab)
         assert ref.gather(1, torch.tensor(s.action)[:, None]).squeeze(1).tolist() == pytest.approx(
             s.ref_logprobs.tolist(), abs=1e-4), "the reference's distributions must be those of the step's tokens"
-    same = search.Agent(agent.ref, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=64)
+    same = agents.Agent(agent.ref, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=64)
     assert max(float(k.abs().max()) for k in train.exact_kl(same, agent.ref, steps)[0]) < 1e-5
     cfg = train.resolve(train.parse_args(TINY + ["--kl=exact", "--update_epochs=4"]))
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
-    ag = search.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
+    ag = agents.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
     stats = train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
                              torch.Generator().manual_seed(0), advantages=lambda e: [[1.0] * len(x.steps) for x in e])
     after = train.exact_kl(ag, policy, steps)[0]
@@ -1488,8 +1489,8 @@ def _first_ratio(agent, enc, extra=()):
     cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"] + list(extra)))
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
-    ag = search.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)  # ragged chunks
-    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4, 5], [0]),
+    ag = agents.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)  # ragged chunks
+    eps = agents.rollout(ag, agents.make_envs("shop", "train", [3, 4, 5], [0]),
                          generator=torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     return train.ppo_update(cfg, policy, opt, ag, eps, torch.Generator().manual_seed(0))
@@ -1514,9 +1515,9 @@ def test_critic_only_update_with_a_detached_value_head_leaves_the_policy_alone(a
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     policy.detach_value = detach
-    ag = search.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
+    ag = agents.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
     short = [envs.make_env("shop", "train", t, 0, max_steps=4) for t in (3, 4, 5)]
-    eps = search.rollout(ag, short, generator=torch.Generator().manual_seed(0))
+    eps = agents.rollout(ag, short, generator=torch.Generator().manual_seed(0))
     steps = [s for ep in eps for s in ep.steps]
     score = lambda: ag.score([s.prompt for s in steps], [s.action for s in steps], ("policy",))
     before = score()
@@ -1615,9 +1616,9 @@ def test_validation_check_of_a_tiny_run(tiny_run, tmp_path):
 
 
 def test_pa_noop_and_pa_gap_read_each_step_against_the_available_actions(tiny_free):
-    run_ = search.load_run(str(tiny_free / "ppo.pt"), device="cpu")
+    run_ = agents.load_run(str(tiny_free / "ppo.pt"), device="cpu")
     agent, beta = run_.ppo, run_.ppo.beta
-    eps, invalid_only, plain = (search.rollout(agent, search.make_envs("shop", "valid", range(6), [0, 1]),
+    eps, invalid_only, plain = (agents.rollout(agent, agents.make_envs("shop", "valid", range(6), [0, 1]),
                                                generator=torch.Generator().manual_seed(0), keep_states=gap, noop=noop,
                                                gap=gap) for noop, gap in ((False, True), (True, False), (False, False)))
     assert [s.text for e in eps for s in e.steps] == [s.text for e in plain for s in e.steps], \
@@ -1649,17 +1650,17 @@ def test_pa_noop_and_pa_gap_read_each_step_against_the_available_actions(tiny_fr
     assert min(gaps) < -1e-3 and sum(x == 0 for x in gaps) >= 3, "the best action's steps read 0, the others less"
     with pytest.raises(ValueError, match="noop=True"):  # an episode with an invalid step, never read
         search.step_scores(next(e for e in plain if not all(s.valid for s in e.steps)), "pa_noop", beta)
-    env = search.make_envs("shop", "valid", [0], [0])[0]
+    env = agents.make_envs("shop", "valid", [0], [0])[0]
     env.reset()
-    cands = search.score_actions(agent, [env])[0]  # every available action of the first state, as valid Steps
+    cands = agents.score_actions(agent, [env])[0]  # every available action of the first state, as valid Steps
     with pytest.raises(ValueError, match="gap=True"):
-        search.step_scores(search.Episode(0, 0, False, cands), "pa_gap", beta)
-    search.read_noop(agent, [(c, tuple(env.actions())) for c in cands])
+        search.step_scores(agents.Episode(0, 0, False, cands), "pa_gap", beta)
+    agents.read_noop(agent, [(c, tuple(env.actions())) for c in cands])
     top = max(c.log_ratio for c in cands)
     assert all(c.noop_log_ratio is None and c.best_log_ratio == pytest.approx(top, abs=1e-4) for c in cands)
-    assert search.step_scores(search.Episode(0, 0, False, cands), "pa_gap", beta) == pytest.approx(
+    assert search.step_scores(agents.Episode(0, 0, False, cands), "pa_gap", beta) == pytest.approx(
         [beta * (c.log_ratio - top) for c in cands], abs=1e-5), "valid steps: beta times the gap to the best"
-    by_ref = search.rollout(run_.ref, search.make_envs("shop", "valid", range(3), [0]),
+    by_ref = agents.rollout(run_.ref, agents.make_envs("shop", "valid", range(3), [0]),
                             generator=torch.Generator().manual_seed(0), gap=True)
     assert all(s.noop_log_ratio == 0.0 for e in by_ref for s in e.steps if not s.valid) and all(
         x == 0.0 for e in by_ref for x in search.step_scores(e, "pa_gap", beta)), \
@@ -1821,18 +1822,18 @@ def test_agent_loop_and_beam_search_in_every_world(name):
     torch.manual_seed(0)
     enc = tokenizer.build_tokenizer(envs.tokenizer_texts(name), name)
     cfg = model.GPTConfig(block_size=512, vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=32)
-    ag = search.Agent(model.GPT(cfg).eval(), model.GPT(cfg).eval(), enc, beta=0.1, max_action_tokens=8)
-    ep = search.rollout(ag, search.make_envs(name, "valid", [2], [1]), generator=torch.Generator().manual_seed(3),
+    ag = agents.Agent(model.GPT(cfg).eval(), model.GPT(cfg).eval(), enc, beta=0.1, max_action_tokens=8)
+    ep = agents.rollout(ag, agents.make_envs(name, "valid", [2], [1]), generator=torch.Generator().manual_seed(3),
                         oracle=True)[0]
     assert ep.done and all(s.qstar <= s.vstar + 1e-9 for s in ep.steps), "annotated episodes, Q* <= V*"
-    best, executed = search.beam_search(ag, search.make_envs(name, "valid", [2], [1]), 1, 1, "pa",
+    best, executed = search.beam_search(ag, agents.make_envs(name, "valid", [2], [1]), 1, 1, "pa",
                                         torch.Generator().manual_seed(3))
     assert [s.text for s in best[0].steps] == [s.text for s in ep.steps], "B=K=1 must replay the rollout"
 
 
 def test_paired_gain_is_the_per_task_difference_with_a_paired_interval():
     def eps(successes, first=0):
-        return [search.Episode(task=first + i, seed=0, unseen=(first + i) % 2 == 1, reward=float(s))
+        return [agents.Episode(task=first + i, seed=0, unseen=(first + i) % 2 == 1, reward=float(s))
                 for i, s in enumerate(successes)]
     rng = np.random.default_rng(0)
     before = rng.random(400) < 0.4
@@ -1870,8 +1871,8 @@ def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path
     policy, critic = model.GPT(agent.policy.config), model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     critic.load_state_dict(agent.ref.state_dict())
-    ag = search.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
-    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4], [0]), generator=torch.Generator().manual_seed(0))
+    ag = agents.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
+    eps = agents.rollout(ag, agents.make_envs("shop", "train", [3, 4], [0]), generator=torch.Generator().manual_seed(0))
     steps = [s for ep in eps for s in ep.steps]
     pol_before = [p.detach().clone() for p in policy.parameters()]
     head_before = critic.value_head.weight.detach().clone()
@@ -1905,7 +1906,7 @@ def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path
 
 
 def _constrained(agent, enc):
-    return search.Agent(agent.policy, agent.ref, enc, beta=0.1, max_action_tokens=16, batch_size=5, constrained=True)
+    return agents.Agent(agent.policy, agent.ref, enc, beta=0.1, max_action_tokens=16, batch_size=5, constrained=True)
 
 
 def test_constrained_agent_is_a_distribution_over_the_available_actions(agent, enc):
@@ -1935,7 +1936,7 @@ def test_constrained_rollouts_write_only_available_actions_and_ppo_starts_at_rat
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     ag = _constrained(agent, enc).like(policy, agent.ref)
-    eps = search.rollout(ag, search.make_envs("shop", "train", [3, 4, 5], [0]),
+    eps = agents.rollout(ag, agents.make_envs("shop", "train", [3, 4, 5], [0]),
                          generator=torch.Generator().manual_seed(0))
     steps = [s for ep in eps for s in ep.steps]
     assert all(s.valid and s.text in s.choices for s in steps), "a constrained agent writes available actions only"
@@ -1958,12 +1959,12 @@ def test_constrained_runs_checkpoint_their_choice_and_refuse_to_resume_with_anot
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false"]
     train.main(base + ["--ppo_iters=1", "--actions=available"])
-    assert search.load_agent(str(tmp_path / "ppo.pt"), device="cpu")[0].constrained, "the report's agent follows it"
+    assert agents.load_agent(str(tmp_path / "ppo.pt"), device="cpu")[0].constrained, "the report's agent follows it"
     assert json.loads(open(tmp_path / "ppo_log.jsonl").readline())["invalid"] == 0
     with pytest.raises(SystemExit, match="trained with --actions=available"):
         train.main(base + ["--ppo_iters=2", "--init_from=resume", "--actions=any"])
     train.main(base + ["--ppo_iters=1", "--actions=any", "--kl=sampled"])
-    assert not search.load_agent(str(tmp_path / "ppo.pt"), device="cpu")[0].constrained
+    assert not agents.load_agent(str(tmp_path / "ppo.pt"), device="cpu")[0].constrained
     with pytest.raises(SystemExit, match="trained with --actions=any"):
         train.main(base + ["--ppo_iters=2", "--init_from=resume"])  # the default, available actions
 
@@ -1973,7 +1974,7 @@ def test_pa_gap_of_a_constrained_run_reads_its_renormalised_actions_and_its_vali
     one of them and its gap is never below 0; the validation check, which reads "pa_gap", runs on such a run."""
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--ppo_iters=1", "--actions=available"])
-    run_ = search.load_run(str(tmp_path / "ppo.pt"), device="cpu")
+    run_ = agents.load_run(str(tmp_path / "ppo.pt"), device="cpu")
     run_.gap = True
     agent = run_.ppo
     eps = run_.episodes(agent, "valid", range(3), [0, 1])
@@ -2046,7 +2047,7 @@ def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume
     assert not torch.equal(snaps[1][w], snaps[2][w])  # the iterates differ, so their mean is neither
     for k, v in avg["model"].items():
         torch.testing.assert_close(v, (snaps[1][k] + snaps[2][k]) / 2 if v.is_floating_point() else snaps[2][k])
-    agent = search.load_agent(str(tmp_path / "ppo_avg.pt"), device="cpu")[0]  # the report reads it as a policy
+    agent = agents.load_agent(str(tmp_path / "ppo_avg.pt"), device="cpu")[0]  # the report reads it as a policy
     torch.testing.assert_close(agent.policy.state_dict()[w], avg["model"][w])
     kept = {name: (tmp_path / name).read_bytes() for name in ("ppo.pt", "ppo_avg.pt", "ppo_log.jsonl")}
     with pytest.raises(SystemExit, match="average_from"):  # resumed with another mean than it was making
@@ -2277,17 +2278,17 @@ def test_merge_weights_at_zero_is_the_reference_and_at_one_the_policy(tiny_prm):
 
 
 def test_pa_with_the_policy_as_its_own_reference_is_zero(tiny_prm):
-    run_ = search.load_run(str(tiny_prm / "ppo.pt"), device="cpu", pa_ref=str(tiny_prm / "ppo.pt"))
+    run_ = agents.load_run(str(tiny_prm / "ppo.pt"), device="cpu", pa_ref=str(tiny_prm / "ppo.pt"))
     eps = run_.episodes(run_.ppo, "valid", [0, 1], [0, 1])
     pas = [x for e in eps for x in search.step_scores(e, "pa", run_.ppo.beta)]
     assert len(pas) > 4 and max(abs(x) for x in pas) < 1e-5, f"PA against itself must vanish: {max(map(abs, pas))}"
-    plain = search.load_run(str(tiny_prm / "ppo.pt"), device="cpu")  # against ref.pt, which differs
+    plain = agents.load_run(str(tiny_prm / "ppo.pt"), device="cpu")  # against ref.pt, which differs
     plain_eps = plain.episodes(plain.ppo, "valid", [0, 1], [0, 1])
     assert max(abs(x) for e in plain_eps for x in search.step_scores(e, "pa", plain.ppo.beta)) > 1e-4
 
 
 def test_implicit_prm_steps_sum_to_beta_times_its_trajectory_log_ratio(tiny_prm):
-    run_ = search.load_run(str(tiny_prm / "ppo.pt"), device="cpu")
+    run_ = agents.load_run(str(tiny_prm / "ppo.pt"), device="cpu")
     eps = run_.episodes(run_.ppo, "valid", [0, 1, 2], [0])
     phi, ck = _net(tiny_prm / "implicit_prm.pt")
     steps = prm.step_table(run_.ppo, {"implicit_prm": ("implicit", phi, ck)}, eps, random.Random(0))["implicit_prm"]
@@ -2397,13 +2398,13 @@ def monitor_close(a, b):
 @pytest.fixture(scope="module")
 def one_row_run(tiny_run):
     """The tiny run, one row per model call, so that a rollout's actions never depend on what else is batched."""
-    return search.load_run(str(tiny_run / "ppo.pt"), device="cpu", batch_size=1)
+    return agents.load_run(str(tiny_run / "ppo.pt"), device="cpu", batch_size=1)
 
 
 def test_monitor_with_an_infinite_threshold_is_a_plain_rollout(one_row_run):
     run_ = one_row_run
     plain = run_.episodes(run_.ppo, "valid", [0, 1, 2], [0], greedy=True)
-    never = search.rollout(run_.ppo, search.make_envs("shop", "valid", [0, 1, 2], [0]), greedy=True, oracle=True,
+    never = agents.rollout(run_.ppo, agents.make_envs("shop", "valid", [0, 1, 2], [0]), greedy=True, oracle=True,
                            monitor=search.halting_monitor("pa", "sum", -math.inf, run_.ppo.beta))
     assert [e.handover for e in never] == [None] * 3
     assert [[s.text for s in e.steps] for e in never] == [[s.text for s in e.steps] for e in plain]
@@ -2413,7 +2414,7 @@ def test_monitor_with_an_infinite_threshold_is_a_plain_rollout(one_row_run):
 def test_oracle_monitor_at_zero_hands_over_before_the_first_negative_step_and_the_expert_finishes(one_row_run):
     run_ = one_row_run
     offline = monitor.Episodes(run_, "valid", 4, random.Random(0))
-    online = search.rollout(run_.ppo, search.make_envs("shop", "valid", range(4), [0]), greedy=True, oracle=True,
+    online = agents.rollout(run_.ppo, agents.make_envs("shop", "valid", range(4), [0]), greedy=True, oracle=True,
                             monitor=search.halting_monitor("oracle", "last", 0.0, run_.ppo.beta))
     first_neg = [next((t for t, s in enumerate(e.steps) if s.qstar - s.vstar < 0), None) for e in offline.eps]
     assert [e.handover for e in online] == first_neg == offline.handovers("oracle", "last", 0.0)
@@ -2430,11 +2431,11 @@ def test_oracle_monitor_at_zero_hands_over_before_the_first_negative_step_and_th
 
 
 def test_a_run_acting_along_its_log_ratio(tiny_free, tmp_path, capsys):
-    """search.load_run(ratio_scale=S): the PPO agent acts with model.RatioScaled (PA then reads S log pi/pi_ref
+    """agents.load_run(ratio_scale=S): the PPO agent acts with model.RatioScaled (PA then reads S log pi/pi_ref
     less the tokens' normalisers), counts two networks per forward pass, and the optimum check says how far it
     went (scale 1: the network's own numbers); report.py refuses a scale that is not positive."""
-    plain = search.load_run(str(tiny_free / "ppo.pt"), device="cpu")
-    two = search.load_run(str(tiny_free / "ppo.pt"), device="cpu", ratio_scale=2.0)
+    plain = agents.load_run(str(tiny_free / "ppo.pt"), device="cpu")
+    two = agents.load_run(str(tiny_free / "ppo.pt"), device="cpu", ratio_scale=2.0)
     assert isinstance(two.ppo.policy, model.RatioScaled) and two.ppo.ref is two.ppo.policy.ref
     env = envs.make_env("shop", "valid", 0, 0)
     p, acts = two.ppo.encode(env.obs()), env.actions()
@@ -2598,13 +2599,13 @@ def test_mc_advantages_are_the_steps_reward_and_kl_to_go_plus_the_value_it_led_t
 
 def test_mc_state_values_with_beta_are_the_kl_regularised_returns_of_the_same_rollouts(agent):
     short = [envs.make_env("shop", "train", t, 0, max_steps=4) for t in (3, 4)]  # at most 8 states, few rollouts
-    eps = search.rollout(agent, short, generator=torch.Generator().manual_seed(0), keep_states=True)
-    soft = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), beta=0.5, seed=7)
-    plain = search.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), seed=7)
+    eps = agents.rollout(agent, short, generator=torch.Generator().manual_seed(0), keep_states=True)
+    soft = agents.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), beta=0.5, seed=7)
+    plain = agents.mc_state_values(agent, eps, 3, torch.Generator().manual_seed(1), seed=7)
     clones = [s.env.clone() for ep in eps for s in ep.steps for _ in range(3)]
     for k, c in enumerate(clones):
         c.rng = np.random.default_rng(7 + k)
-    outs = search.rollout(agent, clones, generator=torch.Generator().manual_seed(1), fresh=False)
+    outs = agents.rollout(agent, clones, generator=torch.Generator().manual_seed(1), fresh=False)
     kl = [sum(s.log_ratio for s in o.steps) for o in outs]
     assert max(abs(x) for x in kl) > 1e-3, "policy and reference differ: the KL term must matter"
     flat = lambda vs: [v for ep in vs for v in ep]
@@ -2634,14 +2635,14 @@ def test_consistency_targets_telescope_to_the_reward_less_the_first_value():
 
 
 def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent, enc):
-    eps = search.rollout(agent, search.make_envs("shop", "train", [3, 4, 5], [0]), generator=torch.Generator().manual_seed(0))
+    eps = agents.rollout(agent, agents.make_envs("shop", "train", [3, 4, 5], [0]), generator=torch.Generator().manual_seed(0))
     steps, tgt = [s for ep in eps for s in ep.steps], torch.tensor([x for xs in ppo_variants.consistency_targets(eps) for x in xs])
     errors = []
     for weight in (0.0, 50.0):
         cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=4", f"--consistency={weight}"]))
         policy = model.GPT(agent.policy.config)
         policy.load_state_dict(agent.policy.state_dict())
-        ag = search.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
+        ag = agents.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
         stats = train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
                                  torch.Generator().manual_seed(0))
         rows = ag.score([s.prompt for s in steps], [s.action for s in steps], ("policy", "ref"))
@@ -2830,10 +2831,10 @@ def test_step_kinds_of_the_shop():
     assert kinds == ["search", "item", "option", "buy", "back", "page", "invalid"], kinds
 
 
-# ==================== search.py: agent loop, best-of-N, beam search =========================================
+# ==================== agents.py and search.py: agent loop, best-of-N, beam search ===========================
 
 def test_rollout_records_align_with_actions(agent):
-    eps = search.rollout(agent, search.make_envs("shop", "valid", [0, 1], [0]),
+    eps = agents.rollout(agent, agents.make_envs("shop", "valid", [0, 1], [0]),
                          generator=torch.Generator().manual_seed(0), oracle=True)
     for ep in eps:
         assert ep.done and 1 <= len(ep.steps) <= shop.MAX_STEPS, f"episode of {len(ep.steps)} steps, done={ep.done}"
@@ -2846,9 +2847,9 @@ def test_rollout_records_align_with_actions(agent):
 
 
 def test_beam_search_with_one_beam_one_candidate_is_a_plain_rollout(agent):
-    ep = search.rollout(agent, search.make_envs("shop", "valid", [7], [3]),
+    ep = agents.rollout(agent, agents.make_envs("shop", "valid", [7], [3]),
                         generator=torch.Generator().manual_seed(5))[0]
-    best, executed = search.beam_search(agent, search.make_envs("shop", "valid", [7], [3]), 1, 1, "pa",
+    best, executed = search.beam_search(agent, agents.make_envs("shop", "valid", [7], [3]), 1, 1, "pa",
                                         torch.Generator().manual_seed(5))
     assert [s.text for s in best[0].steps] == [s.text for s in ep.steps], "B=K=1 must replay the rollout"
     assert best[0].reward == ep.reward and executed == len(ep.steps), "same reward, one executed step per step"
@@ -2856,8 +2857,8 @@ def test_beam_search_with_one_beam_one_candidate_is_a_plain_rollout(agent):
 
 def test_keep_best_ranks_by_cumulative_score():
     def step(astar):
-        return search.Step([1], [2], "a", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
-                           torch.zeros(1, search.TOPK), qstar=astar, vstar=0.0)
+        return agents.Step([1], [2], "a", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                           torch.zeros(1, agents.TOPK), qstar=astar, vstar=0.0)
     done, a, b = search.Beam(env=None, score=-0.25), search.Beam(env=None, score=0.0), search.Beam(env=None, score=-0.5)
     cands = [(done, None), (a, step(-0.5)), (a, step(-0.1)), (b, step(0.0)), (a, step(-0.3)), (b, step(-0.2))]
     kept = search.keep_best(cands, 4, "oracle", beta=0.05)
@@ -2875,7 +2876,7 @@ def test_beam_search_never_executes_a_discarded_candidate(agent, monkeypatch):
         log.append(action)
         return orig(self, action)
     monkeypatch.setattr(envs.Env, "step", logged)
-    roots = search.make_envs("shop", "valid", [0, 1], [0])
+    roots = agents.make_envs("shop", "valid", [0, 1], [0])
     best, executed = search.beam_search(agent, roots, 1, 4, "oracle", torch.Generator().manual_seed(0))
     assert len(log) == executed == sum(len(b.steps) for b in best), \
         f"with one beam only the kept action of each depth may run: {len(log)} steps for {executed} kept"
@@ -2888,9 +2889,9 @@ def test_random_selector_does_not_depend_on_trajectory_length():
     any aggregate of per-step draws (sum up, min down) would tilt the pick; one draw per trajectory
     does not, and zero-mean step draws do not drift a beam's running sum."""
     def ep(n_steps, reward):
-        steps = [search.Step([1], [2], "a", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
-                             torch.zeros(1, search.TOPK)) for _ in range(n_steps)]
-        return search.Episode(0, 0, False, steps, reward=reward)
+        steps = [agents.Step([1], [2], "a", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                             torch.zeros(1, agents.TOPK)) for _ in range(n_steps)]
+        return agents.Episode(0, 0, False, steps, reward=reward)
     rng = random.Random(0)
     groups = [[ep(2, 1.0), ep(10, 0.0)] for _ in range(4000)]
     for how in pa.AGGREGATIONS:
@@ -2903,7 +2904,7 @@ def test_random_selector_does_not_depend_on_trajectory_length():
 
 def test_best_of_n_with_the_oracle_selector_achieves_pass_at_n():
     rng = random.Random(0)
-    groups = [[search.Episode(t, s, False, reward=rng.choice([0.0, 0.5, 1.0])) for s in range(8)] for t in range(30)]
+    groups = [[agents.Episode(t, s, False, reward=rng.choice([0.0, 0.5, 1.0])) for s in range(8)] for t in range(30)]
     scores = [[search.trajectory_score(e, "oracle", "sum", 0.1) for e in g] for g in groups]
     sel, mean, pas = search.best_of_n(groups, scores, [1, 2, 4, 8])
     assert sel == pas, f"oracle best-of-N {sel} must equal Pass@N {pas}"
@@ -2913,7 +2914,7 @@ def test_best_of_n_with_the_oracle_selector_achieves_pass_at_n():
 def test_critic_and_mc_step_scores_never_see_the_outcome():
     # two episodes alike in everything the model saw, one bought the right item (1.0), one not (0.0)
     def episode(final):
-        return search.Episode(0, 0, False, [_step(3, 0.0), _step(2, final)])
+        return agents.Episode(0, 0, False, [_step(3, 0.0), _step(2, final)])
     for sel, kw in (("value_td", {}), ("mc", {"mc_values": [0.4, 0.6]})):
         a, b = (search.step_scores(episode(r), sel, 0.1, **kw) for r in (1.0, 0.0))
         assert a == b, f"{sel} must not read the environment's reward: {a} vs {b}"

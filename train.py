@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import agents
 import envs
 import model as M
 import pa
 import ppo_variants
 import prm
 import report
-import search as S
 import tokenizer
 
 
@@ -87,7 +87,7 @@ class Config:
     critic_warmup: int = 0           # iterations before PPO that fit only the critic, on the reference's own rollouts
     detach_value: bool = False       # the value loss trains the value head only, never the policy's trunk
     critic: str = "shared"           # shared: the policy's own value head; separate: a copy of the reference network
-    actions: str = "available"       # available: sample only the available actions (search.Agent); any: any text
+    actions: str = "available"       # available: sample only the available actions (agents.Agent); any: any text
     ppo_start: str = ""              # PPO starts from this checkpoint's weights, not the reference's (say a soup of
                                      # runs, diagnose.py --soup: a second round); the KL stays to out_dir/ref.pt
     kl: str = "exact"                # the KL penalty: exact, the whole KL(pi || pi_ref) over the vocabulary at each
@@ -627,7 +627,7 @@ def train_ppo(cfg, enc, ref):
         for path in (log, avg_path):
             if os.path.exists(path):
                 os.remove(path)
-    agent = S.make_agent(cfg, policy, ref, enc)
+    agent = agents.make_agent(cfg, policy, ref, enc)
     task_rng = random.Random(cfg.seed + 2)
     for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
         t0 = time.time()
@@ -639,12 +639,12 @@ def train_ppo(cfg, enc, ref):
                          for _ in range(cfg.samples_per_task)]
         policy.eval()
         with tqdm(total=cfg.episodes_per_iter * 5, desc=f"rollouts {it}", leave=False) as bar:
-            episodes = S.rollout(agent, env_list, generator=sample_gen, progress=bar, keep_states=cfg.advantage == "mc")
+            episodes = agents.rollout(agent, env_list, generator=sample_gen, progress=bar, keep_states=cfg.advantage == "mc")
         advantages = None
         if cfg.advantage == "rloo":
             advantages = lambda eps: ppo_variants.rloo_advantages(eps, cfg.beta)
         elif cfg.advantage == "mc":  # the values of the visited states from the policy's own re-rollouts
-            mc = S.mc_state_values(agent, episodes, cfg.mc_rollouts, sample_gen, cfg.beta,
+            mc = agents.mc_state_values(agent, episodes, cfg.mc_rollouts, sample_gen, cfg.beta,
                                     seed=cfg.seed * 10**7 + it * 10**5)
             advantages = lambda eps: ppo_variants.mc_advantages(eps, mc, cfg.beta)
         policy.train()
