@@ -2445,6 +2445,9 @@ def test_a_run_acting_along_its_log_ratio(tiny_free, tmp_path, capsys):
                         for r in [plain.ppo.score([p], [tokenizer.encode_action(plain.ppo.enc, a)])]])
     lref = torch.tensor([float(r[0]["ref_logprobs"].sum()) for r in rows])
     assert not torch.allclose(lp2, lp1), "scale 2 moves the policy"
+    # per token, log pi_2 - log pi_ref = 2 (log pi - log pi_ref) - log Z, and Z = E_ref[(pi / pi_ref)^2] >= 1
+    gap = 2 * (lp1 - lref) - (lp2 - lref)  # the summed log-normalisers of each action's tokens
+    assert bool((gap >= -1e-4).all()) and float(gap.max()) > 1e-4, "normalisers >= 1 (Jensen), above it somewhere"
     assert two.ppo.forward_passes == 3 * len(acts), "two networks for the policy, one for the reference, per row"
     fast = two.ppo.action_logprobs([(p, acts)], "policy")[0]
     assert torch.allclose(fast, lp2, atol=1e-4), "every scorer reads the same moved policy"
