@@ -229,10 +229,13 @@ def _all_actions_by_kind(T):
     """Over every available action of the visited states, within each kind of action: PPO's log-ratio against the
     optimum's, each centred over the actions of that kind at the same state (which item, which option: the choice
     among alternatives, wherever PPO's own samples went), and the reference's log-prob against the optimum's (what
-    a policy that only sharpened the reference would show). States with one action of a kind do not count."""
+    a policy that only sharpened the reference would show). States with one action of a kind do not count.
+    opt_share: the kind's part of the optimum's log-ratio over all rows (centred per state, as _all_actions gives
+    them): its sum of squares within (state, kind) over the total, so that the shares and what lies between kinds
+    add up to 1."""
     cat = lambda key: np.concatenate([np.asarray(t["all_actions"][key]) for t in T])
     group = np.concatenate([[f"{j}/{s}" for s in t["all_actions"]["state"]] for j, t in enumerate(T)])
-    kinds, out = cat("kind"), {}
+    kinds, out, total = cat("kind"), {}, float((cat("opt") ** 2).sum())
     for kind, m in kind_masks(kinds).items():
         cols = {name: cat(name)[m] for name in ("ppo", "opt", "ref")}
         _, inv, counts = np.unique(group[m], return_inverse=True, return_counts=True)
@@ -241,7 +244,8 @@ def _all_actions_by_kind(T):
             cols[name] = (x - np.bincount(inv, x)[inv] / counts[inv])[keep]
         out[kind] = dict(rows=int(keep.sum()), states=int((counts > 1).sum()),
                          pearson_optimum=pearson(cols["ppo"], cols["opt"]),
-                         sharpening_optimum=pearson(cols["ref"], cols["opt"]))
+                         sharpening_optimum=pearson(cols["ref"], cols["opt"]),
+                         opt_share=float((cols["opt"] ** 2).sum()) / total if total > 0 else math.nan)
     return out
 
 
@@ -426,9 +430,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           "; ".join(f"{k} ({b['steps']} steps) {b['pearson']:+.2f} ({b['ppo_sd']:.2f}, {b['opt_sd']:.2f})"
                     for k, b in O["by_kind"].items()))
     print("[optimum] over every available action, within each kind at each state (Pearson with the optimum's; of the "
-          "reference's log-prob, the sharpening control, in brackets): " +
+          "reference's log-prob, the sharpening control; the kind's share of the optimum's log-ratio): " +
           "; ".join(f"{k} ({b['rows']} actions at {b['states']} states) {b['pearson_optimum']:+.2f} "
-                    f"({b['sharpening_optimum']:+.2f})" for k, b in aa["by_kind"].items() if b["states"]))
+                    f"({b['sharpening_optimum']:+.2f}; {b['opt_share']:.2f})" for k, b in aa["by_kind"].items()
+                    if b["states"]))
     print("[optimum] PPO's log-ratio on its sampled steps, by pi_1's log-ratio of the same step: " + "; ".join(
         f"{name} ({b['steps']} steps, pi_1 {b['imp']:+.2f}): {b['ppo']:+.2f} (sd {b['ppo_sd']:.2f})"
         for name, b in O["by_improved"].items()))

@@ -1699,6 +1699,7 @@ def test_all_actions_by_kind_compares_the_choice_among_alternatives_at_each_stat
     assert out["item"]["rows"] == 5 and out["item"]["states"] == 2, "the same state index in two tasks: two states"
     assert out["item"]["pearson_optimum"] == pytest.approx(1.0), "centred per state, not over the tasks together"
     assert out["item"]["sharpening_optimum"] == pytest.approx(-1.0)
+    assert out["item"]["opt_share"] == pytest.approx((2 + 12.5) / 39), "within-state sums of squares over the total"
     assert out["back"]["rows"] == 0 and out["back"]["states"] == 0, "one action of a kind is no choice"
 
 
