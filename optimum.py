@@ -226,27 +226,31 @@ def _all_actions(agent, sol, steps):
 
 
 def _all_actions_by_kind(T):
-    """Over every available action of the visited states, within each kind of action: PPO's log-ratio against the
-    optimum's, each centred over the actions of that kind at the same state (which item, which option: the choice
-    among alternatives, wherever PPO's own samples went), and the reference's log-prob against the optimum's (what
-    a policy that only sharpened the reference would show). States with one action of a kind do not count.
-    opt_share: the kind's part of the optimum's log-ratio over all rows (centred per state, as _all_actions gives
-    them): its sum of squares within (state, kind) over the total, so that the shares and what lies between kinds
-    add up to 1."""
-    cat = lambda key: np.concatenate([np.asarray(t["all_actions"][key]) for t in T])
-    group = np.concatenate([[f"{j}/{s}" for s in t["all_actions"]["state"]] for j, t in enumerate(T)])
-    kinds, out, total = cat("kind"), {}, float((cat("opt") ** 2).sum())
-    for kind, m in kind_masks(kinds).items():
-        cols = {name: cat(name)[m] for name in ("ppo", "opt", "ref")}
-        _, inv, counts = np.unique(group[m], return_inverse=True, return_counts=True)
-        keep = counts[inv] > 1
-        for name, x in cols.items():  # centre within (state, kind)
-            cols[name] = (x - np.bincount(inv, x)[inv] / counts[inv])[keep]
-        out[kind] = dict(rows=int(keep.sum()), states=int((counts > 1).sum()),
-                         pearson_optimum=pearson(cols["ppo"], cols["opt"]),
-                         sharpening_optimum=pearson(cols["ref"], cols["opt"]),
-                         opt_share=float((cols["opt"] ** 2).sum()) / total if total > 0 else math.nan)
-    return out
+    """Over every available action of the visited states, the optimum's log-ratio (centred per state, as
+    _all_actions gives it) split into the choice within each kind of action at a state (which item, which option:
+    each log-ratio less the mean of its kind at that state) and what lies between the kinds (those means: buy, go
+    back or click on). Returns ({kind: ...}, between), each with PPO's log-ratio against the optimum's (Pearson),
+    the reference's log-prob against it (the sharpening control: what a policy that only sharpened the reference
+    would show) and opt_share, its part of the optimum's sum of squares (the kinds' and between's add up to 1).
+    Within a kind, only states with two actions of it or more count."""
+    cat = lambda key: np.concatenate([np.asarray(t["all_actions"][key], dtype=float if key != "kind" else object)
+                                      for t in T])
+    kinds = cat("kind")
+    key = np.array([f"{j}/{s}/{k}" for j, t in enumerate(T)
+                    for s, k in zip(t["all_actions"]["state"], t["all_actions"]["kind"])])
+    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    mean = {name: np.bincount(inv, cat(name))[inv] / counts[inv] for name in ("ppo", "opt", "ref")}
+    within = {name: cat(name) - mean[name] for name in mean}
+    total = float((cat("opt") ** 2).sum())
+    share = lambda x: float((x ** 2).sum()) / total if total > 0 else math.nan
+    part = lambda cols: dict(pearson_optimum=pearson(cols["ppo"], cols["opt"]),
+                             sharpening_optimum=pearson(cols["ref"], cols["opt"]), opt_share=share(cols["opt"]))
+    out = {}
+    for kind, m in kind_masks(kinds.astype(str)).items():
+        keep = m & (counts[inv] > 1)
+        out[kind] = dict(rows=int(keep.sum()), states=int(np.unique(inv[keep]).size),
+                         **part({name: x[keep] for name, x in within.items()}))
+    return out, part(mean)
 
 
 def _scaled_summary(T, k, ci):
@@ -388,7 +392,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                              sharpening_improved=pearson(cat("all_actions", "ref"), cat("all_actions", "imp")),
                              pearson_improved_ci=ci(lambda idx: pearson(cat("all_actions", "ppo", idx),
                                                                         cat("all_actions", "imp", idx))),
-                             by_kind=_all_actions_by_kind(T)),
+                             **dict(zip(("by_kind", "between_kinds"), _all_actions_by_kind(T)))),
          "by_improved": _by_improved(p, imp),
          "by_kind": _by_kind(p, o, np.array(cat("steps", "kind"))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
@@ -433,7 +437,8 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
           "reference's log-prob, the sharpening control; the kind's share of the optimum's log-ratio): " +
           "; ".join(f"{k} ({b['rows']} actions at {b['states']} states) {b['pearson_optimum']:+.2f} "
                     f"({b['sharpening_optimum']:+.2f}; {b['opt_share']:.2f})" for k, b in aa["by_kind"].items()
-                    if b["states"]))
+                    if b["states"]) + "; between the kinds at a state {pearson_optimum:+.2f} ({sharpening_optimum:+.2f}; "
+          "{opt_share:.2f})".format(**aa["between_kinds"]))
     print("[optimum] PPO's log-ratio on its sampled steps, by pi_1's log-ratio of the same step: " + "; ".join(
         f"{name} ({b['steps']} steps, pi_1 {b['imp']:+.2f}): {b['ppo']:+.2f} (sd {b['ppo_sd']:.2f})"
         for name, b in O["by_improved"].items()))

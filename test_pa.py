@@ -1695,11 +1695,14 @@ def test_all_actions_by_kind_compares_the_choice_among_alternatives_at_each_stat
     aa = lambda ppo, opt, ref, kind: dict(ppo=ppo, opt=opt, ref=ref, kind=kind, state=[0] * len(kind))
     T = [dict(all_actions=aa([11, 12, 13, 0], [1, 2, 3, 0], [3, 2, 1, 0], ["item", "item", "item", "back"])),
          dict(all_actions=aa([-100, -95], [0, 5], [5, 0], ["item", "item"]))]
-    out = optimum._all_actions_by_kind(T)
+    out, between = optimum._all_actions_by_kind(T)
     assert out["item"]["rows"] == 5 and out["item"]["states"] == 2, "the same state index in two tasks: two states"
     assert out["item"]["pearson_optimum"] == pytest.approx(1.0), "centred per state, not over the tasks together"
     assert out["item"]["sharpening_optimum"] == pytest.approx(-1.0)
     assert out["item"]["opt_share"] == pytest.approx((2 + 12.5) / 39), "within-state sums of squares over the total"
+    assert between["opt_share"] == pytest.approx(1 - out["item"]["opt_share"]), "within and between add up"
+    assert between["pearson_optimum"] == pytest.approx(float(np.corrcoef([12, 12, 12, 0, -97.5, -97.5],
+                                                                         [2, 2, 2, 0, 2.5, 2.5])[0, 1]))
     assert out["back"]["rows"] == 0 and out["back"]["states"] == 0, "one action of a kind is no choice"
 
 
