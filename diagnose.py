@@ -10,6 +10,7 @@ clipping, the network) and from how PA is read:
     python diagnose.py --ckpt out/ppo_avg.pt --kl_split 50  # where a trained policy's KL goes, on 50 validation tasks
     python diagnose.py --few_tasks 8 --advantages exact # the network's PPO on 8 validation tasks against pi* there
     python diagnose.py --few_tasks 8 --start optimum    # ... starting from pi* distilled into the network
+    python diagnose.py --few_tasks 16 --train_from 16 --train_tasks 64  # PPO on 64 other tasks, checked on 16
     python diagnose.py --few_tasks 16 --start optimum --iters 0 --distil_loss ratio  # pi*'s PA taught directly
     python diagnose.py --estimates 16                   # how well GAE and re-rollouts know the reference's advantage
     python diagnose.py --improve 64                     # one round of improvement from rollouts, fitted, then checked
@@ -152,7 +153,8 @@ def _reference(ref_path, device, **overrides):
 
 def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
               device="cpu", seed=0, max_steps=None, start="reference", distil_rounds=10, distil_lr=1e-3,
-              distil_loss="ce", distil_from=0, distil_tasks=None, critic_warmup=0, **overrides):
+              distil_loss="ce", distil_from=0, distil_tasks=None, critic_warmup=0, train_from=0, train_tasks=None,
+              **overrides):
     """The network version of the tabular question: train.py's PPO from the reference, on n_tasks validation
     tasks only (so that each state is visited often, as in a table), with GAE's advantages (advantages="gae")
     or with the exact ones of the optimum (advantages="exact": beta * (log pi*/pi_ref - log pi/pi_ref) of the
@@ -169,6 +171,9 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     distil_from=k distils on validation tasks k .. k + n_tasks - 1 instead (k >= n_tasks: none of the checked ones,
     so the check says what the distilled process reward is worth on tasks it has not seen); distil_tasks, if given,
     replaces n_tasks there (the same rounds spread over more or fewer tasks).
+    train_from=k, train_tasks=m: PPO trains on validation tasks k .. k + m - 1 instead (m defaults to n_tasks; with
+    k >= n_tasks none of the checked ones), so that the check says what PPO learnt from a few tasks, each visited
+    often, is worth on tasks it has not seen.
     critic_warmup: iterations that fit only the critic first (its head learned the reference's returns, not the
     distilled policy's); they are logged with critic_only.
     max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
@@ -188,7 +193,9 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     solve = lambda t: envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(
         optimum.reference_probs(agent, cache(t)), cfg.beta)
+    trained = list(range(train_from, train_from + (train_tasks or n_tasks)))
     sols = {t: solve(t) for t in range(n_tasks)}  # validation task -> its optimum
+    sols.update({t: solve(t) for t in trained if t not in sols})
     exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
     log = []
     if start == "optimum":
@@ -201,7 +208,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
     for it in range(critic_warmup + iters):
         t0 = time.time()
-        env_list = [envs.make_env(cfg.env, "valid", i % n_tasks, it * episodes + i, max_steps) for i in range(episodes)]
+        env_list = [envs.make_env(cfg.env, "valid", trained[i % len(trained)], it * episodes + i, max_steps)
+                    for i in range(episodes)]
         policy.eval()
         eps = agents.rollout(agent, env_list, generator=sample_gen, keep_states=True)
         steps = [(ep.task, st) for ep in eps for st in ep.steps]
@@ -212,7 +220,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
                                  critic_only=it < critic_warmup, critic=critic, critic_opt=critic_opt)
         log.append(dict(iter=it, critic_only=it < critic_warmup, success=float(np.mean([ep.success for ep in eps])),
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
-                        pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1)))
+                        pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1),
+                        tasks=f"{min(ep.task for ep in eps)}-{max(ep.task for ep in eps)}"))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
     M.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=max(critic_warmup + iters - 1, 0))
     optimum.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
@@ -516,6 +525,10 @@ def main(argv):
                    "K .. K + N - 1 (K >= N: none of the N checked ones)")
     p.add_argument("--distil_tasks", type=int, default=None, help="with --start optimum: distil on this many "
                    "validation tasks from --distil_from on (default: the --few_tasks N)")
+    p.add_argument("--train_from", type=int, default=0, help="with --few_tasks: PPO trains on validation tasks "
+                   "from this one on (>= N: none of the checked ones)")
+    p.add_argument("--train_tasks", type=int, default=None, help="with --few_tasks: PPO trains on this many "
+                   "validation tasks from --train_from on (default: the --few_tasks N)")
     p.add_argument("--beta", type=float, default=None, help="with --few_tasks: the KL coefficient of PPO and of the "
                    "optimum (default: the reference's)")
     p.add_argument("--critic_warmup", type=int, default=0, help="with --few_tasks: iterations that fit only the "
@@ -582,10 +595,17 @@ def main(argv):
         if not 0 <= args.distil_from <= envs.N_TASKS["valid"] - taught:
             p.error(f"--distil_from takes 0 to {envs.N_TASKS['valid'] - taught} when {taught} tasks are taught, "
                     f"not {args.distil_from}")
+        trained = args.train_tasks or args.few_tasks
+        if args.train_tasks is not None and args.train_tasks < 1:
+            p.error(f"--train_tasks must be at least 1, not {args.train_tasks}")
+        if not 0 <= args.train_from <= envs.N_TASKS["valid"] - trained:
+            p.error(f"--train_from takes 0 to {envs.N_TASKS['valid'] - trained} when PPO trains on {trained} tasks, "
+                    f"not {args.train_from}")
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, distil_loss=args.distil_loss,
-                      distil_from=args.distil_from, distil_tasks=args.distil_tasks,
+                      distil_from=args.distil_from, distil_tasks=args.distil_tasks, train_from=args.train_from,
+                      train_tasks=args.train_tasks,
                       distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, **acts,
                       seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)))
         except M.CheckpointError as e:

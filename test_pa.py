@@ -2822,6 +2822,21 @@ def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, cap
         assert refused.value.code == 2 and "--distil_" in capsys.readouterr().err, f"{bad} must be refused"
 
 
+def test_few_tasks_trains_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, capsys):
+    """train_from=2 with train_tasks=3: PPO on validation tasks 2 to 4, the optimum check on 0 and 1."""
+    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=1, episodes=6, max_steps=3,
+                             train_from=2, train_tasks=3, cache_dir=str(tmp_path / "optimum_cache"), actions="any")
+    solved = sorted(int(f.split("-valid")[1].split("-")[0]) for f in os.listdir(tmp_path / "optimum_cache"))
+    assert solved == [0, 1, 2, 3, 4], f"the trained tasks' optima are solved beside the checked ones': {solved}"
+    assert [r["task"] for r in json.load(open(tmp_path / "optimum.json"))["tasks"]] == [0, 1], "checked on 0 and 1"
+    assert len(log) == 1 and log[0]["tasks"] == "2-4", f"trained on tasks 2 to 4 only: {log}"
+    last = envs.N_TASKS["valid"] - 32
+    for bad in (["--train_from", str(last + 1), "--train_tasks", "32"], ["--train_tasks", "0"]):
+        with pytest.raises(SystemExit) as refused:  # the trained tasks must exist, refused before anything loads
+            diagnose.main(["--few_tasks", "16"] + bad)
+        assert refused.value.code == 2 and "--train_" in capsys.readouterr().err, f"{bad} must be refused"
+
+
 def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
     out = diagnose.kl_split(str(tiny_run / "ppo.pt"), n_tasks=2, n_samples=2)
     assert out["episodes"] == 4 and out["states"] > 0, f"2 tasks x 2 samples, visited states: {out}"
