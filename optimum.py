@@ -233,10 +233,9 @@ def _all_actions_by_kind(T):
     the reference's log-prob against it (the sharpening control: what a policy that only sharpened the reference
     would show) and opt_share, its part of the optimum's sum of squares (the kinds' and between's add up to 1).
     Within a kind, only states with two actions of it or more count."""
-    cat = lambda key: np.concatenate([np.asarray(t["all_actions"][key], dtype=float if key != "kind" else object)
-                                      for t in T])
-    kinds = cat("kind")
-    key = np.array([f"{j}/{s}/{k}" for j, t in enumerate(T)
+    cat = lambda key: np.concatenate([np.asarray(t["all_actions"][key], dtype=float) for t in T])
+    kinds = np.array([k for t in T for k in t["all_actions"]["kind"]])
+    key = np.array([f"{j}/{s}/{k}" for j, t in enumerate(T)  # (task, state, kind)
                     for s, k in zip(t["all_actions"]["state"], t["all_actions"]["kind"])])
     _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
     mean = {name: np.bincount(inv, cat(name))[inv] / counts[inv] for name in ("ppo", "opt", "ref")}
@@ -246,7 +245,7 @@ def _all_actions_by_kind(T):
     part = lambda cols: dict(pearson_optimum=pearson(cols["ppo"], cols["opt"]),
                              sharpening_optimum=pearson(cols["ref"], cols["opt"]), opt_share=share(cols["opt"]))
     out = {}
-    for kind, m in kind_masks(kinds.astype(str)).items():
+    for kind, m in kind_masks(kinds).items():
         keep = m & (counts[inv] > 1)
         out[kind] = dict(rows=int(keep.sum()), states=int(np.unique(inv[keep]).size),
                          **part({name: x[keep] for name, x in within.items()}))
@@ -345,9 +344,10 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
         "path_kl_opt" and "path_kl_imp"), next to the policy's own log-prob of the episode ("logprob");
       - minus the summed gap between each step and the best available action at its state (search's "pa_gap"), by
         PPO's log-ratio ("gap"), by its log-prob ("gap_logprob"), and by pi*'s and pi_1's ("gap_opt", "gap_imp").
-      - PPO's log-ratio against pi*'s within each kind of step ("by_kind": search, item click, buy, ...), on the
-        sampled steps and over every available action, centred within its kind at each state (which item of a
-        results page, which option; "all_actions" "by_kind");
+      - PPO's log-ratio against pi*'s within each kind of step ("by_kind": search, item click, buy, ...) on the
+        sampled steps; and over every available action, the optimum's log-ratio split into the choice within each
+        kind at a state (which item of a results page, which option) and the choice between the kinds, each with
+        PPO's agreement, the reference's (sharpening) and its share ("all_actions": "by_kind", "between_kinds");
       - PPO's log-ratio split into its fit on pi*'s and a residual (residual_split): the failure AUROC of each
         part's sum, and of the fit plus independent noise of the residual's size, or a fraction of it ("residual").
     ratio_scale S != 1: PPO acts as the policy moved S times along its own log-ratio (agents.load_run).
@@ -371,6 +371,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     p, o, a, aref, imp, ok = (np.array(cat("steps", k)) for k in ("ppo", "opt", "astar", "aref", "imp", "valid"))
     ci = lambda fn: pa.bootstrap_ci(np.arange(n), lambda idx: fn(idx), n_boot=300)
     beta = run_.ppo.beta
+    by_kind_all, between_kinds = _all_actions_by_kind(T)
     O = {"env": run_.env_name, "beta": beta, "n": n, "n_samples": n_samples,
          "tasks": [{k: v for k, v in t.items() if k not in ("steps", "trajs", "all_actions", "scaled", "lens")} for t in T],
          "optimum": {k: float(np.mean([t[k] for t in T])) for k in ("opt_success", "opt_reward", "opt_kl",
@@ -392,7 +393,7 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
                              sharpening_improved=pearson(cat("all_actions", "ref"), cat("all_actions", "imp")),
                              pearson_improved_ci=ci(lambda idx: pearson(cat("all_actions", "ppo", idx),
                                                                         cat("all_actions", "imp", idx))),
-                             **dict(zip(("by_kind", "between_kinds"), _all_actions_by_kind(T)))),
+                             by_kind=by_kind_all, between_kinds=between_kinds),
          "by_improved": _by_improved(p, imp),
          "by_kind": _by_kind(p, o, np.array(cat("steps", "kind"))),
          "pa_vs_astar": dict(ppo=pa.spearman(p, a), optimum=pa.spearman(o, a)),
@@ -433,12 +434,11 @@ def optimum_check(ppo_path, out_dir, ref_path=None, device="auto", batch_size=25
     print("[optimum] within each kind of step, PPO's log-ratio vs the optimum's (Pearson; sd of each, nats): " +
           "; ".join(f"{k} ({b['steps']} steps) {b['pearson']:+.2f} ({b['ppo_sd']:.2f}, {b['opt_sd']:.2f})"
                     for k, b in O["by_kind"].items()))
+    part = lambda b: f"{b['pearson_optimum']:+.2f} ({b['sharpening_optimum']:+.2f}; {b['opt_share']:.2f})"
     print("[optimum] over every available action, within each kind at each state (Pearson with the optimum's; of the "
           "reference's log-prob, the sharpening control; the kind's share of the optimum's log-ratio): " +
-          "; ".join(f"{k} ({b['rows']} actions at {b['states']} states) {b['pearson_optimum']:+.2f} "
-                    f"({b['sharpening_optimum']:+.2f}; {b['opt_share']:.2f})" for k, b in aa["by_kind"].items()
-                    if b["states"]) + "; between the kinds at a state {pearson_optimum:+.2f} ({sharpening_optimum:+.2f}; "
-          "{opt_share:.2f})".format(**aa["between_kinds"]))
+          "; ".join(f"{k} ({b['rows']} actions at {b['states']} states) {part(b)}" for k, b in aa["by_kind"].items()
+                    if b["states"]) + f"; between the kinds at a state {part(aa['between_kinds'])}")
     print("[optimum] PPO's log-ratio on its sampled steps, by pi_1's log-ratio of the same step: " + "; ".join(
         f"{name} ({b['steps']} steps, pi_1 {b['imp']:+.2f}): {b['ppo']:+.2f} (sd {b['ppo_sd']:.2f})"
         for name, b in O["by_improved"].items()))
