@@ -193,13 +193,13 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     cache = optimum.optimum_cache(ref_path, cfg.temperature, max_steps, cache_dir, agent.constrained)
     solve = lambda t: envs.make_env(cfg.env, "valid", t, 0, max_steps).soft_solution(
         optimum.reference_probs(agent, cache(t)), cfg.beta)
-    trained = list(range(train_from, train_from + (train_tasks or n_tasks)))
-    sols = {t: solve(t) for t in range(n_tasks)}  # validation task -> its optimum
-    sols.update({t: solve(t) for t in trained if t not in sols})
+    span = lambda first, count: list(range(first, first + (count or n_tasks)))
+    trained = span(train_from, train_tasks)
+    sols = {t: solve(t) for t in sorted(set(range(n_tasks)) | set(trained))}  # validation task -> its optimum
     exact = lambda eps: [[exact_advantage(sols[ep.task], st, cfg.beta) for st in ep.steps] for ep in eps]
     log = []
     if start == "optimum":
-        taught = list(range(distil_from, distil_from + (distil_tasks or n_tasks)))
+        taught = span(distil_from, distil_tasks)
         sols.update({t: solve(t) for t in taught if t not in sols})
         log += distil_optimum(policy, agent, sols, cfg, taught, distil_rounds, lr=distil_lr, max_steps=max_steps,
                               seed=seed, loss=distil_loss)
@@ -589,18 +589,14 @@ def main(argv):
             p.error(f"--beta must be positive, not {args.beta}")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
-        taught = args.distil_tasks or args.few_tasks
-        if args.distil_tasks is not None and args.distil_tasks < 1:
-            p.error(f"--distil_tasks must be at least 1, not {args.distil_tasks}")
-        if not 0 <= args.distil_from <= envs.N_TASKS["valid"] - taught:
-            p.error(f"--distil_from takes 0 to {envs.N_TASKS['valid'] - taught} when {taught} tasks are taught, "
-                    f"not {args.distil_from}")
-        trained = args.train_tasks or args.few_tasks
-        if args.train_tasks is not None and args.train_tasks < 1:
-            p.error(f"--train_tasks must be at least 1, not {args.train_tasks}")
-        if not 0 <= args.train_from <= envs.N_TASKS["valid"] - trained:
-            p.error(f"--train_from takes 0 to {envs.N_TASKS['valid'] - trained} when PPO trains on {trained} tasks, "
-                    f"not {args.train_from}")
+        for name in ("distil", "train"):  # the tasks distilled on, and those PPO trains on, must exist
+            first, count = getattr(args, f"{name}_from"), getattr(args, f"{name}_tasks")
+            used = count or args.few_tasks
+            last = envs.N_TASKS["valid"] - used
+            if count is not None and count < 1:
+                p.error(f"--{name}_tasks must be at least 1, not {count}")
+            if not 0 <= first <= last:
+                p.error(f"--{name}_from takes 0 to {last} when {used} tasks are used, not {first}")
         try:
             few_tasks(args.ref, args.out_dir, args.few_tasks, iters=args.iters, advantages=args.advantages,
                       start=args.start, distil_rounds=args.distil_rounds, distil_loss=args.distil_loss,
