@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import checkpoint
 import envs
 import model as M
 import tokenizer
@@ -370,9 +371,9 @@ def mc_state_values(agent, episodes, n, generator=None, beta=0.0, seed=1_000_003
 
 def load_agent(ckpt, ref=None, device="auto", batch_size=256):
     """The PPO policy of a checkpoint, its reference (ref.pt beside it unless given) and its beta.
-    Returns (agent, env_name, ref_path, device); a bad file raises model.CheckpointError."""
+    Returns (agent, env_name, ref_path, device); a bad file raises checkpoint.CheckpointError."""
     device = M.get_device(device)
-    ck = M.load_checkpoint(ckpt)
+    ck = checkpoint.load(ckpt)
     ref = ref or os.path.join(os.path.dirname(os.path.abspath(ckpt)), "ref.pt")
     nets = [load_net(path, ck, device) for path in (ckpt, ref)]
     tc = ck.get("train_config", {})
@@ -383,8 +384,8 @@ def load_agent(ckpt, ref=None, device="auto", batch_size=256):
 
 def load_net(path, like, device):
     """The network of a checkpoint, refused unless it shares the world and tokenizer of the checkpoint `like`."""
-    c = M.load_checkpoint(path, env_name=like["env_name"], tokenizer_spec=like["tokenizer"])
-    return M.net_of(c, device).eval()
+    c = checkpoint.load(path, env_name=like["env_name"], tokenizer_spec=like["tokenizer"])
+    return checkpoint.net_of(c, device).eval()
 
 
 @dataclass
@@ -416,5 +417,5 @@ def load_run(ckpt, ref=None, device="auto", batch_size=256, seed=0, pa_ref=None,
         agent.policy = M.RatioScaled(agent.policy, agent.ref, ratio_scale)
     ref_agent = agent.like(agent.ref, agent.ref)
     if pa_ref:
-        agent.ref = load_net(pa_ref, M.load_checkpoint(ckpt), device)
+        agent.ref = load_net(pa_ref, checkpoint.load(ckpt), device)
     return Run(agent, ref_agent, env_name, torch.Generator(device=device).manual_seed(seed), ref_path)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import agents
+import checkpoint
 import envs
 import model as M
 import pa
@@ -144,10 +145,10 @@ def distil_optimum(policy, agent, sols, cfg, tasks, rounds=10, episodes=64, lr=1
 
 def _reference(ref_path, device, **overrides):
     """(cfg, tokenizer, frozen reference network) of a saved reference; cfg is its training config with overrides."""
-    ck = M.load_checkpoint(ref_path)
+    ck = checkpoint.load(ref_path)
     cfg = train.Config(**{**ck["train_config"], "device": device, **overrides})
     enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
-    ref, _ = M.load_run(ref_path, cfg, enc, device)
+    ref, _ = checkpoint.load_run(ref_path, cfg, enc, device)
     return cfg, enc, ref.eval().requires_grad_(False)
 
 
@@ -223,7 +224,8 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
                         pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1),
                         tasks=f"{min(ep.task for ep in eps)}-{max(ep.task for ep in eps)}"))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
-    M.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=max(critic_warmup + iters - 1, 0))
+    checkpoint.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo",
+                        iter=max(critic_warmup + iters - 1, 0))
     optimum.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
                          max_steps=max_steps, cache_dir=cache_dir)
     with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
@@ -398,7 +400,7 @@ def improve(ref_path, out_dir, episodes=64, k=4, loss="regression", epochs=4, lr
             losses.append(step_loss.item())
         print(f"improve | epoch {epoch} | {loss} loss {np.mean(losses):.5f}")
     path = os.path.join(out_dir, "ppo.pt")
-    M.save_run(path, policy.eval(), cfg, enc, stage="ppo", iter=0)
+    checkpoint.save_run(path, policy.eval(), cfg, enc, stage="ppo", iter=0)
     return optimum.optimum_check(path, out_dir, ref_path, device, n=n_check, max_steps=max_steps,
                                  cache_dir=cache_dir)["improved"]
 
@@ -465,21 +467,22 @@ def soup(paths, out_path, scale=1.0, ref_path=None, moved=()):
     which its noise. One checkpoint is enough then too."""
     alone = scale != 1 or moved
     if len(paths) < (1 if alone else 2):
-        raise M.CheckpointError("--soup needs at least two checkpoints (one, with --scale or --moved)")
+        raise checkpoint.CheckpointError("--soup needs at least two checkpoints (one, with --scale or --moved)")
     if alone and not ref_path:
-        raise M.CheckpointError("--scale and --moved take weights from the reference: give --ref")
-    avg, keep = M.soup(paths)
+        raise checkpoint.CheckpointError("--scale and --moved take weights from the reference: give --ref")
+    avg, keep = checkpoint.soup(paths)
     if alone:
-        ref = M.load_checkpoint(ref_path, env_name=keep["env_name"], tokenizer_spec=keep["tokenizer"])
+        ref = checkpoint.load(ref_path, env_name=keep["env_name"], tokenizer_spec=keep["tokenizer"])
         if sorted(ref["model"]) != sorted(avg) or ref["config"] != keep["config"]:
-            raise M.CheckpointError(f"{ref_path} is not a reference of the shape of {paths[0]}")
+            raise checkpoint.CheckpointError(f"{ref_path} is not a reference of the shape of {paths[0]}")
         avg = pa.merge_weights(ref["model"], avg, scale) if scale != 1 else avg
     if moved:
         unmatched = [part for part in moved if not any(part in k for k in avg)]
         if unmatched:
-            raise M.CheckpointError(f"--moved {','.join(unmatched)} names no weight; the weights: {', '.join(avg)}")
+            raise checkpoint.CheckpointError(f"--moved {','.join(unmatched)} names no weight; the weights: "
+                                             f"{', '.join(avg)}")
         avg = {k: v if any(part in k for part in moved) else ref["model"][k] for k, v in avg.items()}
-    M.save_checkpoint(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths],
+    checkpoint.save(out_path, dict(keep, model=avg, stage="soup", soup_of=[os.path.abspath(p) for p in paths],
                                      scale=scale, moved=list(moved)))
     what = f"the average of {len(paths)} runs' weights" if len(paths) > 1 else "one run's weights"
     print(f"[soup] {what}" + (f", moved {scale:g} times as far from the reference" if scale != 1 else "")
@@ -555,7 +558,7 @@ def main(argv):
         try:
             moved = tuple(filter(None, args.moved.split(",")))
             soup(args.soup.split(","), args.out, args.scale, args.ref if args.scale != 1 or moved else None, moved)
-        except M.CheckpointError as e:
+        except checkpoint.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.estimates:
@@ -563,22 +566,22 @@ def main(argv):
             p.error(f"--estimates takes 1 to {envs.N_TASKS['valid']} tasks, not {args.estimates}")
         try:
             out = estimates(args.ref, args.estimates, seed=args.seed, **acts)
-        except M.CheckpointError as e:
+        except checkpoint.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         with open(os.path.join(os.path.dirname(os.path.abspath(args.ref)), "estimates.json"), "w") as f:
             json.dump(out, f, indent=1)
         return
     if args.cross:
         try:
-            cross_scores(args.ckpt or M.policy_path("out"), args.cross.split(","), seed=args.seed)
-        except M.CheckpointError as e:
+            cross_scores(args.ckpt or checkpoint.policy_path("out"), args.cross.split(","), seed=args.seed)
+        except checkpoint.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.improve:
         try:
             improve(args.ref, args.out_dir, args.improve, loss=args.loss, epochs=args.epochs, lr=args.lr, seed=args.seed,
                     **acts)
-        except M.CheckpointError as e:
+        except checkpoint.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.few_tasks:
@@ -604,13 +607,13 @@ def main(argv):
                       train_tasks=args.train_tasks,
                       distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, **acts,
                       seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)))
-        except M.CheckpointError as e:
+        except checkpoint.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         return
     if args.kl_split:
         try:
-            out = kl_split(args.ckpt or M.policy_path("out"), args.kl_split)
-        except M.CheckpointError as e:
+            out = kl_split(args.ckpt or checkpoint.policy_path("out"), args.kl_split)
+        except checkpoint.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")
         kinds = sorted(out["kl_per_episode"].items(), key=lambda kv: -abs(kv[1]))
         print(f"{out['env']}, {out['episodes']} sampled episodes: KL per episode by kind of step: "

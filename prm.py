@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 import agents
+import checkpoint
 import envs
 import model as M
 import pa
@@ -46,7 +47,7 @@ N_ATTRIBUTION = 4  # failed samples among the first 4 of each task are attribute
 def scorers(folder, run_):
     """The extra networks of a run folder, as {row name: (kind, net, checkpoint)}: kind "ref" = a reference
     for PA, "implicit" = pi_phi, "supervised" = a step-labelled value head. Missing files are skipped;
-    a file of another world or tokenizer is refused (model.CheckpointError)."""
+    a file of another world or tokenizer is refused (checkpoint.CheckpointError)."""
     names = [("pa@ref_early", "ref_early.pt", "ref")]
     names += [(f"pa@{f[:-3]}", f, "ref") for f in sorted(os.listdir(folder)) if f.startswith("merge_") and f.endswith(".pt")]
     names += [("implicit_prm", "implicit_prm.pt", "implicit"), ("supervised_prm", "supervised_prm.pt", "supervised")]
@@ -54,8 +55,8 @@ def scorers(folder, run_):
     for name, f, kind in names:
         path = os.path.join(folder, f)
         if os.path.exists(path):
-            ck = M.load_checkpoint(path, env_name=run_.env_name, tokenizer_spec=spec)
-            out[name] = (kind, M.net_of(ck, run_.ppo.device).eval(), ck)
+            ck = checkpoint.load(path, env_name=run_.env_name, tokenizer_spec=spec)
+            out[name] = (kind, checkpoint.net_of(ck, run_.ppo.device).eval(), ck)
     return out
 
 
@@ -283,7 +284,7 @@ def train_prms(cfg, enc, ref, policy):
     training seconds and the labels it used. Returns {name: seconds}."""
     for a in [float(x) for x in cfg.merge_alphas.split(",")]:
         merged = M.copy_net(ref, pa.merge_weights(ref.state_dict(), policy.state_dict(), a))
-        M.save_run(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a,
+        checkpoint.save_run(os.path.join(cfg.out_dir, f"merge_{a:g}.pt"), merged, cfg, enc, stage="merge", alpha=a,
                    seconds=0.0, labels="none")
     t0 = time.time()
     episodes = training_episodes(cfg, enc, policy, ref)
@@ -295,7 +296,7 @@ def train_prms(cfg, enc, ref, policy):
         t0 = time.time()
         net = fn(cfg, enc, ref, episodes)
         times[name] = round(t_roll + time.time() - t0, 1)  # each would need the rollouts on its own
-        M.save_run(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name],
+        checkpoint.save_run(os.path.join(cfg.out_dir, f"{name}.pt"), net, cfg, enc, stage=name, seconds=times[name],
                    labels=labels)
         print(f"{name}: {times[name]} s (rollouts {t_roll:.0f} s), trained on {labels}")
     return times

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import agents
+import checkpoint
 import envs
 import model as M
 import optimum
@@ -478,7 +479,7 @@ def table_main(argv, prog, description, run, n_valid=100, n_test=200):
     run(ckpt, out_dir, device, n_valid=, n_test=). A bad checkpoint is one clear line."""
     import argparse
     p = argparse.ArgumentParser(prog=prog, description=description)
-    M.add_policy_arg(p, beside="any other checkpoints sit beside it")
+    checkpoint.add_policy_arg(p, beside="any other checkpoints sit beside it")
     p.add_argument("--out_dir", default=None, help="where the table's json and md go (default: the ckpt's folder)")
     p.add_argument("--n_valid", type=int, default=n_valid, help="validation tasks (the choices are made here)")
     p.add_argument("--n_test", type=int, default=n_test, help="test tasks")
@@ -492,7 +493,7 @@ def table_main(argv, prog, description, run, n_valid=100, n_test=200):
         p.error(str(e))
     try:
         return run(args.ckpt, args.out_dir, args.device, n_valid=args.n_valid, n_test=args.n_test)
-    except M.CheckpointError as e:
+    except checkpoint.CheckpointError as e:
         raise SystemExit(f"{prog}: {e}")
 
 
@@ -518,7 +519,7 @@ def main(argv):
     import argparse
     p = argparse.ArgumentParser(description="Evaluate a trained PPO checkpoint: the test-split report, or a "
                                             "validation-only check (--valid, --optimum N).")
-    M.add_policy_arg(p)
+    checkpoint.add_policy_arg(p)
     p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
     p.add_argument("--pa_ref", default=None, help="score every PA against this checkpoint instead (an early or "
                    "merged reference: python train.py --stage=prm)")
@@ -563,7 +564,7 @@ def main(argv):
         else:
             run(args.ckpt, out_dir, args.ref, args.device, args.batch_size, ReportConfig(**(QUICK if args.quick else {})),
                 pa_ref=args.pa_ref, ratio_scale=args.ratio_scale)
-    except M.CheckpointError as e:
+    except checkpoint.CheckpointError as e:
         raise SystemExit(f"report.py: {e}")
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 
 import agents
-import model as M
+import checkpoint
 import monitor
 import prm
 import report
@@ -107,8 +107,9 @@ def results_md(runs):
         L += report.table(R)
         L += ["", "What these numbers say:", ""] + reading(R)
         if V:
-            L += ["", f"Validation check (`python report.py --ckpt {M.policy_path(folder)} --valid`, {V['n']} validation "
-                      f"tasks): greedy success reference {pct(V['reference']['greedy'])}%, PPO {pct(V['ppo']['greedy'])}%; "
+            L += ["", f"Validation check (`python report.py --ckpt {checkpoint.policy_path(folder)} --valid`, "
+                      f"{V['n']} validation tasks): greedy success reference {pct(V['reference']['greedy'])}%, "
+                      f"PPO {pct(V['ppo']['greedy'])}%; "
                       f"Spearman(PA, A*) over {V['spearman_pa_astar']['steps']} sampled steps "
                       f"{V['spearman_pa_astar']['all']:+.2f}."]
         if O:
@@ -118,8 +119,9 @@ def results_md(runs):
             L += ["", f"PA's other references and two trained reward models (`{cmd} --stage=prm`, after the run "
                       f"above; prm.py):", ""] + prm.table(P)
         if H:
-            L += ["", f"The halting monitor (`python monitor.py --ckpt {M.policy_path(dict(RUNS).get(world, folder))}`): success when the agent may "
-                      "ask the scripted expert to finish, at a budget of requests for help per 100 episodes fixed on "
+            policy = checkpoint.policy_path(dict(RUNS).get(world, folder))
+            L += ["", f"The halting monitor (`python monitor.py --ckpt {policy}`): success when the agent may ask the "
+                      "scripted expert to finish, at a budget of requests for help per 100 episodes fixed on "
                       "validation (in brackets: the requests used on the test split):", ""] + monitor.table(H)
         if Z:
             L += ["", "A small model with search against a larger one (`python train.py --n_embd=256 --out_dir=out-large`, "
@@ -162,7 +164,7 @@ def figures(out_dir, shop_folder, R):
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "ppo_curves.png"), dpi=110)
     # 3 and 4 need episodes: greedy (the progress meter) and sampled (PA against A*) on test tasks
-    agent, env_name, _, device = agents.load_agent(M.policy_path(shop_folder), device="cpu")
+    agent, env_name, _, device = agents.load_agent(checkpoint.policy_path(shop_folder), device="cpu")
     gen = torch.Generator(device=device).manual_seed(0)
     ep = agents.rollout(agent, agents.make_envs(env_name, "test", [1], [0]), greedy=True, generator=gen, oracle=True)[0]
     pa_ = S.step_scores(ep, "pa", agent.beta)

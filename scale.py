@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 import agents
-import model as M
+import checkpoint
 import report
 import search as S
 
@@ -36,7 +36,7 @@ def tokens(ep):
 def compare(small_path, large_path, n_tasks=120, device="auto", seed=0, out=None):
     small, large = agents.load_run(small_path, device=device, seed=seed), agents.load_run(large_path, device=device, seed=seed)
     if small.env_name != large.env_name:
-        raise M.CheckpointError(f"{small_path} and {large_path} are runs of different worlds")
+        raise checkpoint.CheckpointError(f"{small_path} and {large_path} are runs of different worlds")
     how = json.load(open(os.path.join(os.path.dirname(os.path.abspath(small_path)), "report.json")))["validation"]
     n_small, n_large = (r.ppo.policy.num_params() for r in (small, large))
     tasks, rng = list(range(n_tasks)), random.Random(seed)
@@ -75,15 +75,16 @@ def table(R):
 def main(argv):
     p = argparse.ArgumentParser(description="A small model with PA search against a larger one without, at "
                                             "measured compute.")
-    p.add_argument("--small", default=M.policy_path("out"), help="the small run's policy (report.json beside it)")
-    p.add_argument("--large", default=M.policy_path("out-large"), help="the larger run's policy")
+    p.add_argument("--small", default=checkpoint.policy_path("out"),
+                   help="the small run's policy (report.json beside it)")
+    p.add_argument("--large", default=checkpoint.policy_path("out-large"), help="the larger run's policy")
     p.add_argument("--n_tasks", type=int, default=120, help="test tasks")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     report.check_tasks(p, "n_tasks", args.n_tasks, "test")
     try:
         compare(args.small, args.large, args.n_tasks, args.device)
-    except (M.CheckpointError, FileNotFoundError) as e:
+    except (checkpoint.CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"scale.py: {e}")
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import checkpoint
 import envs
 import model as M
 import pa
@@ -281,7 +282,7 @@ def main(argv):
     p = argparse.ArgumentParser(description="The progress meter: test episodes of a trained PPO checkpoint step "
                                             "by step, each step's PA beside the oracle's A*. (The evaluation "
                                             "report and checks: python report.py.)")
-    M.add_policy_arg(p)
+    checkpoint.add_policy_arg(p)
     p.add_argument("--ref", default=None, help="the reference checkpoint, if not beside --ckpt")
     p.add_argument("--pa_ref", default=None, help="score PA against this checkpoint instead (an early or merged "
                    "reference: python train.py --stage=prm)")
@@ -299,8 +300,8 @@ def main(argv):
     try:
         agent, env_name, _, device = load_agent(args.ckpt, args.ref, args.device)
         if args.pa_ref:
-            agent.ref = load_net(args.pa_ref, M.load_checkpoint(args.ckpt), device)
-    except M.CheckpointError as e:
+            agent.ref = load_net(args.pa_ref, checkpoint.load(args.ckpt), device)
+    except checkpoint.CheckpointError as e:
         raise SystemExit(f"search.py: {e}")
     mon = None
     if args.monitor:

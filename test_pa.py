@@ -37,6 +37,7 @@ torch.set_num_threads(1)
 import agents
 import assignments
 import bench
+import checkpoint
 import diagnose
 import envs
 import house
@@ -1179,8 +1180,8 @@ def _payload(m, enc):
 
 def test_save_load_gives_identical_outputs(gpt, enc, tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    model.save_checkpoint(path, _payload(gpt, enc))
-    ckpt = model.load_checkpoint(path, env_name="shop", tokenizer_spec=tokenizer.tokenizer_spec(enc))
+    checkpoint.save(path, _payload(gpt, enc))
+    ckpt = checkpoint.load(path, env_name="shop", tokenizer_spec=tokenizer.tokenizer_spec(enc))
     m2 = model.GPT(model.GPTConfig(**ckpt["config"])).eval()
     m2.load_state_dict(ckpt["model"])
     idx = torch.randint(0, 100, (2, 9))
@@ -1190,19 +1191,19 @@ def test_save_load_gives_identical_outputs(gpt, enc, tmp_path):
 
 def test_load_refuses_mismatch(gpt, enc, tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    model.save_checkpoint(path, _payload(gpt, enc))
+    checkpoint.save(path, _payload(gpt, enc))
     with pytest.raises(ValueError, match="environment"):
-        model.load_checkpoint(path, env_name="alfworld")
+        checkpoint.load(path, env_name="alfworld")
     other = tokenizer.tokenizer_spec(tokenizer.build_tokenizer(["something else entirely"], "other"))
     with pytest.raises(ValueError, match="tokenizer"):
-        model.load_checkpoint(path, tokenizer_spec=other)
+        checkpoint.load(path, tokenizer_spec=other)
 
 
 def test_compile_prefix_is_stripped(tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    model.save_checkpoint(path, {"model": {"_orig_mod.lm_head.weight": torch.zeros(1)}, "config": {}, "tokenizer": {},
+    checkpoint.save(path, {"model": {"_orig_mod.lm_head.weight": torch.zeros(1)}, "config": {}, "tokenizer": {},
                                  "env_name": "shop"})
-    assert list(model.load_checkpoint(path)["model"]) == ["lm_head.weight"], "'_orig_mod.' should be stripped"
+    assert list(checkpoint.load(path)["model"]) == ["lm_head.weight"], "'_orig_mod.' should be stripped"
 
 
 def test_autocast_is_a_noop_on_cpu():
@@ -1548,7 +1549,7 @@ def test_tiny_run_logs_each_iteration_and_checkpoints_beta(tiny_run):
     log = [json.loads(l) for l in open(tiny_run / "ppo_log.jsonl")]
     assert [r["iter"] for r in log] == [0, 1], f"two logged iterations expected, got {[r['iter'] for r in log]}"
     assert all(r["first_ratio_dev"] < 1e-5 for r in log), "the first PPO ratio of every iteration must be 1"
-    ck = model.load_checkpoint(str(tiny_run / "ppo.pt"), env_name="shop")
+    ck = checkpoint.load(str(tiny_run / "ppo.pt"), env_name="shop")
     assert ck["beta"] == train.Config().beta and ck["iter"] == 1, "beta and the iteration travel in the checkpoint"
 
 
@@ -1863,7 +1864,7 @@ def test_sft_fits_demonstrations_at_temperature_one(tiny_run, tmp_path):
     cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tmp_path}", "--temperature=0.5"]))
     train.seed_all(cfg.seed)
     cold = train.train_sft(cfg, tokenizer.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)).state_dict()
-    warm = model.load_checkpoint(str(tiny_run / "ref.pt"))["model"]  # the same run at temperature 1.0
+    warm = checkpoint.load(str(tiny_run / "ref.pt"))["model"]  # the same run at temperature 1.0
     for k in warm:
         assert torch.equal(warm[k], cold[k]), f"SFT weights depend on --temperature ({k})"
 
@@ -1895,7 +1896,7 @@ def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--critic=separate"]
     train.main(base + ["--ppo_iters=1"])
-    assert "critic" in model.load_checkpoint(str(tmp_path / "ppo.pt")), "the critic travels in the checkpoint"
+    assert "critic" in checkpoint.load(str(tmp_path / "ppo.pt")), "the critic travels in the checkpoint"
     with pytest.raises(SystemExit, match="trained with --critic=separate"):
         train.main(base[:-1] + ["--ppo_iters=2", "--init_from=resume"])
     train.main(base + ["--ppo_iters=2", "--init_from=resume"])
@@ -2009,17 +2010,17 @@ def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run,
                            f"--ppo_start={tiny_run / name}"])
         kls[name] = json.loads(open(out / "ppo_log.jsonl").readline())["kl"]
     assert abs(kls["ref.pt"]) < 1e-5 < abs(kls["ppo.pt"]), kls
-    ck = model.load_checkpoint(str(tiny_run / "ppo.pt"))
-    model.save_checkpoint(str(tmp_path / "wide.pt"), dict(ck, config=dict(ck["config"], n_embd=64)))
+    ck = checkpoint.load(str(tiny_run / "ppo.pt"))
+    checkpoint.save(str(tmp_path / "wide.pt"), dict(ck, config=dict(ck["config"], n_embd=64)))
     cfg = train.resolve(train.parse_args(TINY + ["--stage=ppo", f"--ppo_start={tmp_path / 'wide.pt'}"]))
     enc = tokenizer.build_tokenizer(envs.tokenizer_texts("shop"), "shop")
     policy = train.build_model(cfg, enc)
-    with pytest.raises(model.CheckpointError, match="another shape"):
+    with pytest.raises(checkpoint.CheckpointError, match="another shape"):
         train._start_weights(cfg, enc, policy, policy)
     wide = tmp_path / "wide"
     wide.mkdir()
     shutil.copy(tiny_run / "ref.pt", wide / "ref.pt")
-    with pytest.raises(model.CheckpointError, match="another shape"):
+    with pytest.raises(checkpoint.CheckpointError, match="another shape"):
         train.main(TINY + [f"--out_dir={wide}", "--stage=ppo", f"--ppo_start={tmp_path / 'wide.pt'}"])
     assert sorted(os.listdir(wide)) == ["ref.pt"], "refused before anything is trained or logged"
     with pytest.raises(SystemExit, match="ppo_start"):  # resumed without the start it was made from
@@ -2033,19 +2034,19 @@ def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume
     mean is saved in ppo.pt too, so a resume carries it on; another --average_from on resume, or one outside the
     run's iterations, is refused."""
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
-    snaps, save_run = {}, model.save_run
+    snaps, save_run = {}, checkpoint.save_run
 
     def spy(path, net, *args, **kw):  # what ppo.pt holds after each iteration
         if os.path.basename(path) == "ppo.pt":
             snaps[kw["iter"]] = {k: v.detach().clone() for k, v in net.state_dict().items()}
         return save_run(path, net, *args, **kw)
 
-    monkeypatch.setattr(model, "save_run", spy)
+    monkeypatch.setattr(checkpoint, "save_run", spy)
     run = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--average_from=1"]
     train.main(run + ["--ppo_iters=2"])
-    assert model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))["averaged"] == 1
+    assert checkpoint.load(str(tmp_path / "ppo_avg.pt"))["averaged"] == 1
     train.main(run + ["--ppo_iters=3", "--init_from=resume"])
-    avg = model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))
+    avg = checkpoint.load(str(tmp_path / "ppo_avg.pt"))
     assert (avg["iter"], avg["averaged"], "optimizer" in avg) == (2, 2, False)
     w = "transformer.wte.weight"
     assert not torch.equal(snaps[1][w], snaps[2][w])  # the iterates differ, so their mean is neither
@@ -2065,7 +2066,7 @@ def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume
 
 def test_the_default_averages_the_last_two_thirds_and_a_resumed_run_keeps_where_its_mean_began(tiny_run, tmp_path):
     """--average_from=-1, the default: a new run averages from iteration ppo_iters // 3 (20 of the preset's 60), and
-    the run folder's policy (model.policy_path, what the report reads) is that mean; a resume with more iterations
+    the run folder's policy (checkpoint.policy_path, what the report reads) is that mean; a resume with more iterations
     goes on with the mean it was making; a new run too short to average leaves no stale mean behind."""
     cfg = train.resolve(train.parse_args(["--device=cpu"]))
     train._resolve_average_from(cfg)
@@ -2073,13 +2074,13 @@ def test_the_default_averages_the_last_two_thirds_and_a_resumed_run_keeps_where_
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false"]
     train.main(base + ["--ppo_iters=3"])
-    assert model.load_checkpoint(str(tmp_path / "ppo.pt"))["train_config"]["average_from"] == 1
-    assert model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))["averaged"] == 2, "iterations 1 and 2"
-    assert model.policy_path(str(tmp_path)) == str(tmp_path / "ppo_avg.pt")
+    assert checkpoint.load(str(tmp_path / "ppo.pt"))["train_config"]["average_from"] == 1
+    assert checkpoint.load(str(tmp_path / "ppo_avg.pt"))["averaged"] == 2, "iterations 1 and 2"
+    assert checkpoint.policy_path(str(tmp_path)) == str(tmp_path / "ppo_avg.pt")
     train.main(base + ["--ppo_iters=6", "--init_from=resume"])  # a new 6-iteration run would start its mean at 2
-    assert model.load_checkpoint(str(tmp_path / "ppo_avg.pt"))["averaged"] == 5, "iterations 1 to 5"
+    assert checkpoint.load(str(tmp_path / "ppo_avg.pt"))["averaged"] == 5, "iterations 1 to 5"
     train.main(base + ["--ppo_iters=2"])
-    assert not (tmp_path / "ppo_avg.pt").exists() and model.policy_path(str(tmp_path)) == str(tmp_path / "ppo.pt")
+    assert not (tmp_path / "ppo_avg.pt").exists() and checkpoint.policy_path(str(tmp_path)) == str(tmp_path / "ppo.pt")
 
 
 def test_seeds_makes_each_run_as_its_seed_alone_would_and_reads_pa_from_their_mean(tiny_run, tmp_path):
@@ -2093,20 +2094,20 @@ def test_seeds_makes_each_run_as_its_seed_alone_would_and_reads_pa_from_their_me
     run = TINY + ["--stage=ppo", "--eval=false", "--ppo_iters=2"]
     train.main(run + [f"--out_dir={soup_dir}", "--seed=5", "--seeds=2"])
     train.main(run + [f"--out_dir={alone}", "--seed=6"])
-    weights = lambda path: model.load_checkpoint(str(path))["model"]
+    weights = lambda path: checkpoint.load(str(path))["model"]
     a, b = weights(soup_dir / "seed5" / "ppo.pt"), weights(soup_dir / "seed6" / "ppo.pt")
     by_itself = weights(alone / "ppo.pt")
     assert all(torch.equal(b[k], by_itself[k]) for k in b), "the second run is the one --seed=6 makes alone"
     assert any(not torch.equal(a[k], b[k]) for k in a), "two seeds, two different runs"
-    assert model.policy_path(str(soup_dir)) == str(soup_dir / "ppo_soup.pt")
+    assert checkpoint.policy_path(str(soup_dir)) == str(soup_dir / "ppo_soup.pt")
     assert (soup_dir / "seed5" / "ref.pt").read_bytes() == (soup_dir / "ref.pt").read_bytes(), "each run alone"
-    soup = model.load_checkpoint(str(soup_dir / "ppo_soup.pt"))
+    soup = checkpoint.load(str(soup_dir / "ppo_soup.pt"))
     assert all(torch.allclose(soup["model"][k], (a[k] + b[k]) / 2, atol=1e-6) for k in a), "the soup is the mean"
     assert soup["train_config"]["seeds"] == 2 and "optimizer" not in soup, "an evaluation-only checkpoint"
     with pytest.raises(SystemExit, match="--seeds"):
         train.main(run + [f"--out_dir={soup_dir}", "--init_from=resume"])
     train.main(run + [f"--out_dir={soup_dir}", "--ppo_iters=1"])
-    assert model.policy_path(str(soup_dir)) == str(soup_dir / "ppo.pt"), "no stale soup is read after a new run"
+    assert checkpoint.policy_path(str(soup_dir)) == str(soup_dir / "ppo.pt"), "no stale soup is read after a new run"
     with pytest.raises(SystemExit, match="--seeds"):
         train.resolve(train.parse_args(["--seeds=0", "--device=cpu"]))
 
@@ -2142,13 +2143,13 @@ def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = model.load_checkpoint(str(tmp_path / "ppo.pt"))["iter"]  # loads: never half-written
+    done = checkpoint.load(str(tmp_path / "ppo.pt"))["iter"]  # loads: never half-written
     assert done >= 1, "the run should have checkpointed at least two iterations before the kill"
     subprocess.run(args + [f"--ppo_iters={done + 3}", "--init_from=resume"], cwd=HERE, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     iters = [json.loads(l)["iter"] for l in open(log)]
     assert iters == list(range(done + 3)), f"the log should continue without gaps or repeats: {iters}"
-    assert model.load_checkpoint(str(tmp_path / "ppo.pt"))["iter"] == done + 2, "the resumed run checkpoints its end"
+    assert checkpoint.load(str(tmp_path / "ppo.pt"))["iter"] == done + 2, "the resumed run checkpoints its end"
 
 
 # ----------------------------------------------------------------------------- bad input at every entry point
@@ -2189,7 +2190,7 @@ def test_every_device_trains_the_measured_recipe_unless_told_otherwise(monkeypat
 
 
 def test_train_without_a_reference_says_which_file_is_missing(tmp_path):
-    with pytest.raises(model.CheckpointError, match="no checkpoint at .*ref.pt"):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at .*ref.pt"):
         train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo"])
 
 
@@ -2254,28 +2255,28 @@ def tiny_prm(tiny_free, tmp_path_factory):
 
 
 def _net(path):
-    ck = model.load_checkpoint(str(path))
+    ck = checkpoint.load(str(path))
     net = model.GPT(model.GPTConfig(**ck["config"])).eval()
     net.load_state_dict(ck["model"])
     return net, ck
 
 
 def test_early_reference_is_saved_during_behaviour_cloning(tiny_run):
-    early, ref = (model.load_checkpoint(str(tiny_run / f)) for f in ("ref_early.pt", "ref.pt"))
+    early, ref = (checkpoint.load(str(tiny_run / f)) for f in ("ref_early.pt", "ref.pt"))
     assert early["stage"] == "sft_early" and early["iter"] == 0, "a tenth of 10 steps: saved after the first"
     assert any(not torch.equal(early["model"][k], ref["model"][k]) for k in ref["model"]), \
         "the early reference must differ from the final one"
 
 
 def test_merge_weights_at_zero_is_the_reference_and_at_one_the_policy(tiny_prm):
-    ref, pol = (model.load_checkpoint(str(tiny_prm / f))["model"] for f in ("ref.pt", "ppo.pt"))
+    ref, pol = (checkpoint.load(str(tiny_prm / f))["model"] for f in ("ref.pt", "ppo.pt"))
     zero, one, half = (pa.merge_weights(ref, pol, a) for a in (0.0, 1.0, 0.5))
     assert ref.keys() == zero.keys() == one.keys()
     for k in ref:
         assert torch.equal(zero[k], ref[k]), f"alpha 0 must be the reference: {k}"
         assert torch.allclose(one[k], pol[k], rtol=0, atol=1e-6), f"alpha 1 must be the policy: {k}"
         assert torch.allclose(half[k], (ref[k] + pol[k]) / 2, rtol=0, atol=1e-6), f"alpha 0.5 is the midpoint: {k}"
-    saved = model.load_checkpoint(str(tiny_prm / "merge_0.5.pt"))
+    saved = checkpoint.load(str(tiny_prm / "merge_0.5.pt"))
     assert saved["alpha"] == 0.5 and all(torch.equal(saved["model"][k], half[k]) for k in ref), "merge_0.5.pt"
     with pytest.raises(ValueError, match="same model"):
         pa.merge_weights(ref, {k: v for k, v in list(pol.items())[1:]}, 0.5)
@@ -2311,7 +2312,7 @@ def test_implicit_prm_loss_is_the_outcome_cross_entropy():
 
 def test_trained_reward_models_fit_their_training_data(tiny_prm):
     cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tiny_prm}"] + PRM_OPTS))
-    ck = model.load_checkpoint(str(tiny_prm / "ppo.pt"))
+    ck = checkpoint.load(str(tiny_prm / "ppo.pt"))
     enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
     for k in ("beta", "temperature", "max_action_tokens"):  # as train.main's prm stage does
         setattr(cfg, k, ck["train_config"][k])
@@ -2335,17 +2336,17 @@ def test_trained_reward_models_fit_their_training_data(tiny_prm):
 
 
 def test_new_checkpoints_load_and_refuse_another_world_or_tokenizer(tiny_prm, tmp_path):
-    spec = model.load_checkpoint(str(tiny_prm / "ppo.pt"))["tokenizer"]
+    spec = checkpoint.load(str(tiny_prm / "ppo.pt"))["tokenizer"]
     other = tokenizer.tokenizer_spec(tokenizer.build_tokenizer(["something else entirely"], "other"))
     files = ["ref_early.pt", "merge_0.2.pt", "merge_0.5.pt", "merge_0.7.pt", "implicit_prm.pt", "supervised_prm.pt"]
     for f in files:
-        ck = model.load_checkpoint(str(tiny_prm / f), env_name="shop", tokenizer_spec=spec)
+        ck = checkpoint.load(str(tiny_prm / f), env_name="shop", tokenizer_spec=spec)
         model.GPT(model.GPTConfig(**ck["config"])).load_state_dict(ck["model"])  # loads into a GPT as it is
-        with pytest.raises(model.CheckpointError, match="trained on environment 'shop', not 'travel'"):
-            model.load_checkpoint(str(tiny_prm / f), env_name="travel")
-        with pytest.raises(model.CheckpointError, match="different tokenizer"):
-            model.load_checkpoint(str(tiny_prm / f), tokenizer_spec=other)
-    ck = model.load_checkpoint(str(tiny_prm / "merge_0.5.pt"))
+        with pytest.raises(checkpoint.CheckpointError, match="trained on environment 'shop', not 'travel'"):
+            checkpoint.load(str(tiny_prm / f), env_name="travel")
+        with pytest.raises(checkpoint.CheckpointError, match="different tokenizer"):
+            checkpoint.load(str(tiny_prm / f), tokenizer_spec=other)
+    ck = checkpoint.load(str(tiny_prm / "merge_0.5.pt"))
     ck["env_name"] = "travel"
     torch.save(ck, tmp_path / "foreign.pt")
     for main in (report.main, search.main):
@@ -2624,7 +2625,7 @@ def test_mc_advantage_run_trains_no_critic_and_refuses_one(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--ppo_iters=1", "--advantage=mc",
                        "--mc_rollouts=2", "--kl=sampled"])
-    ref, ppo = (model.load_checkpoint(str(tmp_path / f))["model"] for f in ("ref.pt", "ppo.pt"))
+    ref, ppo = (checkpoint.load(str(tmp_path / f))["model"] for f in ("ref.pt", "ppo.pt"))
     assert all(torch.equal(ref[k], ppo[k]) for k in ref if k.startswith("value_head")), "no value loss with mc"
     assert any(not torch.equal(ref[k], ppo[k]) for k in ref), "the policy itself must move"
     for extra, said in ((["--critic=separate"], "learns no critic"), (["--mc_rollouts=0"], "at least 1")):
@@ -2706,7 +2707,7 @@ def test_slope_is_the_share_of_a_true_difference_that_reaches_the_estimate():
 def test_improve_estimates_one_round_and_distils_it(tiny_run, tmp_path):
     out = diagnose.improve(str(tiny_run / "ref.pt"), str(tmp_path), episodes=2, k=2, epochs=1, n_check=1, max_steps=3,
                            cache_dir=tmp_path / "cache")
-    made_with = model.load_checkpoint(str(tiny_run / "ref.pt"))["train_config"]["actions"]
+    made_with = checkpoint.load(str(tiny_run / "ref.pt"))["train_config"]["actions"]
     data = torch.load(next(tmp_path.glob(f"improve_data-*-{made_with}.pt")))  # sampled as the reference was trained
     assert data and all(len(acts) == len(p) == len(q) for _, acts, p, q, _ in data), "one pi_ref and Q per action"
     assert all(sum(p) <= 1 + 1e-6 and all(0 <= x <= 1 for x in q + [qn]) for _, _, p, q, qn in data), \
@@ -2736,33 +2737,33 @@ def test_cross_scores_by_the_sampler_itself_are_its_own_pa(tiny_run, tmp_path):
 def test_a_soup_of_two_runs_is_their_midpoint_and_refuses_other_setups(tiny_run, tmp_path):
     ppo, ref = str(tiny_run / "ppo.pt"), str(tiny_run / "ref.pt")
     diagnose.soup([ppo, ref], str(tmp_path / "soup.pt"))
-    ck, a, b = (model.load_checkpoint(p) for p in (str(tmp_path / "soup.pt"), ref, ppo))
+    ck, a, b = (checkpoint.load(p) for p in (str(tmp_path / "soup.pt"), ref, ppo))
     mid = pa.merge_weights(a["model"], b["model"], 0.5)
     assert all(torch.allclose(ck["model"][k], mid[k], atol=1e-6) for k in mid), "two runs' soup = the 0.5 merge"
     assert "optimizer" not in ck and ck["soup_of"] == [os.path.abspath(ppo), os.path.abspath(ref)]
     other = dict(b, beta=0.1)
-    model.save_checkpoint(str(tmp_path / "other.pt"), other)
-    with pytest.raises(model.CheckpointError, match="one setup"):
+    checkpoint.save(str(tmp_path / "other.pt"), other)
+    with pytest.raises(checkpoint.CheckpointError, match="one setup"):
         diagnose.soup([ppo, str(tmp_path / "other.pt")], str(tmp_path / "bad.pt"))
-    with pytest.raises(model.CheckpointError, match="at least two"):
+    with pytest.raises(checkpoint.CheckpointError, match="at least two"):
         diagnose.soup([ppo], str(tmp_path / "bad.pt"))
     assert not (tmp_path / "bad.pt").exists(), "a refused soup writes nothing"
     diagnose.soup([ppo], str(tmp_path / "far.pt"), scale=2.0, ref_path=ref)
-    far = model.load_checkpoint(str(tmp_path / "far.pt"))["model"]
+    far = checkpoint.load(str(tmp_path / "far.pt"))["model"]
     assert all(torch.allclose(far[k], 2 * b["model"][k] - a["model"][k], atol=1e-6) for k in far), \
         "--scale 2: the reference plus twice the run's step from it"
-    with pytest.raises(model.CheckpointError, match="give --ref"):
+    with pytest.raises(checkpoint.CheckpointError, match="give --ref"):
         diagnose.soup([ppo], str(tmp_path / "bad.pt"), scale=2.0)
     diagnose.main(["--soup", ppo, "--moved", "wte,lm_head", "--ref", ref, "--out", str(tmp_path / "emb.pt")])
-    emb = model.load_checkpoint(str(tmp_path / "emb.pt"))["model"]
+    emb = checkpoint.load(str(tmp_path / "emb.pt"))["model"]
     assert all(torch.equal(emb[k], (b if "wte" in k or "lm_head" in k else a)["model"][k]) for k in emb), \
         "--moved: the run's embeddings, every other weight the reference's"
     assert not torch.equal(emb["transformer.wte.weight"], a["model"]["transformer.wte.weight"]), "the run moved them"
-    with pytest.raises(model.CheckpointError, match="names no weight"):
+    with pytest.raises(checkpoint.CheckpointError, match="names no weight"):
         diagnose.soup([ppo], str(tmp_path / "bad.pt"), ref_path=ref, moved=("embedding",))
     shutil.copy(ref, tmp_path / "ref.pt")
     shutil.copy(tmp_path / "soup.pt", tmp_path / "ppo.pt")
-    with pytest.raises(model.CheckpointError, match="no training state"):
+    with pytest.raises(checkpoint.CheckpointError, match="no training state"):
         train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--init_from=resume", "--ppo_iters=3"])
 
 

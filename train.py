@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 import agents
+import checkpoint
 import envs
 import model as M
 import pa
@@ -304,12 +305,12 @@ def train_sft(cfg, enc):
         loss = ce + cfg.sft_vf_coef * v_loss
         M.gradient_step(opt, net, loss, cfg.max_grad_norm, "sft loss")
         if it + 1 == max(1, round(cfg.sft_early * cfg.sft_iters)):  # knows the format, not yet the task well:
-            M.save_run(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
+            checkpoint.save_run(os.path.join(cfg.out_dir, "ref_early.pt"), net, cfg, enc, stage="sft_early", iter=it,
                        seconds=time.time() - t0)  # the analogue of a base model, a reference for PA (prm.py)
         if it % 100 == 0 or it == cfg.sft_iters - 1:
             log_line(log, dict(iter=it, ce=ce.item(), v_loss=v_loss.item(), lr=lr,
                                seconds=round(time.time() - t0, 1)))
-    M.save_run(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
+    checkpoint.save_run(os.path.join(cfg.out_dir, "ref.pt"), net, cfg, enc, stage="sft", seconds=time.time() - t0)
     return net
 
 
@@ -543,9 +544,9 @@ def _start_weights(cfg, enc, ref, policy):
     """The reference's weights, or those of --ppo_start (a checkpoint of the same world, tokenizer and shape)."""
     if not cfg.ppo_start:
         return ref.state_dict()
-    ck = M.load_checkpoint(cfg.ppo_start, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
+    ck = checkpoint.load(cfg.ppo_start, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
     if M.GPTConfig(**ck["config"]) != policy.config:
-        raise M.CheckpointError(f"--ppo_start {cfg.ppo_start} is a network of another shape: {ck['config']}")
+        raise checkpoint.CheckpointError(f"--ppo_start {cfg.ppo_start} is a network of another shape: {ck['config']}")
     print(f"PPO starts from the weights of {cfg.ppo_start}")
     return ck["model"]
 
@@ -572,7 +573,7 @@ def _check_resume(ck, cfg, ppo_path):
     """Refuse, before anything is loaded or rewritten, a resume whose options would change the run it continues.
     Returns the iteration to resume at."""
     if "optimizer" not in ck:
-        raise M.CheckpointError(f"{ppo_path} holds no training state (a soup of runs?): start PPO from it "
+        raise checkpoint.CheckpointError(f"{ppo_path} holds no training state (a soup of runs?): start PPO from it "
                                 f"with --ppo_start, in another out_dir")
     start = ck["iter"] + 1
     was = ck.get("train_config", {})
@@ -605,7 +606,7 @@ def train_ppo(cfg, enc, ref):
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
     if resuming:
-        ck = M.load_checkpoint(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
+        ck = checkpoint.load(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
         _resolve_average_from(cfg, ck)
         start = _check_resume(ck, cfg, ppo_path)
         policy.load_state_dict(ck["model"])
@@ -670,12 +671,13 @@ def train_ppo(cfg, enc, ref):
         if n:  # the running mean of the weights: the mean of n - 1 iterations moved 1/n of the way to this one
             state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
             avg = state if avg is None else pa.merge_weights(avg, state, 1 / n)
-        M.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(), rng=rng_state(),
-                   gen=gen.get_state(), sample_gen=sample_gen.get_state(),
-                   **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic else {}),
-                   **(dict(average=avg, averaged=n) if n else {}))
+        checkpoint.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(),
+                            rng=rng_state(), gen=gen.get_state(), sample_gen=sample_gen.get_state(),
+                            **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic
+                               else {}),
+                            **(dict(average=avg, averaged=n) if n else {}))
         if n:  # the same mean as a policy of its own, for report.py and search.py
-            M.save_run(avg_path, policy, cfg, enc, weights=avg, stage="ppo", iter=it, averaged=n)
+            checkpoint.save_run(avg_path, policy, cfg, enc, weights=avg, stage="ppo", iter=it, averaged=n)
     return policy
 
 
@@ -694,10 +696,10 @@ def train_soup(cfg, enc, ref):
         print(f"PPO run {seed - cfg.seed + 1} of {cfg.seeds} (seed {seed}) in {run.out_dir}")
         seed_all(seed)
         train_ppo(run, enc, ref)
-        paths.append(os.path.abspath(M.policy_path(run.out_dir)))
-    weights, keep = M.soup(paths)
+        paths.append(os.path.abspath(checkpoint.policy_path(run.out_dir)))
+    weights, keep = checkpoint.soup(paths)
     path = os.path.join(cfg.out_dir, "ppo_soup.pt")
-    M.save_checkpoint(path, dict(keep, model=weights, stage="soup", soup_of=paths,
+    checkpoint.save(path, dict(keep, model=weights, stage="soup", soup_of=paths,
                                  train_config=dict(keep["train_config"], seeds=cfg.seeds)))
     print(f"[soup] the mean of {cfg.seeds} runs' weights -> {path}")
 
@@ -716,7 +718,7 @@ def main(argv):
         print(f"stage sft (demonstrations + behaviour cloning): {times['sft_s']} s")
     if cfg.stage in ("ppo", "all"):
         t0 = time.time()
-        ref, _ = M.load_run(ref_path, cfg, enc, cfg.device)
+        ref, _ = checkpoint.load_run(ref_path, cfg, enc, cfg.device)
         soup_path = os.path.join(cfg.out_dir, "ppo_soup.pt")
         if os.path.exists(soup_path):  # a soup of earlier runs, which the report would read instead of these
             if cfg.init_from != "resume":
@@ -728,19 +730,19 @@ def main(argv):
         times["ppo_s"] = round(time.time() - t0, 1)
         print(f"stage ppo: {times['ppo_s']} s")
     if cfg.stage == "prm":
-        ref, _ = M.load_run(ref_path, cfg, enc, cfg.device)
-        policy, ck = M.load_run(M.policy_path(cfg.out_dir), cfg, enc, cfg.device)
+        ref, _ = checkpoint.load_run(ref_path, cfg, enc, cfg.device)
+        policy, ck = checkpoint.load_run(checkpoint.policy_path(cfg.out_dir), cfg, enc, cfg.device)
         for k in ("beta", "temperature", "max_action_tokens"):  # PPO's own, whatever the command line says
             setattr(cfg, k, ck["train_config"][k])
         cfg.actions = ck["train_config"].get("actions", "any")  # runs older than --actions wrote free text
         prm.train_prms(cfg, enc, ref, policy)
         if cfg.eval:
-            prm.compare(M.policy_path(cfg.out_dir), cfg.out_dir, cfg.device, cfg.batch_size)
+            prm.compare(checkpoint.policy_path(cfg.out_dir), cfg.out_dir, cfg.device, cfg.batch_size)
     if cfg.eval and cfg.stage in ("all", "eval"):
         t0 = time.time()
         quick = cfg.report == "quick" or (cfg.report == "auto" and not cfg.device.startswith("cuda"))
         rc = report.ReportConfig(**(report.QUICK if quick else {}))
-        report.run(M.policy_path(cfg.out_dir), cfg.out_dir, ref_path, cfg.device, cfg.batch_size, rc, times)
+        report.run(checkpoint.policy_path(cfg.out_dir), cfg.out_dir, ref_path, cfg.device, cfg.batch_size, rc, times)
         print(f"stage report: {round(time.time() - t0, 1)} s")
     return cfg
 
@@ -748,5 +750,5 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except M.CheckpointError as e:  # a missing, truncated or foreign checkpoint: say which, no traceback
+    except checkpoint.CheckpointError as e:  # a missing, truncated or foreign checkpoint: say which, no traceback
         raise SystemExit(f"train.py: {e}")
