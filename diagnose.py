@@ -155,7 +155,7 @@ def _reference(ref_path, device, **overrides):
 def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="gae", cache_dir=None,
               device="cpu", seed=0, max_steps=None, start="reference", distil_rounds=10, distil_lr=1e-3,
               distil_loss="ce", distil_from=0, distil_tasks=None, critic_warmup=0, train_from=0, train_tasks=None,
-              **overrides):
+              average_from=0, **overrides):
     """The network version of the tabular question: train.py's PPO from the reference, on n_tasks validation
     tasks only (so that each state is visited often, as in a table), with GAE's advantages (advantages="gae")
     or with the exact ones of the optimum (advantages="exact": beta * (log pi*/pi_ref - log pi/pi_ref) of the
@@ -177,15 +177,23 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     often, is worth on tasks it has not seen.
     critic_warmup: iterations that fit only the critic first (its head learned the reference's returns, not the
     distilled policy's); they are logged with critic_only.
+    average_from=k (> 0): also keep the running mean of the weights from iteration k on (train.py --average_from),
+    saved as ppo_avg.pt and checked instead of the last iterate; anneal_lr=True (an override): the learning rate
+    falls linearly to zero over the iterations (train.py --anneal_lr). Either tells a noise floor of constant-size
+    steps from a bias.
     max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
     if start not in ("reference", "optimum"):
         raise ValueError(f"start: reference or optimum, not {start!r}")
     if iters < (1 if start == "reference" else 0):
         raise ValueError(f"iters: at least 1 from the reference (0 is allowed from the optimum), not {iters}")
+    if not 0 <= average_from < critic_warmup + iters:
+        raise ValueError(f"average_from: 0 (the last iterate) or an iteration from 1 to "
+                         f"{critic_warmup + iters - 1}, not {average_from}")
     if advantages == "exact":  # pi*'s exact advantage holds the KL term: the exact KL's loss would count it twice
         overrides["kl"] = "sampled"  # (the sampled KL lives only in the reward, which these advantages replace)
     cfg, enc, ref = _reference(ref_path, device, out_dir=out_dir, seed=seed, ppo_iters=iters,
-                               episodes_per_iter=episodes, **overrides)
+                               episodes_per_iter=episodes, critic_warmup=critic_warmup, average_from=average_from,
+                               **overrides)
     os.makedirs(out_dir, exist_ok=True)
     policy = train.build_model(cfg, enc)
     policy.load_state_dict(ref.state_dict())
@@ -207,6 +215,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, weight_decay=0.0)
     critic, critic_opt = ppo_variants.separate_critic(cfg, ref)
     gen, sample_gen = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 2)
+    avg = None
     for it in range(critic_warmup + iters):
         t0 = time.time()
         env_list = [envs.make_env(cfg.env, "valid", trained[i % len(trained)], it * episodes + i, max_steps)
@@ -217,17 +226,30 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         mine = [st.log_ratio for _, st in steps]
         target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
         policy.train()
+        for o in filter(None, (opt, critic_opt)):
+            for g in o.param_groups:
+                g["lr"] = train.lr_at(cfg, it)
         stats = train.ppo_update(cfg, policy, opt, agent, eps, gen, exact if advantages == "exact" else None,
                                  critic_only=it < critic_warmup, critic=critic, critic_opt=critic_opt)
         log.append(dict(iter=it, critic_only=it < critic_warmup, success=float(np.mean([ep.success for ep in eps])),
                         kl=float(np.mean([sum(st.log_ratio for st in ep.steps) for ep in eps])),
-                        pearson=optimum.pearson(mine, target), **stats, seconds=round(time.time() - t0, 1),
+                        pearson=optimum.pearson(mine, target), **stats, lr=train.lr_at(cfg, it),
+                        seconds=round(time.time() - t0, 1),
                         tasks=f"{min(ep.task for ep in eps)}-{max(ep.task for ep in eps)}"))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
-    checkpoint.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo",
-                        iter=max(critic_warmup + iters - 1, 0))
-    optimum.optimum_check(os.path.join(out_dir, "ppo.pt"), out_dir, ref_path, device, n=n_tasks,
-                         max_steps=max_steps, cache_dir=cache_dir)
+        n = train._averaged(cfg, it)
+        if n:  # the running mean of the weights, as train.train_ppo keeps it
+            state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            avg = state if avg is None else pa.merge_weights(avg, state, 1 / n)
+    last, avg_path = max(critic_warmup + iters - 1, 0), os.path.join(out_dir, "ppo_avg.pt")
+    checkpoint.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=last)
+    if avg is not None:
+        checkpoint.save_run(avg_path, policy, cfg, enc, weights=avg, stage="ppo", iter=last,
+                            averaged=train._averaged(cfg, last))
+    elif os.path.exists(avg_path):  # an earlier run's mean in the same folder is not this run's policy
+        os.remove(avg_path)
+    optimum.optimum_check(avg_path if avg is not None else os.path.join(out_dir, "ppo.pt"), out_dir, ref_path,
+                          device, n=n_tasks, max_steps=max_steps, cache_dir=cache_dir)
     with open(os.path.join(out_dir, "few_tasks_log.json"), "w") as f:
         json.dump(log, f)
     return log
@@ -536,6 +558,10 @@ def main(argv):
                    "optimum (default: the reference's)")
     p.add_argument("--critic_warmup", type=int, default=0, help="with --few_tasks: iterations that fit only the "
                    "critic before PPO")
+    p.add_argument("--average_from", type=int, default=0, help="with --few_tasks: check the running mean of the "
+                   "weights from this iteration on (train.py --average_from), not the last iterate")
+    p.add_argument("--anneal_lr", action="store_true", help="with --few_tasks: the learning rate falls linearly "
+                   "to zero over the iterations (train.py --anneal_lr)")
     p.add_argument("--critic", default="shared", choices=("shared", "separate"), help="with --few_tasks: the "
                    "policy's own value head, or a critic network of its own (train.py --critic)")
     p.add_argument("--actions", default=None, choices=("any", "available"), help="with --few_tasks, --improve or "
@@ -590,6 +616,9 @@ def main(argv):
                     "--critic_warmup at least 0")
         if args.beta is not None and not args.beta > 0:
             p.error(f"--beta must be positive, not {args.beta}")
+        if not 0 <= args.average_from < args.critic_warmup + args.iters:
+            p.error(f"--average_from takes 0 (the last iterate) or an iteration from 1 to "
+                    f"{args.critic_warmup + args.iters - 1}, not {args.average_from}")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
             p.error(f"--few_tasks takes 1 to {envs.N_TASKS['valid']} tasks, not {args.few_tasks}")
         for name in ("distil", "train"):  # the tasks distilled on, and those PPO trains on, must exist
@@ -606,6 +635,7 @@ def main(argv):
                       distil_from=args.distil_from, distil_tasks=args.distil_tasks, train_from=args.train_from,
                       train_tasks=args.train_tasks,
                       distil_lr=args.lr, critic_warmup=args.critic_warmup, critic=args.critic, **acts,
+                      average_from=args.average_from, anneal_lr=args.anneal_lr,
                       seed=args.seed, **({} if args.beta is None else dict(beta=args.beta)))
         except checkpoint.CheckpointError as e:
             raise SystemExit(f"diagnose.py: {e}")

@@ -2688,6 +2688,30 @@ def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, t
     assert (tmp_path / "ppo.pt").exists() and (tmp_path / "few_tasks_log.json").exists(), os.listdir(tmp_path)
 
 
+def test_few_tasks_can_anneal_the_rate_and_check_the_mean_of_the_late_iterates(tiny_run, tmp_path, monkeypatch):
+    checked, check, update, snaps = [], optimum.optimum_check, train.ppo_update, []
+    monkeypatch.setattr(optimum, "optimum_check", lambda path, *a, **kw: checked.append(path) or check(path, *a, **kw))
+    run = lambda **kw: diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=1, iters=3, episodes=4,
+                                          max_steps=3, advantages="exact", cache_dir=str(tmp_path / "cache"), **kw)
+    (tmp_path / "ppo_avg.pt").write_bytes(b"an earlier run's mean")
+    log = run(anneal_lr=True)
+    lr = checkpoint.load(str(tmp_path / "ppo.pt"))["train_config"]["ppo_lr"]
+    assert [r["lr"] for r in log] == pytest.approx([lr, lr * 2 / 3, lr / 3]), "linear to zero over 3 iterations"
+    assert checked == [str(tmp_path / "ppo.pt")] and not (tmp_path / "ppo_avg.pt").exists(), \
+        "no averaging: the last iterate is checked, and a stale mean is not left to pass for this run's policy"
+    monkeypatch.setattr(train, "ppo_update", lambda cfg, policy, *a, **kw: snaps.append(
+        {k: v.detach().clone() for k, v in policy.state_dict().items()}) or update(cfg, policy, *a, **kw))
+    log = run(average_from=1)
+    assert [r["lr"] for r in log] == pytest.approx([lr] * 3), "a constant rate unless annealed"
+    avg, last = checkpoint.load(str(tmp_path / "ppo_avg.pt")), checkpoint.load(str(tmp_path / "ppo.pt"))
+    assert checked[-1] == str(tmp_path / "ppo_avg.pt") and avg["averaged"] == 2, "the mean of iterations 1 and 2"
+    name = "transformer.h.0.attn.c_attn.weight"  # the weights after iteration 1 are those the third update starts from
+    assert torch.allclose(avg["model"][name], (snaps[2][name] + last["model"][name]) / 2)
+    assert not torch.allclose(avg["model"][name], last["model"][name]), "PPO moved the weights between them"
+    with pytest.raises(ValueError, match="average_from"):
+        run(average_from=3)
+
+
 def test_estimates_compare_each_estimator_with_the_exact_reference_advantage(tiny_run, tmp_path):
     out = diagnose.estimates(str(tiny_run / "ref.pt"), n_tasks=2, n_samples=2, ks=(2,), max_steps=3, cache_dir=tmp_path)
     assert set(out["advantage"]) == {"gae", "gae_lam1", "mc2"} and set(out["value"]) == {"critic", "v_mc2"}, out
@@ -2836,6 +2860,9 @@ def test_few_tasks_trains_on_other_tasks_than_the_checked_ones(tiny_run, tmp_pat
         with pytest.raises(SystemExit) as refused:  # the trained tasks must exist, refused before anything loads
             diagnose.main(["--few_tasks", "16"] + bad)
         assert refused.value.code == 2 and "--train_" in capsys.readouterr().err, f"{bad} must be refused"
+    with pytest.raises(SystemExit) as refused:  # the mean must begin at an iteration of the run
+        diagnose.main(["--few_tasks", "16", "--iters", "30", "--average_from", "30"])
+    assert refused.value.code == 2 and "--average_from" in capsys.readouterr().err
 
 
 def test_kl_split_adds_up_to_the_sampled_kl(tiny_run):
