@@ -237,15 +237,14 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
                         seconds=round(time.time() - t0, 1),
                         tasks=f"{min(ep.task for ep in eps)}-{max(ep.task for ep in eps)}"))
         print(" | ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in log[-1].items()))
-        n = train._averaged(cfg, it)
+        n = train.averaged(cfg, it)
         if n:  # the running mean of the weights, as train.train_ppo keeps it
-            state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-            avg = state if avg is None else pa.merge_weights(avg, state, 1 / n)
+            avg = train.running_mean(avg, policy, n)
     last, avg_path = max(critic_warmup + iters - 1, 0), os.path.join(out_dir, "ppo_avg.pt")
     checkpoint.save_run(os.path.join(out_dir, "ppo.pt"), policy, cfg, enc, stage="ppo", iter=last)
     if avg is not None:
         checkpoint.save_run(avg_path, policy, cfg, enc, weights=avg, stage="ppo", iter=last,
-                            averaged=train._averaged(cfg, last))
+                            averaged=train.averaged(cfg, last))
     elif os.path.exists(avg_path):  # an earlier run's mean in the same folder is not this run's policy
         os.remove(avg_path)
     optimum.optimum_check(avg_path if avg is not None else os.path.join(out_dir, "ppo.pt"), out_dir, ref_path,

@@ -556,9 +556,15 @@ def lr_at(cfg, it):
     return cfg.ppo_lr * (1 - it / (cfg.critic_warmup + cfg.ppo_iters)) if cfg.anneal_lr else cfg.ppo_lr
 
 
-def _averaged(cfg, it):
+def averaged(cfg, it):
     """How many iterates the --average_from mean holds once iteration `it` is done (0: none yet, or off)."""
     return max(0, it - cfg.average_from + 1) if cfg.average_from else 0
+
+
+def running_mean(avg, net, n):
+    """The mean of n iterates' weights: that of the first n - 1 (avg; None for none) moved 1/n of the way to net's."""
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return state if avg is None else pa.merge_weights(avg, state, 1 / n)
 
 
 def _resolve_average_from(cfg, ck=None):
@@ -585,7 +591,7 @@ def _check_resume(ck, cfg, ppo_path):
     if ("critic" in ck) != (cfg.critic == "separate"):
         raise SystemExit(f"{ppo_path} was trained with --critic={'separate' if 'critic' in ck else 'shared'}: "
                          f"resume it with that, or start anew")
-    if ck.get("averaged", 0) != _averaged(cfg, start - 1):
+    if ck.get("averaged", 0) != averaged(cfg, start - 1):
         raise SystemExit(f"{ppo_path} holds the mean of {ck.get('averaged', 0)} iterations: resume it with the "
                          f"--average_from it was started with, or start anew")
     return start
@@ -667,10 +673,9 @@ def train_ppo(cfg, enc, ref):
                    **(dict(lr=lr_at(cfg, it)) if cfg.anneal_lr else {}),
                    **(dict(critic_only=critic_only) if cfg.critic_warmup else {}))
         log_line(log, rec)
-        n = _averaged(cfg, it)
-        if n:  # the running mean of the weights: the mean of n - 1 iterations moved 1/n of the way to this one
-            state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-            avg = state if avg is None else pa.merge_weights(avg, state, 1 / n)
+        n = averaged(cfg, it)
+        if n:
+            avg = running_mean(avg, policy, n)
         checkpoint.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(),
                             rng=rng_state(), gen=gen.get_state(), sample_gen=sample_gen.get_state(),
                             **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic
