@@ -186,7 +186,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         raise ValueError(f"start: reference or optimum, not {start!r}")
     if iters < (1 if start == "reference" else 0):
         raise ValueError(f"iters: at least 1 from the reference (0 is allowed from the optimum), not {iters}")
-    if not 0 <= average_from < critic_warmup + iters:
+    if average_from and not 1 <= average_from < critic_warmup + iters:  # 0: the last iterate, always allowed
         raise ValueError(f"average_from: 0 (the last iterate) or an iteration from 1 to "
                          f"{critic_warmup + iters - 1}, not {average_from}")
     if advantages == "exact":  # pi*'s exact advantage holds the KL term: the exact KL's loss would count it twice
@@ -615,7 +615,7 @@ def main(argv):
                     "--critic_warmup at least 0")
         if args.beta is not None and not args.beta > 0:
             p.error(f"--beta must be positive, not {args.beta}")
-        if not 0 <= args.average_from < args.critic_warmup + args.iters:
+        if args.average_from and not 1 <= args.average_from < args.critic_warmup + args.iters:
             p.error(f"--average_from takes 0 (the last iterate) or an iteration from 1 to "
                     f"{args.critic_warmup + args.iters - 1}, not {args.average_from}")
         if not 1 <= args.few_tasks <= envs.N_TASKS["valid"]:
