@@ -226,9 +226,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
         mine = [st.log_ratio for _, st in steps]
         target = [sols[t].log_ratio(st.env.state, st.text) for t, st in steps]
         policy.train()
-        for o in filter(None, (opt, critic_opt)):
-            for g in o.param_groups:
-                g["lr"] = train.lr_at(cfg, it)
+        train.set_lr(cfg, it, opt, critic_opt)
         stats = train.ppo_update(cfg, policy, opt, agent, eps, gen, exact if advantages == "exact" else None,
                                  critic_only=it < critic_warmup, critic=critic, critic_opt=critic_opt)
         log.append(dict(iter=it, critic_only=it < critic_warmup, success=float(np.mean([ep.success for ep in eps])),

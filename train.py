@@ -556,6 +556,13 @@ def lr_at(cfg, it):
     return cfg.ppo_lr * (1 - it / (cfg.critic_warmup + cfg.ppo_iters)) if cfg.anneal_lr else cfg.ppo_lr
 
 
+def set_lr(cfg, it, *opts):
+    """Put iteration `it`'s learning rate into each optimizer given (None: none, say without a critic of its own)."""
+    for o in filter(None, opts):
+        for g in o.param_groups:
+            g["lr"] = lr_at(cfg, it)
+
+
 def averaged(cfg, it):
     """How many iterates the --average_from mean holds once iteration `it` is done (0: none yet, or off)."""
     return max(0, it - cfg.average_from + 1) if cfg.average_from else 0
@@ -657,9 +664,7 @@ def train_ppo(cfg, enc, ref):
         policy.train()
         t1 = time.time()
         critic_only = it < cfg.critic_warmup
-        for o in filter(None, (opt, critic_opt)):  # the critic's own optimizer too, with --critic=separate
-            for g in o.param_groups:
-                g["lr"] = lr_at(cfg, it)
+        set_lr(cfg, it, opt, critic_opt)  # the critic's own optimizer too, with --critic=separate
         stats = ppo_update(cfg, policy, opt, agent, episodes, gen, critic_only=critic_only, advantages=advantages,
                            critic=critic, critic_opt=critic_opt)
         n_tok = sum(len(s.prompt) + len(s.action) for ep in episodes for s in ep.steps)
