@@ -30,7 +30,9 @@ appears in a train/valid target, catalog or query.
     python envs.py --demo            # an expert episode with Q* beside every available action
 """
 import collections
+import copy
 import functools
+import itertools
 import random
 
 import worlds
@@ -240,6 +242,35 @@ class ShopTask(worlds.Task):
             out = lambda v: " (out of stock)" if stock and v == p.fragile else ""
             lines.append(f"{dim}: " + ", ".join(v + out(v) for v in values))
         return lines + ["selected: " + (", ".join(v for v in sel if v) or "nothing")]
+
+
+def twins(task):
+    """The tasks that no prompt tells apart from `task` until an item page is opened: the hidden payloads
+    (options, fragile colour, kind) of its three look-alike products, the two full matches and the near-miss that
+    lacks a required option (the same title, a price under the cap), permuted among them in all six orders, the
+    first being the task itself. Every search and results page of a twin renders as the task's does."""
+    group = [pid for pid, p in task.products.items() if p.kind in ("match", "missing")]
+    out = []
+    for order in itertools.permutations(group):
+        twin = copy.copy(task)
+        twin.products = dict(task.products)
+        for pid, src in zip(group, order):
+            p = task.products[src]
+            twin.products[pid] = task.products[pid]._replace(options=p.options, fragile=p.fragile, kind=p.kind)
+        twin.init_caches()  # the oracle's memo belongs to one catalog
+        out.append(twin)
+    return out
+
+
+def visible_class(task, pid):
+    """What a results page shows of a product, against the instruction: "sponsored", or its title against the
+    target's ("other title"), or the target's title with a price "under the cap" or "over the cap"."""
+    p = task.products[pid]
+    if p.sponsored:
+        return "sponsored"
+    if p.title != _title(task.attrs, task.type):
+        return "other title"
+    return "under the cap" if p.price < task.cap else "over the cap"
 
 
 get_shop_task = functools.lru_cache(maxsize=128)(ShopTask)  # a fully solved task holds ~2 MB of oracle memo

@@ -40,6 +40,7 @@ import bench
 import checkpoint
 import diagnose
 import envs
+import hidden
 import house
 import model
 import monitor
@@ -1747,6 +1748,72 @@ def test_optimum_check_of_a_tiny_run(tiny_run, tmp_path):
     drop = lambda o: json.dumps({**o, "tasks": [{k: v for k, v in t.items() if k != "seconds"} for t in o["tasks"]]},
                                 sort_keys=True, default=float)  # as text: nan == nan
     assert drop(again) == drop(O), "a check from the cached reference scores must give the same numbers"
+
+
+def test_shop_twins_permute_the_look_alikes_and_share_every_prompt_until_an_item_page():
+    task = shop.get_shop_task("valid", 0)
+    before = dict(task.products)
+    twins = shop.twins(task)
+    group = [pid for pid, p in task.products.items() if p.kind in ("match", "missing")]
+    payload = lambda t, pid: (t.products[pid].options, t.products[pid].fragile, t.products[pid].kind)
+    assert len(twins) == 6 and twins[0].products == task.products and task.products == before, "six, the task first"
+    assert len({tuple(payload(t, pid) for pid in group) for t in twins}) == 6, "every order of the payloads once"
+    payloads = lambda t: sorted(map(str, (payload(t, pid) for pid in group)))
+    same = lambda t: payloads(t) == payloads(task)
+    assert all(same(t) and all(t.products[p] == task.products[p] for p in task.products if p not in group)
+               for t in twins), "the same payloads, moved among the look-alikes only"
+    assert all(shop.visible_class(task, pid) == "under the cap" for pid in group), "the look-alikes look alike"
+    assert all(shop.visible_class(task, pid) == "over the cap"
+               for pid, p in task.products.items() if p.kind == "pricey")
+    env = envs.make_env("shop", "valid", 0)
+    pages = [env.state] + [envs.transitions(task, env.state, a)[0][1] for a in env.actions()]  # search, results
+    item = ("item", (group[0], 0, (None,) * len(task.products[group[0]].options)))
+    assert all(envs.render(t, s) == envs.render(task, s) for t in twins for s in pages), "the pages before an item"
+    assert any(envs.render(t, (item, 9, "")) != envs.render(task, (item, 9, "")) for t in twins), "an item page tells"
+
+
+def test_the_prompt_cannot_tell_the_look_alikes_apart_and_pi_star_can(tiny_run):
+    run_ = agents.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+    env = envs.make_env("shop", "valid", 0, max_steps=5)  # the expert's query lists all three on page 1
+    # (the twins' means differ only as the reference's scores of the three item pages do: by about 1e-4)
+    sols, task = hidden._twin_solutions(run_.ppo, env, run_.ppo.beta, None), env.task
+    results = envs.transitions(task, env.state, envs.expert_action(env))[0][1]
+    group = [pid for pid, p in task.products.items() if p.kind in ("match", "missing")]
+    assert all(envs.render(t, results) == envs.render(task, results) for t, _ in sols), "one results page for all"
+    clicks = [[x.log_ratio(results, f"click[{pid}]") for _, x in sols] for pid in group]
+    assert all(max(c) - min(c) > 0.05 for c in clicks), "pi* knows which look-alike lacks an option"
+    means = [float(np.mean(c)) for c in clicks]
+    assert max(means) - min(means) < 0.01, f"what the page says of each look-alike is about the same: {means}"
+    for pid in group:  # an item page shows the options: alike are the twins that gave this item the task's payload
+        item = envs.transitions(task, results, f"click[{pid}]")[0][1]
+        alike = [envs.render(t, item) == envs.render(task, item) for t, _ in sols]
+        assert alike == [t.products[pid].options == task.products[pid].options for t, _ in sols] and 1 <= sum(alike) < 6
+
+
+def test_visible_part_of_the_optimum_on_a_tiny_run(tiny_run, tmp_path):
+    run_ = agents.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+    R = hidden.visible_log_ratio(run_, n_tasks=2, n_samples=3, max_steps=3, cache_dir=str(tmp_path))
+    n = len(R["ppo"])
+    assert n >= 6 and len(R["success"]) == 6 and all(len(R[k]) == n for k in ("opt", "visible", "kind", "twins"))
+    assert all(1 <= k <= 6 for k in R["twins"]) and 6 in R["twins"], "the task is always alike itself; a search all"
+    assert all(k == 6 for k, kind in zip(R["twins"], R["kind"]) if kind == "search"), "a search page hides the fact"
+    beta = run_.ppo.beta
+    assert abs(sum(R["ep_opt"]) - beta * sum(R["opt"])) < 1e-9, "each episode's sum of its steps"
+    S = hidden.summarise(R, n_boot=20)
+    assert all(math.isnan(x) or -1 - 1e-9 <= x <= 1 + 1e-9 for x in (S["opt_visible"], S["ppo_opt"], S["ppo_visible"]))
+    assert sum(b["steps"] for b in S["by_kind"].values()) == n and S["episodes"] == 6
+    prefs = hidden.item_preferences(run_.ppo, "ref", n_tasks=3, seeds=2)
+    assert set(prefs) <= {"sponsored", "other title", "under the cap", "over the cap"}, prefs
+    total = sum(n for _, n in prefs.values())
+    assert abs(sum(m * n for m, n in prefs.values()) / total - 1) < 1e-9, "times a uniform choice: 1 on average"
+
+
+def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
+    with pytest.raises(ValueError, match="look-alike"):
+        hidden.visible_log_ratio(types.SimpleNamespace(env_name="house"), 1)
+    with pytest.raises(SystemExit) as e:
+        hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--tasks", "0"])
+    assert e.value.code == 2
 
 
 def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):

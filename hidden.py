@@ -1,0 +1,175 @@
+"""
+hidden.py: what a policy that reads only the prompt can know of the optimum, on a shop task it has not seen.
+
+The optimum check (optimum.py) solves each validation task with the whole task in view. A shop task hides one fact
+until an item page is opened: which of its three look-alike products (the target's title, a price under the cap)
+are the two full matches and which one lacks the required colour or size. A policy trained on other tasks has
+only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyond it. Two readings:
+
+    python hidden.py --ckpt out/ppo_avg.pt --tasks 16    # both, on the check's first 16 validation tasks (~2 min)
+
+- The visible part of the optimum (visible_log_ratio). shop.twins gives the six tasks that permute the
+  look-alikes' hidden payloads, and each is solved like the task itself. At each step the policy samples, pi*'s
+  log-ratio is averaged over the twins whose prompt at that state is the task's (all six until an item page is
+  opened): what the prompt says of it. The correlation of that average with pi*'s own log-ratio is an upper
+  estimate of any prompt-only policy's (on an unseen task a policy knows less than "all but the hidden fact").
+- Which items a network prefers (item_preferences): on the first results page after the expert's search, the
+  probability it gives one item of each visible class (shop.visible_class), as a multiple of a uniform choice
+  among the page's items. The over-the-cap item of the target's title is the one that the page does tell apart.
+"""
+import argparse
+import collections
+import itertools
+import sys
+
+import numpy as np
+
+import agents
+import envs
+import optimum
+import pa
+import shop
+
+
+def _pearson(x, y):
+    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 and np.std(x) > 0 and np.std(y) > 0 else float("nan")
+
+
+def _twin_solutions(agent, env, beta, cache):
+    """[(task, its soft optimum)] for the task (first) and each of its twins. The task's states are scored as the
+    optimum check scores them (from its cache, if there); a twin's new prompts (its item pages) once each."""
+    probs_of, scored = optimum.reference_probs(agent, cache), {}
+
+    def ref_probs(batch):
+        if not scored:  # the task itself
+            scored.update(zip([p for p, _ in batch], probs_of(batch)))
+        new = [(p, acts) for p, acts in batch if p not in scored]
+        scored.update(zip([p for p, _ in new], optimum.network_probs(agent, new)))
+        return [scored[p] for p, _ in batch]
+
+    sols = []
+    for twin in shop.twins(env.task):
+        e = envs.make_env("shop", "valid", env.task_id, seed=0, max_steps=env.max_steps)
+        e.task = twin
+        e.reset()
+        sols.append((twin, e.soft_solution(ref_probs, beta)))
+    return sols
+
+
+def visible_log_ratio(run_, n_tasks=16, n_samples=8, max_steps=None, cache_dir=None):
+    """On the first n_tasks validation shop tasks, n_samples episodes of the run's policy each: at every step the
+    policy's log-ratio ("ppo"), pi*'s ("opt") and pi*'s averaged over the twins that render that state's prompt
+    alike ("visible"), with the step's kind, the number of such twins, the task, and per episode beta times each
+    summed and its success. Returns a dict of lists."""
+    if run_.env_name != "shop":
+        raise ValueError(f"the hidden fact is the shop's look-alike items, not a part of {run_.env_name!r}")
+    agent, beta = run_.ppo, run_.ppo.beta
+    cache = optimum.optimum_cache(run_.ref_path, agent.temperature, max_steps,
+                                  cache_dir or optimum.default_cache_dir(run_.ref_path), agent.constrained)
+    out = collections.defaultdict(list)
+    for t in range(n_tasks):
+        env = envs.make_env("shop", "valid", t, seed=0, max_steps=max_steps)
+        sols = _twin_solutions(agent, env, beta, cache(t))
+        sol, samples = sols[0][1], [envs.make_env("shop", "valid", t, seed=s, max_steps=max_steps)
+                                    for s in range(n_samples)]
+        for ep in agents.rollout(agent, samples, False, run_.gen, keep_states=True):
+            sums = collections.Counter()
+            for st in ep.steps:
+                s, prompt = st.env.state, st.env.obs()
+                alike = [x.log_ratio(s, st.text) for twin, x in sols
+                         if s in x.pi_ref and envs.render(twin, s) == prompt]
+                row = dict(ppo=st.log_ratio, opt=sol.log_ratio(s, st.text), visible=float(np.mean(alike)))
+                for k, v in row.items():
+                    out[k].append(v)
+                    sums[k] += beta * v
+                out["kind"].append(envs.step_kind(st.text, st.env.actions()))
+                out["twins"].append(len(alike))
+                out["task"].append(t)
+            for k in ("ppo", "opt", "visible"):
+                out["ep_" + k].append(sums[k])
+            out["success"].append(ep.success)
+            out["ep_task"].append(t)
+    return dict(out)
+
+
+def summarise(R, n_boot=300):
+    """The readings of visible_log_ratio: Pearson of pi*'s log-ratio with its visible part (95% bootstrap over
+    tasks), the policy's with each and with the hidden rest, per kind of step, and the failure AUROC of each sum."""
+    ppo, opt, vis, task = (np.asarray(R[k]) for k in ("ppo", "opt", "visible", "task"))
+    tasks = sorted(set(R["task"]))
+
+    def ci(x, y):
+        def fn(idx):
+            m = np.isin(task, [tasks[i] for i in idx])
+            return _pearson(x[m], y[m])
+        return [round(v, 3) for v in pa.bootstrap_ci(np.arange(len(tasks)), fn, n_boot=n_boot)]
+
+    kinds = np.asarray(R["kind"])
+    by_kind = {k: dict(steps=int((kinds == k).sum()), opt_visible=_pearson(opt[kinds == k], vis[kinds == k]),
+                       sd_opt=float(np.std(opt[kinds == k])), sd_hidden=float(np.std((opt - vis)[kinds == k])),
+                       ppo_opt=_pearson(ppo[kinds == k], opt[kinds == k]),
+                       ppo_visible=_pearson(ppo[kinds == k], vis[kinds == k])) for k in sorted(set(R["kind"]))}
+    return dict(steps=len(ppo), episodes=len(R["success"]), success=float(np.mean(R["success"])),
+                opt_visible=_pearson(opt, vis), opt_visible_ci=ci(opt, vis), ppo_opt=_pearson(ppo, opt),
+                ppo_opt_ci=ci(ppo, opt), ppo_visible=_pearson(ppo, vis), ppo_visible_ci=ci(ppo, vis),
+                ppo_hidden=_pearson(ppo, opt - vis), by_kind=by_kind,
+                auroc={k: pa.auroc(R["ep_" + k], R["success"]) for k in ("opt", "visible", "ppo")})
+
+
+def item_preferences(agent, model="policy", n_tasks=100, seeds=4, split="valid"):
+    """On the first results page after the expert's search of n_tasks tasks x seeds list draws: the probability
+    that `model` ("policy" or "ref") gives one item of each visible class, renormalised over the page's items and
+    times their number (1: a uniform choice). Returns {class: (mean, items)}."""
+    rows = []
+    for t, s in itertools.product(range(n_tasks), range(seeds)):
+        env = envs.make_env("shop", split, t, seed=s)
+        env.step(envs.expert_action(env))
+        acts = env.actions()
+        items = [a for a in acts if envs.step_kind(a, acts) == "item"]
+        rows.append((env.obs(), acts, items, [shop.visible_class(env.task, a[6:-1]) for a in items]))
+    lps = agent.action_logprobs([(agent.encode(o), acts) for o, acts, _, _ in rows], model)
+    by = collections.defaultdict(list)
+    for (_, acts, items, classes), lp in zip(rows, lps):
+        lp = dict(zip(acts, lp.tolist()))
+        x = np.array([lp[a] for a in items])
+        p = np.exp(x - x.max())
+        for c, q in zip(classes, p / p.sum() * len(items)):
+            by[c].append(float(q))
+    return {c: (float(np.mean(v)), len(v)) for c, v in sorted(by.items())}
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a PPO checkpoint of the shop (its ref.pt beside it unless --ref)")
+    p.add_argument("--ref", default=None, help="the reference it was trained from")
+    p.add_argument("--tasks", type=int, default=16, help="validation tasks of the optimum check to read")
+    p.add_argument("--samples", type=int, default=8, help="the policy's episodes per task")
+    p.add_argument("--item_tasks", type=int, default=100,
+                   help="validation tasks for the item preferences (4 list draws each; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the policy's sampling")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0:
+        p.error("--tasks and --samples must be at least 1, --item_tasks at least 0")
+    run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
+    S = summarise(visible_log_ratio(run_, a.tasks, a.samples))
+    f = lambda x: f"{x:+.2f}"
+    print(f"[hidden] {S['steps']} steps of {S['episodes']} episodes on {a.tasks} validation tasks (success "
+          f"{100 * S['success']:.1f}%): pi*'s log-ratio vs its visible part (the twins' mean): Pearson "
+          f"{S['opt_visible']:+.3f} {S['opt_visible_ci']}, the ceiling of a prompt-only policy")
+    print(f"[hidden] the policy's log-ratio vs pi*'s {S['ppo_opt']:+.3f} {S['ppo_opt_ci']}, vs the visible part "
+          f"{S['ppo_visible']:+.3f} {S['ppo_visible_ci']}, vs the hidden rest {S['ppo_hidden']:+.3f} | failure AUROC "
+          "of the summed PA: " + ", ".join(f"{k} {v:.3f}" for k, v in S["auroc"].items()))
+    for k, b in S["by_kind"].items():
+        print(f"[hidden]   {k:7s} ({b['steps']} steps): pi*'s vs its visible part {f(b['opt_visible'])} (sd "
+              f"{b['sd_opt']:.2f}, hidden rest {b['sd_hidden']:.2f}); the policy's vs pi*'s {f(b['ppo_opt'])}, "
+              f"vs the visible part {f(b['ppo_visible'])}")
+    if a.item_tasks:
+        for name, model in (("policy", "policy"), ("reference", "ref")):
+            prefs = item_preferences(run_.ppo, model, a.item_tasks)
+            print(f"[hidden] items on the first results page, {name} (x uniform): " +
+                  ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
