@@ -7,6 +7,7 @@ are the two full matches and which one lacks the required colour or size. A poli
 only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyond it. Two readings:
 
     python hidden.py --ckpt out/ppo_avg.pt --tasks 16    # both, on the check's first 16 validation tasks (~2 min)
+    python hidden.py --ckpt out/ppo_avg.pt --teach_items 600  # can the reference learn to read prices? (~7 min)
 
 - The visible part of the optimum (visible_log_ratio). shop.twins gives the six tasks that permute the
   look-alikes' hidden payloads, and each is solved like the task itself. At each step the policy samples, pi*'s
@@ -16,19 +17,25 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
 - Which items a network prefers (item_preferences): on the first results page after the expert's search, the
   probability it gives one item of each visible class (shop.visible_class), as a multiple of a uniform choice
   among the page's items. The over-the-cap item of the target's title is the one that the page does tell apart.
+  teach_items clones the expert's clicks on results pages alone into the reference: a probe of whether the network
+  can learn that comparison at all.
 """
 import argparse
 import collections
 import itertools
+import random
 import sys
 
 import numpy as np
+import torch
 
 import agents
 import envs
+import model as M
 import optimum
 import pa
 import shop
+import tokenizer
 
 
 def _pearson(x, y):
@@ -138,6 +145,31 @@ def item_preferences(agent, model="policy", n_tasks=100, seeds=4, split="valid")
     return {c: (float(np.mean(v)), len(v)) for c, v in sorted(by.items())}
 
 
+def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0):
+    """A probe of what the reference network can learn, not a recipe: go on cloning agent.ref (in place) on the
+    expert's action at the first results page after its search, on `pages` training tasks, and nothing else.
+    If the network can read the price against the cap, this is the easiest way it could learn to (every row is
+    that decision, about a quarter of them with the first plain item over the cap). Returns the loss per step."""
+    rng, enc, net = random.Random(seed), agent.enc, agent.ref
+    rows = []
+    for _ in range(pages):
+        env = envs.make_env("shop", "train", rng.randrange(10**9), seed=rng.randrange(10**9))
+        env.step(envs.expert_action(env))
+        rows.append((agent.encode(env.obs()), tokenizer.encode_action(enc, envs.expert_action(env))))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    gen, losses = torch.Generator().manual_seed(seed), []
+    net.train()
+    for _ in range(steps):
+        ix = torch.randint(len(rows), (batch,), generator=gen).tolist()
+        idx, mask = M.pack([rows[i][0] for i in ix], [rows[i][1] for i in ix], tokenizer.pad_id(enc))
+        logprobs, _, _ = net.evaluate(idx.to(agent.device), 1.0, action_mask=mask.to(agent.device))
+        loss = -(logprobs * mask.to(agent.device)).sum() / mask.sum()
+        M.gradient_step(opt, net, loss, 1.0, "item probe loss")
+        losses.append(loss.item())
+    net.eval()
+    return losses
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a PPO checkpoint of the shop (its ref.pt beside it unless --ref)")
@@ -146,12 +178,23 @@ def main(argv):
     p.add_argument("--samples", type=int, default=8, help="the policy's episodes per task")
     p.add_argument("--item_tasks", type=int, default=100,
                    help="validation tasks for the item preferences (4 list draws each; 0: none)")
+    p.add_argument("--teach_items", type=int, default=0, metavar="STEPS", help="only this: the item preferences of "
+                   "the reference before and after STEPS steps of cloning the expert's results-page clicks alone "
+                   "(teach_items, a probe)")
     p.add_argument("--seed", type=int, default=0, help="the seed of the policy's sampling")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0:
         p.error("--tasks and --samples must be at least 1, --item_tasks at least 0")
     run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
+    show = lambda prefs: ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items())
+    if a.teach_items:
+        print(f"[hidden] the reference's items on the first results page (x uniform): "
+              f"{show(item_preferences(run_.ppo, 'ref', a.item_tasks or 100))}")
+        losses = teach_items(run_.ppo, steps=a.teach_items)
+        print(f"[hidden] after {a.teach_items} steps on results pages alone (loss {np.mean(losses[:50]):.3f} -> "
+              f"{np.mean(losses[-50:]):.3f}): {show(item_preferences(run_.ppo, 'ref', a.item_tasks or 100))}")
+        return
     S = summarise(visible_log_ratio(run_, a.tasks, a.samples))
     f = lambda x: f"{x:+.2f}"
     print(f"[hidden] {S['steps']} steps of {S['episodes']} episodes on {a.tasks} validation tasks (success "
@@ -167,8 +210,7 @@ def main(argv):
     if a.item_tasks:
         for name, model in (("policy", "policy"), ("reference", "ref")):
             prefs = item_preferences(run_.ppo, model, a.item_tasks)
-            print(f"[hidden] items on the first results page, {name} (x uniform): " +
-                  ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items()))
+            print(f"[hidden] items on the first results page, {name} (x uniform): {show(prefs)}")
 
 
 if __name__ == "__main__":

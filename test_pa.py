@@ -1808,6 +1808,17 @@ def test_visible_part_of_the_optimum_on_a_tiny_run(tiny_run, tmp_path):
     assert abs(sum(m * n for m, n in prefs.values()) / total - 1) < 1e-9, "times a uniform choice: 1 on average"
 
 
+def test_teach_items_clones_results_pages_into_the_reference_only(tiny_run):
+    run_ = agents.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+    before = {k: v.clone() for k, v in run_.ppo.ref.state_dict().items()}
+    policy = {k: v.clone() for k, v in run_.ppo.policy.state_dict().items()}
+    losses = hidden.teach_items(run_.ppo, pages=8, steps=3, batch=4)
+    assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses), losses
+    assert any(not torch.equal(v, run_.ppo.ref.state_dict()[k]) for k, v in before.items()), "the reference learns"
+    assert all(torch.equal(v, run_.ppo.policy.state_dict()[k]) for k, v in policy.items()), "the policy does not"
+    assert not run_.ppo.ref.training, "left in evaluation mode"
+
+
 def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
     with pytest.raises(ValueError, match="look-alike"):
         hidden.visible_log_ratio(types.SimpleNamespace(env_name="house"), 1)
