@@ -11,8 +11,8 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
 
 - The visible part of the optimum (visible_log_ratio). shop.twins gives the six tasks that permute the
   look-alikes' hidden payloads, and each is solved like the task itself. At each step the policy samples, pi*'s
-  log-ratio is averaged over the twins whose prompt at that state is the task's (all six until an item page is
-  opened): what the prompt says of it. The correlation of that average with pi*'s own log-ratio is an upper
+  log-ratio is averaged over the twins whose prompt at that state is the task's (all six except on the item page
+  of a look-alike): what the prompt says of it. The correlation of that average with pi*'s own log-ratio is an upper
   estimate of any prompt-only policy's (on an unseen task a policy knows less than "all but the hidden fact").
 - Which items a network prefers (item_preferences): on the first results page after the expert's search, the
   probability it gives one item of each visible class (shop.visible_class), as a multiple of a uniform choice
