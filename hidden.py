@@ -36,10 +36,14 @@ import optimum
 import pa
 import shop
 import tokenizer
+import train
 
 
-def _pearson(x, y):
-    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 and np.std(x) > 0 and np.std(y) > 0 else float("nan")
+def first_results_page(split, task, seed):
+    """A shop episode standing on the first results page after the expert's search (its list draw set by seed)."""
+    env = envs.make_env("shop", split, task, seed=seed)
+    env.step(envs.expert_action(env))
+    return env
 
 
 def _twin_solutions(agent, env, beta, cache):
@@ -108,18 +112,18 @@ def summarise(R, n_boot=300):
     def ci(x, y):
         def fn(idx):
             m = np.isin(task, [tasks[i] for i in idx])
-            return _pearson(x[m], y[m])
+            return optimum.pearson(x[m], y[m])
         return [round(v, 3) for v in pa.bootstrap_ci(np.arange(len(tasks)), fn, n_boot=n_boot)]
 
     kinds = np.asarray(R["kind"])
-    by_kind = {k: dict(steps=int((kinds == k).sum()), opt_visible=_pearson(opt[kinds == k], vis[kinds == k]),
+    by_kind = {k: dict(steps=int((kinds == k).sum()), opt_visible=optimum.pearson(opt[kinds == k], vis[kinds == k]),
                        sd_opt=float(np.std(opt[kinds == k])), sd_hidden=float(np.std((opt - vis)[kinds == k])),
-                       ppo_opt=_pearson(ppo[kinds == k], opt[kinds == k]),
-                       ppo_visible=_pearson(ppo[kinds == k], vis[kinds == k])) for k in sorted(set(R["kind"]))}
+                       ppo_opt=optimum.pearson(ppo[kinds == k], opt[kinds == k]),
+                       ppo_visible=optimum.pearson(ppo[kinds == k], vis[kinds == k])) for k in sorted(set(R["kind"]))}
     return dict(steps=len(ppo), episodes=len(R["success"]), success=float(np.mean(R["success"])),
-                opt_visible=_pearson(opt, vis), opt_visible_ci=ci(opt, vis), ppo_opt=_pearson(ppo, opt),
-                ppo_opt_ci=ci(ppo, opt), ppo_visible=_pearson(ppo, vis), ppo_visible_ci=ci(ppo, vis),
-                ppo_hidden=_pearson(ppo, opt - vis), by_kind=by_kind,
+                opt_visible=optimum.pearson(opt, vis), opt_visible_ci=ci(opt, vis), ppo_opt=optimum.pearson(ppo, opt),
+                ppo_opt_ci=ci(ppo, opt), ppo_visible=optimum.pearson(ppo, vis), ppo_visible_ci=ci(ppo, vis),
+                ppo_hidden=optimum.pearson(ppo, opt - vis), by_kind=by_kind,
                 auroc={k: pa.auroc(R["ep_" + k], R["success"]) for k in ("opt", "visible", "ppo")})
 
 
@@ -129,8 +133,7 @@ def item_preferences(agent, model="policy", n_tasks=100, seeds=4, split="valid")
     times their number (1: a uniform choice). Returns {class: (mean, items)}."""
     rows = []
     for t, s in itertools.product(range(n_tasks), range(seeds)):
-        env = envs.make_env("shop", split, t, seed=s)
-        env.step(envs.expert_action(env))
+        env = first_results_page(split, t, s)
         acts = env.actions()
         items = [a for a in acts if envs.step_kind(a, acts) == "item"]
         rows.append((env.obs(), acts, items, [shop.visible_class(env.task, a[6:-1]) for a in items]))
@@ -153,17 +156,14 @@ def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0):
     rng, enc, net = random.Random(seed), agent.enc, agent.ref
     rows = []
     for _ in range(pages):
-        env = envs.make_env("shop", "train", rng.randrange(10**9), seed=rng.randrange(10**9))
-        env.step(envs.expert_action(env))
-        rows.append((agent.encode(env.obs()), tokenizer.encode_action(enc, envs.expert_action(env))))
+        env = first_results_page("train", rng.randrange(10**9), rng.randrange(10**9))
+        rows.append((agent.encode(env.obs()), tokenizer.encode_action(enc, envs.expert_action(env)), 0.0))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     gen, losses = torch.Generator().manual_seed(seed), []
     net.train()
     for _ in range(steps):
         ix = torch.randint(len(rows), (batch,), generator=gen).tolist()
-        idx, mask = M.pack([rows[i][0] for i in ix], [rows[i][1] for i in ix], tokenizer.pad_id(enc))
-        logprobs, _, _ = net.evaluate(idx.to(agent.device), 1.0, action_mask=mask.to(agent.device))
-        loss = -(logprobs * mask.to(agent.device)).sum() / mask.sum()
+        loss, _ = train.cloning_loss(net, [rows[i] for i in ix], tokenizer.pad_id(enc), agent.device)  # actions only
         M.gradient_step(opt, net, loss, 1.0, "item probe loss")
         losses.append(loss.item())
     net.eval()

@@ -276,6 +276,20 @@ def demonstrations(cfg, enc):
     return rows
 
 
+def cloning_loss(net, rows, pad, device):
+    """Behaviour cloning on a batch of rows (prompt ids, action ids + stop, return): the cross-entropy of the action
+    tokens (the prompt masked) and the value head's squared error on the return, each per action token."""
+    idx, action_mask = M.pack([r[0] for r in rows], [r[1] for r in rows], pad)
+    idx, action_mask = idx.to(device), action_mask.to(device)
+    returns = torch.tensor([r[2] for r in rows], device=device)[:, None]
+    with M.autocast_ctx(device):
+        # maximum likelihood at temperature 1: the network fits the demonstrations themselves, and
+        # cfg.temperature then defines the reference POLICY (sampling, KL, PPO ratio and PA alike)
+        logprobs, values, _ = net.evaluate(idx, 1.0, action_mask=action_mask)
+    n = action_mask.sum()
+    return -(logprobs * action_mask).sum() / n, 0.5 * (((values - returns) ** 2) * action_mask).sum() / n
+
+
 def train_sft(cfg, enc):
     """Cross-entropy on action tokens only (prompt tokens masked) plus a value regression on the
     demonstration's return, so that PPO starts with a critic that already knows roughly how good a
@@ -292,16 +306,7 @@ def train_sft(cfg, enc):
         for g in opt.param_groups:
             g["lr"] = lr
         ix = torch.randint(len(rows), (cfg.sft_batch,), generator=gen).tolist()
-        idx, action_mask = M.pack([rows[i][0] for i in ix], [rows[i][1] for i in ix], pad)
-        idx, action_mask = idx.to(cfg.device), action_mask.to(cfg.device)
-        returns = torch.tensor([rows[i][2] for i in ix], device=cfg.device)[:, None]
-        with M.autocast_ctx(cfg.device):
-            # maximum likelihood at temperature 1: the network fits the demonstrations themselves, and
-            # cfg.temperature then defines the reference POLICY (sampling, KL, PPO ratio and PA alike)
-            logprobs, values, _ = net.evaluate(idx, 1.0, action_mask=action_mask)
-        n = action_mask.sum()
-        ce = -(logprobs * action_mask).sum() / n
-        v_loss = 0.5 * (((values - returns) ** 2) * action_mask).sum() / n
+        ce, v_loss = cloning_loss(net, [rows[i] for i in ix], pad, cfg.device)
         loss = ce + cfg.sft_vf_coef * v_loss
         M.gradient_step(opt, net, loss, cfg.max_grad_norm, "sft loss")
         if it + 1 == max(1, round(cfg.sft_early * cfg.sft_iters)):  # knows the format, not yet the task well:
