@@ -3,8 +3,8 @@ The nanoPA test suite, in one file, one section per file: pa.py (progress advant
 aggregations, metrics, and Proposition 1 checked exactly on a small stochastic tabular MDP); envs.py and the worlds
 (one battery run on the shop, house and travel worlds, then each world's specifics); tokenizer.py and model.py (tokenizer, GPT,
 KV-cache sampling, scoring, checkpoints); train.py (GAE, PPO losses, rewards, a tiny run shared by the report,
-checks, results, resume and SFT tests, bad input at every command line); tabular.py and diagnose.py (PPO against
-the exact optimum on a table and on validation tasks); agents.py and search.py (agent loop, best-of-N, beam search). No test looks at the clock.
+checks, results, resume and SFT tests, bad input at every command line); tabular.py, diagnose.py and experiments.py
+(PPO against the exact optimum on a table and on validation tasks); agents.py and search.py (agent loop, best-of-N, beam search). No test looks at the clock.
 
     python -m pytest -q
 """
@@ -40,6 +40,7 @@ import bench
 import checkpoint
 import diagnose
 import envs
+import experiments
 import hidden
 import house
 import model
@@ -2580,7 +2581,7 @@ def test_small_against_large_counts_compute_per_policy(tiny_run, tiny_report, tm
     with pytest.raises(SystemExit, match="scale.py: no checkpoint at"):
         scale.main(["--small=/nonexistent/ppo.pt", "--device=cpu"])
 
-# ==================== tabular.py and diagnose.py: PPO against the exact optimum ==============================
+# ============= tabular.py, diagnose.py and experiments.py: PPO against the exact optimum =================
 
 def test_tabular_ppo_moves_the_log_ratio_to_the_optimums():
     """train.py's PPO math on a tabular policy: its log-ratio must approach log pi*/pi_ref (Proposition 1's
@@ -2752,13 +2753,13 @@ def test_given_advantages_go_on_every_token_of_their_step():
 def test_exact_advantage_is_the_optimums_log_ratio_less_the_policys():
     sol = types.SimpleNamespace(log_ratio=lambda state, text: {"good": 2.0, "bad": -3.0}[text])
     step = lambda text, lr: types.SimpleNamespace(env=types.SimpleNamespace(state=None), text=text, log_ratio=lr)
-    assert diagnose.exact_advantage(sol, step("good", 0.5), 0.1) == pytest.approx(0.15)
-    assert diagnose.exact_advantage(sol, step("bad", -3.0), 0.1) == pytest.approx(0.0), "at pi* the advantage is 0"
+    assert experiments.exact_advantage(sol, step("good", 0.5), 0.1) == pytest.approx(0.15)
+    assert experiments.exact_advantage(sol, step("bad", -3.0), 0.1) == pytest.approx(0.0), "at pi* the advantage is 0"
 
 
 def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, tmp_path):
-    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=2, episodes=8,
-                             advantages="exact", max_steps=3)
+    log = experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=2, episodes=8,
+                                advantages="exact", max_steps=3)
     assert len(log) == 2 and log[0]["first_ratio_dev"] < 1e-4, f"two iterations, the first ratio exactly 1: {log}"
     assert "kl_loss" not in log[0], "the exact advantages hold the KL term; no KL loss is added on top"
     O = json.loads((tmp_path / "optimum.json").read_text())
@@ -2769,8 +2770,8 @@ def test_few_tasks_trains_on_validation_tasks_and_checks_the_optimum(tiny_run, t
 def test_few_tasks_can_anneal_the_rate_and_check_the_mean_of_the_late_iterates(tiny_run, tmp_path, monkeypatch):
     checked, check, update, snaps = [], optimum.optimum_check, train.ppo_update, []
     monkeypatch.setattr(optimum, "optimum_check", lambda path, *a, **kw: checked.append(path) or check(path, *a, **kw))
-    run = lambda **kw: diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=1, iters=3, episodes=4,
-                                          max_steps=3, advantages="exact", cache_dir=str(tmp_path / "cache"), **kw)
+    run = lambda **kw: experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=1, iters=3, episodes=4,
+                                             max_steps=3, advantages="exact", cache_dir=str(tmp_path / "cache"), **kw)
     (tmp_path / "ppo_avg.pt").write_bytes(b"an earlier run's mean")
     log = run(anneal_lr=True)
     lr = checkpoint.load(str(tmp_path / "ppo.pt"))["train_config"]["ppo_lr"]
@@ -2807,8 +2808,8 @@ def test_slope_is_the_share_of_a_true_difference_that_reaches_the_estimate():
 
 
 def test_improve_estimates_one_round_and_distils_it(tiny_run, tmp_path):
-    out = diagnose.improve(str(tiny_run / "ref.pt"), str(tmp_path), episodes=2, k=2, epochs=1, n_check=1, max_steps=3,
-                           cache_dir=tmp_path / "cache")
+    out = experiments.improve(str(tiny_run / "ref.pt"), str(tmp_path), episodes=2, k=2, epochs=1, n_check=1,
+                              max_steps=3, cache_dir=tmp_path / "cache")
     made_with = checkpoint.load(str(tiny_run / "ref.pt"))["train_config"]["actions"]
     data = torch.load(next(tmp_path.glob(f"improve_data-*-{made_with}.pt")))  # sampled as the reference was trained
     assert data and all(len(acts) == len(p) == len(q) for _, acts, p, q, _ in data), "one pi_ref and Q per action"
@@ -2816,7 +2817,7 @@ def test_improve_estimates_one_round_and_distils_it(tiny_run, tmp_path):
         "pi_ref of the available actions sums to at most 1; Q is a mean final reward"
     assert (tmp_path / "ppo.pt").exists() and "pearson_ppo" in out, "the distilled policy is saved and checked"
     with pytest.raises(ValueError, match="loss"):
-        diagnose.improve(str(tiny_run / "ref.pt"), str(tmp_path), loss="kl")
+        experiments.improve(str(tiny_run / "ref.pt"), str(tmp_path), loss="kl")
 
 
 def test_cross_scores_by_the_sampler_itself_are_its_own_pa(tiny_run, tmp_path):
@@ -2884,37 +2885,37 @@ def test_distilling_the_optimum_lowers_the_cross_entropy_to_it(tiny_run, tmp_pat
     (beta small, so that pi* is far from the tiny reference). The tiny model is too small to write whole actions,
     so what is checked is that the cross-entropy falls, then that PPO runs on from there, critic first (here
     a critic network of its own, as with --critic separate)."""
-    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=1, episodes=4, max_steps=3,
-                             start="optimum", distil_rounds=5, distil_lr=3e-2, critic_warmup=1, beta=0.005,
-                             critic="separate")
+    log = experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=1, episodes=4, max_steps=3,
+                                start="optimum", distil_rounds=5, distil_lr=3e-2, critic_warmup=1, beta=0.005,
+                                critic="separate")
     distil, ppo = [r for r in log if "round" in r], [r for r in log if "iter" in r]
     assert len(distil) == 5 and [r["critic_only"] for r in ppo] == [True, False], log
     assert distil[-1]["loss"] < 0.5 * distil[0]["loss"], f"the cross-entropy to pi* must fall: {distil}"
     with pytest.raises(ValueError, match="start"):
-        diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), start="pi_star")
+        experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), start="pi_star")
 
 
 def test_distilling_the_optimum_log_ratio_fits_it_and_checks_the_distilled_network(tiny_run, tmp_path):
     """loss="ratio" regresses the network's log-ratio of every available action on pi*'s; with iters=0 no PPO runs
     and the optimum check scores the distilled network itself (the ceiling of the network's PA on those tasks)."""
-    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
-                             start="optimum", distil_rounds=20, distil_lr=1e-2, distil_loss="ratio", beta=0.005,
-                             actions="any")
+    log = experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
+                                start="optimum", distil_rounds=20, distil_lr=1e-2, distil_loss="ratio", beta=0.005,
+                                actions="any")
     assert [r["round"] for r in log] == list(range(20)), f"distillation rounds only, no PPO iteration: {log}"
     assert log[-1]["loss"] < 0.7 * log[0]["loss"], f"the squared error to pi*'s log-ratio must fall: {log}"
     assert (tmp_path / "ppo.pt").exists() and (tmp_path / "optimum.json").exists(), "the distilled network, checked"
     with pytest.raises(ValueError, match="iters"):
-        diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), iters=0)
+        experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), iters=0)
     with pytest.raises(ValueError, match="loss"):
-        diagnose.distil_optimum(None, None, [], None, 1, loss="kl")
+        experiments.distil_optimum(None, None, [], None, 1, loss="kl")
 
 
 def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, capsys):
     """distil_from=2 with distil_tasks=3 teaches validation tasks 2 to 4 and checks 0 and 1: a ceiling on tasks
     never taught, from more tasks than are checked."""
-    diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
-                       start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2, distil_tasks=3,
-                       cache_dir=str(tmp_path / "optimum_cache"), actions="any")
+    experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=0, episodes=4, max_steps=3,
+                          start="optimum", distil_rounds=1, distil_loss="ratio", distil_from=2, distil_tasks=3,
+                          cache_dir=str(tmp_path / "optimum_cache"), actions="any")
     solved = sorted(int(f.split("-valid")[1].split("-")[0]) for f in os.listdir(tmp_path / "optimum_cache"))
     assert solved == [0, 1, 2, 3, 4], f"the taught tasks' optima are solved beside the checked ones': {solved}"
     assert [r["task"] for r in json.load(open(tmp_path / "optimum.json"))["tasks"]] == [0, 1], "checked on 0 and 1"
@@ -2927,8 +2928,8 @@ def test_distilling_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, cap
 
 def test_few_tasks_trains_on_other_tasks_than_the_checked_ones(tiny_run, tmp_path, capsys):
     """train_from=2 with train_tasks=3: PPO on validation tasks 2 to 4, the optimum check on 0 and 1."""
-    log = diagnose.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=1, episodes=6, max_steps=3,
-                             train_from=2, train_tasks=3, cache_dir=str(tmp_path / "optimum_cache"), actions="any")
+    log = experiments.few_tasks(str(tiny_run / "ref.pt"), str(tmp_path), n_tasks=2, iters=1, episodes=6, max_steps=3,
+                                train_from=2, train_tasks=3, cache_dir=str(tmp_path / "optimum_cache"), actions="any")
     solved = sorted(int(f.split("-valid")[1].split("-")[0]) for f in os.listdir(tmp_path / "optimum_cache"))
     assert solved == [0, 1, 2, 3, 4], f"the trained tasks' optima are solved beside the checked ones': {solved}"
     assert [r["task"] for r in json.load(open(tmp_path / "optimum.json"))["tasks"]] == [0, 1], "checked on 0 and 1"
