@@ -8,6 +8,7 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
 
     python hidden.py --ckpt out/ppo_avg.pt --tasks 16    # both, on the check's first 16 validation tasks (~2 min)
     python hidden.py --ckpt out/ppo_avg.pt --teach_items 600  # can the reference learn to read prices? (~7 min)
+    python hidden.py --ckpt out/ppo_avg.pt --teach_items 2000 --labels rule --pages 0  # ... from fresh pages (~16 min)
 
 - The visible part of the optimum (visible_log_ratio). shop.twins gives the six tasks that permute the
   look-alikes' hidden payloads, and each is solved like the task itself. At each step the policy samples, pi*'s
@@ -17,12 +18,13 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
 - Which items a network prefers (item_preferences): on the first results page after the expert's search, the
   probability it gives one item of each visible class (shop.visible_class), as a multiple of a uniform choice
   among the page's items. The over-the-cap item of the target's title is the one that the page does tell apart.
-  teach_items clones the expert's clicks on results pages alone into the reference: a probe of whether the network
-  can learn that comparison at all.
+  teach_items clones the clicks on results pages alone into the reference (the expert's, or the price rule's on a
+  new page for every row): a probe of whether the network can learn that comparison at all, and from how much.
 """
 import argparse
 import collections
 import itertools
+import math
 import random
 import sys
 
@@ -148,22 +150,71 @@ def item_preferences(agent, model="policy", n_tasks=100, seeds=4, split="valid")
     return {c: (float(np.mean(v)), len(v)) for c, v in sorted(by.items())}
 
 
-def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0):
-    """A probe of what the reference network can learn, not a recipe: go on cloning agent.ref (in place) on the
-    expert's action at the first results page after its search, on `pages` training tasks, and nothing else.
-    If the network can read the price against the cap, this is the easiest way it could learn to (every row is
-    that decision, about a quarter of them with the first plain item over the cap). Returns the loss per step."""
-    rng, enc, net = random.Random(seed), agent.enc, agent.ref
+def rule_page(split, task, seed):
+    """A shop episode on the first results page of a search for the target's own title: the page the expert's search
+    usually reaches, without solving the task (about 1 ms where first_results_page's expert takes about 60)."""
+    env = envs.make_env("shop", split, task, seed=seed)
+    env.step(f"search[{shop.target_title(env.task)}]")
+    return env
+
+
+def price_rule(env):
+    """What the prompt alone tells of the expert's click on a results page: the first item of the target's title
+    under the cap, in display order, else the next page. (The expert also skips a look-alike that lacks an option,
+    which only its item page shows.)"""
+    acts = env.actions()
+    under = [a for a in acts if envs.step_kind(a, acts) == "item"
+             and shop.visible_class(env.task, a[6:-1]) == "under the cap"]
+    return under[0] if under else "click[next >]"
+
+
+def price_reading(agent, model="ref", n_tasks=200, seeds=(7, 8), split="valid"):
+    """On the rule pages (rule_page) of n_tasks x seeds tasks that show an item of the target's title over the cap
+    (where the display order and the price rule can part): how often `model`'s most likely action is price_rule's,
+    and how often it is an over-the-cap item. Returns (agreement, over the cap, pages); nan, nan, 0 if none."""
     rows = []
-    for _ in range(pages):
-        env = first_results_page("train", rng.randrange(10**9), rng.randrange(10**9))
-        rows.append((agent.encode(env.obs()), tokenizer.encode_action(enc, envs.expert_action(env)), 0.0))
+    for env in (rule_page(split, t, s) for t in range(n_tasks) for s in seeds):
+        acts = env.actions()
+        over = {a for a in acts if envs.step_kind(a, acts) == "item"
+                and shop.visible_class(env.task, a[6:-1]) == "over the cap"}
+        if over:
+            rows.append((env, acts, over))
+    if not rows:
+        return math.nan, math.nan, 0
+    lps = agent.action_logprobs([(agent.encode(env.obs()), acts) for env, acts, _ in rows], model)
+    best = [acts[int(np.argmax(lp.tolist()))] for (_, acts, _), lp in zip(rows, lps)]
+    return (float(np.mean([b == price_rule(env) for b, (env, _, _) in zip(best, rows)])),
+            float(np.mean([b in over for b, (_, _, over) in zip(best, rows)])), len(rows))
+
+
+def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels="expert"):
+    """A probe of what the reference network can learn, not a recipe: go on cloning agent.ref (in place) on one
+    decision only, the click at the first results page of training tasks, and nothing else. labels="expert": the
+    expert's click after its own search; "rule": price_rule's after a search for the target's title (what the
+    prompt tells of it). pages: the training tasks drawn, each page seen many times; 0: a new page for every row,
+    none seen twice, so that the network cannot learn pages by heart. If the network can read the price against
+    the cap, this is the easiest way it could learn to (about a quarter of the expert's pages have the first plain
+    item over the cap). Returns the loss per step."""
+    if labels not in ("expert", "rule"):
+        raise ValueError(f"labels: expert or rule, not {labels!r}")
+    rng, enc, net = random.Random(seed), agent.enc, agent.ref
+
+    def row():
+        task, draw = rng.randrange(10**9), rng.randrange(10**9)
+        env = first_results_page("train", task, draw) if labels == "expert" else rule_page("train", task, draw)
+        action = envs.expert_action(env) if labels == "expert" else price_rule(env)
+        return agent.encode(env.obs()), tokenizer.encode_action(enc, action), 0.0
+
+    rows = [row() for _ in range(pages)]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     gen, losses = torch.Generator().manual_seed(seed), []
     net.train()
     for _ in range(steps):
-        ix = torch.randint(len(rows), (batch,), generator=gen).tolist()
-        loss, _ = train.cloning_loss(net, [rows[i] for i in ix], tokenizer.pad_id(enc), agent.device)  # actions only
+        if pages:
+            mb = [rows[i] for i in torch.randint(len(rows), (batch,), generator=gen).tolist()]
+        else:
+            mb = [row() for _ in range(batch)]
+        loss, _ = train.cloning_loss(net, mb, tokenizer.pad_id(enc), agent.device)  # actions only
         M.gradient_step(opt, net, loss, 1.0, "item probe loss")
         losses.append(loss.item())
     net.eval()
@@ -181,19 +232,29 @@ def main(argv):
     p.add_argument("--teach_items", type=int, default=0, metavar="STEPS", help="only this: the item preferences of "
                    "the reference before and after STEPS steps of cloning the expert's results-page clicks alone "
                    "(teach_items, a probe)")
+    p.add_argument("--labels", default="expert", choices=("expert", "rule"), help="with --teach_items: the expert's "
+                   "clicks, or the price rule's (the first item of the target's title under the cap)")
+    p.add_argument("--pages", type=int, default=4000, help="with --teach_items: the training pages drawn (0: a new "
+                   "page for every row)")
     p.add_argument("--seed", type=int, default=0, help="the seed of the policy's sampling")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0:
-        p.error("--tasks and --samples must be at least 1, --item_tasks at least 0")
+    if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0 or a.pages < 0 or a.teach_items < 0:
+        p.error("--tasks and --samples must be at least 1, --item_tasks, --pages and --teach_items at least 0")
     run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
     show = lambda prefs: ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items())
     if a.teach_items:
-        print(f"[hidden] the reference's items on the first results page (x uniform): "
-              f"{show(item_preferences(run_.ppo, 'ref', a.item_tasks or 100))}")
-        losses = teach_items(run_.ppo, steps=a.teach_items)
-        print(f"[hidden] after {a.teach_items} steps on results pages alone (loss {np.mean(losses[:50]):.3f} -> "
-              f"{np.mean(losses[-50:]):.3f}): {show(item_preferences(run_.ppo, 'ref', a.item_tasks or 100))}")
+        def reading():
+            agree, over, n = price_reading(run_.ppo, "ref")
+            return (f"{show(item_preferences(run_.ppo, 'ref', a.item_tasks or 100))}; its first choice on {n} "
+                    f"validation pages with an item over the cap: the price rule's {agree:.2f}, over the cap "
+                    f"{over:.2f}")
+
+        print(f"[hidden] the reference's items on the first results page (x uniform): {reading()}")
+        losses = teach_items(run_.ppo, pages=a.pages, steps=a.teach_items, labels=a.labels)
+        print(f"[hidden] after {a.teach_items} steps on results pages alone ({a.labels}'s clicks, "
+              f"{a.pages or a.teach_items * 64} pages; loss {np.mean(losses[:50]):.3f} -> "
+              f"{np.mean(losses[-50:]):.3f}): {reading()}")
         return
     S = summarise(visible_log_ratio(run_, a.tasks, a.samples))
     f = lambda x: f"{x:+.2f}"

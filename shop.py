@@ -262,13 +262,18 @@ def twins(task):
     return out
 
 
+def target_title(task):
+    """The title of the product the instruction asks for (the look-alikes carry it too)."""
+    return _title(task.attrs, task.type)
+
+
 def visible_class(task, pid):
     """What a results page shows of a product, against the instruction: "sponsored", or its title against the
     target's ("other title"), or the target's title with a price "under the cap" or "over the cap"."""
     p = task.products[pid]
     if p.sponsored:
         return "sponsored"
-    if p.title != _title(task.attrs, task.type):
+    if p.title != target_title(task):
         return "other title"
     return "under the cap" if p.price < task.cap else "over the cap"
 

@@ -1820,11 +1820,44 @@ def test_teach_items_clones_results_pages_into_the_reference_only(tiny_run):
     assert not run_.ppo.ref.training, "left in evaluation mode"
 
 
+def test_price_rule_clicks_the_first_item_of_the_target_under_the_cap():
+    seen = set()
+    for task in range(40):
+        env = hidden.rule_page("valid", task, 0)
+        acts = env.actions()
+        assert env.obs().split("\n")[1].startswith(f"results for: {shop.target_title(env.task)}"), env.obs()
+        items = [a for a in acts if envs.step_kind(a, acts) == "item"]
+        classes = [shop.visible_class(env.task, a[6:-1]) for a in items]
+        choice = hidden.price_rule(env)
+        if "under the cap" in classes:
+            assert choice == items[classes.index("under the cap")], (classes, choice)
+            over_first = "over the cap" in classes and classes.index("over the cap") < classes.index("under the cap")
+            seen.add("over the cap first" if over_first else "the first of the target's title under the cap")
+        else:
+            assert choice == "click[next >]"
+    assert "over the cap first" in seen, "some page puts an item over the cap before the first under it"
+
+
+def test_teach_items_on_fresh_pages_of_the_price_rule(tiny_run):
+    run_ = agents.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+    agree, over, n = hidden.price_reading(run_.ppo, "ref", n_tasks=4, seeds=(0,))
+    assert 0 < n <= 4 and 0 <= agree <= 1 and 0 <= over <= 1 and agree + over <= 1, (agree, over, n)
+    before = {k: v.clone() for k, v in run_.ppo.ref.state_dict().items()}
+    losses = hidden.teach_items(run_.ppo, pages=0, steps=2, batch=3, labels="rule")
+    assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses), losses
+    assert any(not torch.equal(v, run_.ppo.ref.state_dict()[k]) for k, v in before.items()), "the reference learns"
+    with pytest.raises(ValueError, match="labels"):
+        hidden.teach_items(run_.ppo, labels="oracle")
+
+
 def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
     with pytest.raises(ValueError, match="look-alike"):
         hidden.visible_log_ratio(types.SimpleNamespace(env_name="house"), 1)
     with pytest.raises(SystemExit) as e:
         hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--tasks", "0"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "2", "--pages", "-1"])
     assert e.value.code == 2
 
 
