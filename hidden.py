@@ -25,13 +25,16 @@ import argparse
 import collections
 import itertools
 import math
+import os
 import random
 import sys
+import time
 
 import numpy as np
 import torch
 
 import agents
+import checkpoint
 import envs
 import model as M
 import optimum
@@ -221,6 +224,40 @@ def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels=
     return losses
 
 
+def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cpu"):
+    """A diagnostic reference that reads the price against the cap, for PPO to start from: the reference's behaviour
+    cloning continued for `steps` steps, each on `batch` rows of its own demonstrations (train.demonstrations, a new
+    draw of its recipe) and `batch` new rule pages (price_rule's click), with train_sft's schedule of the learning
+    rate. Not a recipe (the rule is not the expert, and the pages are far more than the default run's budget
+    holds): it asks whether PPO follows the optimum more closely from a reference that can tell the items apart.
+    Saved at out_path as a reference (`python train.py --stage=ppo --out_dir=DIR` with out_path = DIR/ref.pt).
+    Returns the per-step (demonstrations' cross-entropy, the rule's)."""
+    ck = checkpoint.load(ref_path)
+    cfg = train.Config(**{**ck["train_config"], "device": device, "seed": seed})
+    enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
+    net, _ = checkpoint.load_run(ref_path, cfg, enc, device)
+    demos, rng, t0 = train.demonstrations(cfg, enc), random.Random(seed + 1), time.time()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
+    gen, pad, log = torch.Generator().manual_seed(seed + 2), tokenizer.pad_id(enc), []
+    net.train()
+    for it in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = train.sft_lr(cfg, it, steps)
+        ix = torch.randint(len(demos), (batch,), generator=gen).tolist()
+        ce, v_loss = train.cloning_loss(net, [demos[i] for i in ix], pad, device)
+        pages = [rule_page("train", rng.randrange(10**9), rng.randrange(10**9)) for _ in range(batch)]
+        rows = [(enc.encode_ordinary(env.obs()), tokenizer.encode_action(enc, price_rule(env)), 0.0) for env in pages]
+        rule, _ = train.cloning_loss(net, rows, pad, device)
+        M.gradient_step(opt, net, ce + cfg.sft_vf_coef * v_loss + rule, cfg.max_grad_norm, "price reference loss")
+        log.append((ce.item(), rule.item()))
+        if it % 100 == 0 or it == steps - 1:
+            print(f"[hidden] price reference {it} | demonstrations' ce {ce.item():.3f} | the rule's {rule.item():.3f}"
+                  f" | {time.time() - t0:.0f} s", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    checkpoint.save_run(out_path, net.eval(), cfg, enc, stage="sft", seconds=time.time() - t0, taught_from=ref_path)
+    return log
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a PPO checkpoint of the shop (its ref.pt beside it unless --ref)")
@@ -236,13 +273,26 @@ def main(argv):
                    "clicks, or the price rule's (the first item of the target's title under the cap)")
     p.add_argument("--pages", type=int, default=4000, help="with --teach_items: the training pages drawn (0: a new "
                    "page for every row)")
-    p.add_argument("--seed", type=int, default=0, help="the seed of the policy's sampling")
+    p.add_argument("--price_reference", default=None, metavar="PATH", help="only this: write to PATH a reference "
+                   "that reads prices (price_reference: the reference's cloning continued on its demonstrations and "
+                   "the price rule's pages), then read its items")
+    p.add_argument("--steps", type=int, default=1500, help="with --price_reference: its steps")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the policy's sampling (with --price_reference: "
+                   "of its demonstrations and pages)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0 or a.pages < 0 or a.teach_items < 0:
-        p.error("--tasks and --samples must be at least 1, --item_tasks, --pages and --teach_items at least 0")
+    if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0 or a.pages < 0 or a.teach_items < 0 or a.steps < 1:
+        p.error("--tasks, --samples and --steps must be at least 1, --item_tasks, --pages and --teach_items at least 0")
     run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
     show = lambda prefs: ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items())
+    if a.price_reference:
+        price_reference(run_.ref_path, a.price_reference, a.steps, seed=a.seed, device=a.device)
+        taught, _, _, _ = agents.load_agent(a.price_reference, a.price_reference, a.device)
+        agree, over, n = price_reading(taught, "ref")
+        print(f"[hidden] {a.price_reference}: items on the first results page (x uniform): "
+              f"{show(item_preferences(taught, 'ref', a.item_tasks or 100))}; its first choice on {n} validation "
+              f"pages with an item over the cap: the price rule's {agree:.2f}, over the cap {over:.2f}")
+        return
     if a.teach_items:
         def reading():
             agree, over, n = price_reading(run_.ppo, "ref")

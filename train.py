@@ -290,6 +290,11 @@ def cloning_loss(net, rows, pad, device):
     return -(logprobs * action_mask).sum() / n, 0.5 * (((values - returns) ** 2) * action_mask).sum() / n
 
 
+def sft_lr(cfg, it, iters):
+    """Behaviour cloning's learning rate at step it of iters: a warm-up over 50 steps, then a cosine to zero."""
+    return cfg.sft_lr * min(1.0, (it + 1) / 50) * 0.5 * (1 + math.cos(math.pi * it / iters))
+
+
 def train_sft(cfg, enc):
     """Cross-entropy on action tokens only (prompt tokens masked) plus a value regression on the
     demonstration's return, so that PPO starts with a critic that already knows roughly how good a
@@ -302,7 +307,7 @@ def train_sft(cfg, enc):
     pad, log = tokenizer.pad_id(enc), os.path.join(cfg.out_dir, "sft_log.jsonl")
     t0 = time.time()
     for it in range(cfg.sft_iters):
-        lr = cfg.sft_lr * min(1.0, (it + 1) / 50) * 0.5 * (1 + math.cos(math.pi * it / cfg.sft_iters))
+        lr = sft_lr(cfg, it, cfg.sft_iters)
         for g in opt.param_groups:
             g["lr"] = lr
         ix = torch.randint(len(rows), (cfg.sft_batch,), generator=gen).tolist()
