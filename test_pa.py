@@ -1850,6 +1850,20 @@ def test_teach_items_on_fresh_pages_of_the_price_rule(tiny_run):
         hidden.teach_items(run_.ppo, labels="oracle")
 
 
+def test_price_reference_goes_on_cloning_into_a_new_reference_for_ppo(tiny_run, tmp_path):
+    ref = str(tiny_run / "ref.pt")
+    log = hidden.price_reference(ref, str(tmp_path / "price" / "ref.pt"), steps=2, batch=3)
+    assert len(log) == 2 and all(math.isfinite(x) and x > 0 for row in log for x in row), log
+    old, new = checkpoint.load(ref), checkpoint.load(str(tmp_path / "price" / "ref.pt"), env_name="shop")
+    assert new["stage"] == "sft" and new["taught_from"] == ref and new["tokenizer"] == old["tokenizer"]
+    assert new["train_config"]["sft_iters"] == old["train_config"]["sft_iters"], "the reference's own recipe"
+    assert any(not torch.equal(v, new["model"][k]) for k, v in old["model"].items()), "its weights moved"
+    cfg = train.Config(sft_lr=1e-3)
+    assert train.sft_lr(cfg, 0, 100) == pytest.approx(1e-3 / 50), "the warm-up's first step"
+    assert train.sft_lr(cfg, 49, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 100)))
+    assert train.sft_lr(cfg, 99, 100) < 1e-6, "a cosine to zero"
+
+
 def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
     with pytest.raises(ValueError, match="look-alike"):
         hidden.visible_log_ratio(types.SimpleNamespace(env_name="house"), 1)
@@ -1858,6 +1872,9 @@ def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
         hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "2", "--pages", "-1"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--price_reference", "x/ref.pt", "--steps", "0"])
     assert e.value.code == 2
 
 
