@@ -224,14 +224,15 @@ def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels=
     return losses
 
 
-def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cpu"):
+def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cpu", rule=True):
     """A diagnostic reference that reads the price against the cap, for PPO to start from: the reference's behaviour
     cloning continued for `steps` steps, each on `batch` rows of its own demonstrations (train.demonstrations, a new
     draw of its recipe) and `batch` new rule pages (price_rule's click), with train_sft's schedule of the learning
     rate. Not a recipe (the rule is not the expert, and the pages are far more than the default run's budget
     holds): it asks whether PPO follows the optimum more closely from a reference that can tell the items apart.
     Saved at out_path as a reference (`python train.py --stage=ppo --out_dir=DIR` with out_path = DIR/ref.pt).
-    Returns the per-step (demonstrations' cross-entropy, the rule's)."""
+    rule=False: the same cloning without the rule's pages, the control. Returns the per-step (demonstrations'
+    cross-entropy, the rule's; nan without it)."""
     ck = checkpoint.load(ref_path)
     cfg = train.Config(**{**ck["train_config"], "device": device, "seed": seed})
     enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
@@ -245,13 +246,17 @@ def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cp
             g["lr"] = train.sft_lr(cfg, it, steps)
         ix = torch.randint(len(demos), (batch,), generator=gen).tolist()
         ce, v_loss = train.cloning_loss(net, [demos[i] for i in ix], pad, device)
-        pages = [rule_page("train", rng.randrange(10**9), rng.randrange(10**9)) for _ in range(batch)]
-        rows = [(enc.encode_ordinary(env.obs()), tokenizer.encode_action(enc, price_rule(env)), 0.0) for env in pages]
-        rule, _ = train.cloning_loss(net, rows, pad, device)
-        M.gradient_step(opt, net, ce + cfg.sft_vf_coef * v_loss + rule, cfg.max_grad_norm, "price reference loss")
-        log.append((ce.item(), rule.item()))
+        loss, rule_ce = ce + cfg.sft_vf_coef * v_loss, math.nan
+        if rule:
+            pages = [rule_page("train", rng.randrange(10**9), rng.randrange(10**9)) for _ in range(batch)]
+            rows = [(enc.encode_ordinary(env.obs()), tokenizer.encode_action(enc, price_rule(env)), 0.0)
+                    for env in pages]
+            rule_loss, _ = train.cloning_loss(net, rows, pad, device)
+            loss, rule_ce = loss + rule_loss, rule_loss.item()
+        M.gradient_step(opt, net, loss, cfg.max_grad_norm, "price reference loss")
+        log.append((ce.item(), rule_ce))
         if it % 100 == 0 or it == steps - 1:
-            print(f"[hidden] price reference {it} | demonstrations' ce {ce.item():.3f} | the rule's {rule.item():.3f}"
+            print(f"[hidden] price reference {it} | demonstrations' ce {ce.item():.3f} | the rule's {rule_ce:.3f}"
                   f" | {time.time() - t0:.0f} s", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     checkpoint.save_run(out_path, net.eval(), cfg, enc, stage="sft", seconds=time.time() - t0, taught_from=ref_path)
@@ -277,6 +282,8 @@ def main(argv):
                    "that reads prices (price_reference: the reference's cloning continued on its demonstrations and "
                    "the price rule's pages), then read its items")
     p.add_argument("--steps", type=int, default=1500, help="with --price_reference: its steps")
+    p.add_argument("--without_rule", action="store_true", help="with --price_reference: its control, the same "
+                   "cloning on the demonstrations alone")
     p.add_argument("--seed", type=int, default=0, help="the seed of the policy's sampling (with --price_reference: "
                    "of its demonstrations and pages)")
     p.add_argument("--device", default="cpu")
@@ -286,7 +293,8 @@ def main(argv):
     run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
     show = lambda prefs: ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items())
     if a.price_reference:
-        price_reference(run_.ref_path, a.price_reference, a.steps, seed=a.seed, device=a.device)
+        price_reference(run_.ref_path, a.price_reference, a.steps, seed=a.seed, device=a.device,
+                        rule=not a.without_rule)
         taught, _, _, _ = agents.load_agent(a.price_reference, a.price_reference, a.device)
         agree, over, n = price_reading(taught, "ref")
         print(f"[hidden] {a.price_reference}: items on the first results page (x uniform): "

@@ -1858,6 +1858,10 @@ def test_price_reference_goes_on_cloning_into_a_new_reference_for_ppo(tiny_run, 
     assert new["stage"] == "sft" and new["taught_from"] == ref and new["tokenizer"] == old["tokenizer"]
     assert new["train_config"]["sft_iters"] == old["train_config"]["sft_iters"], "the reference's own recipe"
     assert any(not torch.equal(v, new["model"][k]) for k, v in old["model"].items()), "its weights moved"
+    control = hidden.price_reference(ref, str(tmp_path / "control" / "ref.pt"), steps=2, batch=3, rule=False)
+    assert control[0][0] == log[0][0], "the same demonstrations and start: the same first loss"
+    assert control[1][0] != log[1][0], "then the rule's pages moved the weights"
+    assert all(math.isnan(r) for _, r in control), "no rule's pages in the control"
     cfg = train.Config(sft_lr=1e-3)
     assert train.sft_lr(cfg, 0, 100) == pytest.approx(1e-3 / 50), "the warm-up's first step"
     assert train.sft_lr(cfg, 49, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 100)))
