@@ -9,6 +9,7 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
     python hidden.py --ckpt out/ppo_avg.pt --tasks 16    # both, on the check's first 16 validation tasks (~2 min)
     python hidden.py --ckpt out/ppo_avg.pt --teach_items 600  # can the reference learn to read prices? (~7 min)
     python hidden.py --ckpt out/ppo_avg.pt --teach_items 2000 --labels rule --pages 0  # ... from fresh pages (~16 min)
+    python hidden.py --ckpt out/ref.pt --ref out/ref.pt --price_reference price/ref.pt  # a reference that reads them
 
 - The visible part of the optimum (visible_log_ratio). shop.twins gives the six tasks that permute the
   look-alikes' hidden payloads, and each is solved like the task itself. At each step the policy samples, pi*'s
@@ -20,6 +21,8 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
   among the page's items. The over-the-cap item of the target's title is the one that the page does tell apart.
   teach_items clones the clicks on results pages alone into the reference (the expert's, or the price rule's on a
   new page for every row): a probe of whether the network can learn that comparison at all, and from how much.
+  price_reference writes a reference that has learnt it, for PPO to start from: does PPO then follow the optimum
+  more closely?
 """
 import argparse
 import collections
@@ -292,27 +295,24 @@ def main(argv):
         p.error("--tasks, --samples and --steps must be at least 1, --item_tasks, --pages and --teach_items at least 0")
     run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
     show = lambda prefs: ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items())
+    def reading(agent):  # what a reference makes of the items on results pages
+        agree, over, n = price_reading(agent, "ref")
+        prefs = show(item_preferences(agent, "ref", a.item_tasks or 100))
+        return (f"items on the first results page (x uniform): {prefs}; its first choice on {n} validation pages "
+                f"with an item over the cap: the price rule's {agree:.2f}, over the cap {over:.2f}")
+
     if a.price_reference:
         price_reference(run_.ref_path, a.price_reference, a.steps, seed=a.seed, device=a.device,
                         rule=not a.without_rule)
         taught, _, _, _ = agents.load_agent(a.price_reference, a.price_reference, a.device)
-        agree, over, n = price_reading(taught, "ref")
-        print(f"[hidden] {a.price_reference}: items on the first results page (x uniform): "
-              f"{show(item_preferences(taught, 'ref', a.item_tasks or 100))}; its first choice on {n} validation "
-              f"pages with an item over the cap: the price rule's {agree:.2f}, over the cap {over:.2f}")
+        print(f"[hidden] {a.price_reference}: {reading(taught)}")
         return
     if a.teach_items:
-        def reading():
-            agree, over, n = price_reading(run_.ppo, "ref")
-            return (f"{show(item_preferences(run_.ppo, 'ref', a.item_tasks or 100))}; its first choice on {n} "
-                    f"validation pages with an item over the cap: the price rule's {agree:.2f}, over the cap "
-                    f"{over:.2f}")
-
-        print(f"[hidden] the reference's items on the first results page (x uniform): {reading()}")
+        print(f"[hidden] the reference's {reading(run_.ppo)}")
         losses = teach_items(run_.ppo, pages=a.pages, steps=a.teach_items, labels=a.labels)
         print(f"[hidden] after {a.teach_items} steps on results pages alone ({a.labels}'s clicks, "
               f"{a.pages or a.teach_items * 64} pages; loss {np.mean(losses[:50]):.3f} -> "
-              f"{np.mean(losses[-50:]):.3f}): {reading()}")
+              f"{np.mean(losses[-50:]):.3f}): {reading(run_.ppo)}")
         return
     S = summarise(visible_log_ratio(run_, a.tasks, a.samples))
     f = lambda x: f"{x:+.2f}"

@@ -1868,6 +1868,17 @@ def test_price_reference_goes_on_cloning_into_a_new_reference_for_ppo(tiny_run, 
     assert train.sft_lr(cfg, 99, 100) < 1e-6, "a cosine to zero"
 
 
+def test_hidden_command_line_teaches_items_and_writes_a_price_reference(tiny_run, tmp_path, capsys):
+    hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "1", "--labels", "rule", "--pages", "0",
+                 "--item_tasks", "1"])
+    before, after = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[hidden]")]
+    assert "first choice on" in before and "(rule's clicks, 64 pages;" in after, (before, after)
+    hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--price_reference", str(tmp_path / "p" / "ref.pt"),
+                 "--steps", "1", "--item_tasks", "1", "--without_rule"])
+    assert checkpoint.load(str(tmp_path / "p" / "ref.pt"))["stage"] == "sft"
+    assert "the price rule's" in capsys.readouterr().out
+
+
 def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
     with pytest.raises(ValueError, match="look-alike"):
         hidden.visible_log_ratio(types.SimpleNamespace(env_name="house"), 1)
