@@ -158,7 +158,7 @@ def item_preferences(agent, model="policy", n_tasks=100, seeds=4, split="valid")
 
 def rule_page(split, task, seed):
     """A shop episode on the first results page of a search for the target's own title: the page the expert's search
-    usually reaches, without solving the task (about 1 ms where first_results_page's expert takes about 60)."""
+    usually reaches, without solving the task (about 1 ms a page where first_results_page's expert takes tens)."""
     env = envs.make_env("shop", split, task, seed=seed)
     env.step(f"search[{shop.target_title(env.task)}]")
     return env
