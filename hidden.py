@@ -39,6 +39,7 @@ import torch
 import agents
 import checkpoint
 import envs
+import experiments
 import model as M
 import optimum
 import pa
@@ -236,10 +237,8 @@ def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cp
     Saved at out_path as a reference (`python train.py --stage=ppo --out_dir=DIR` with out_path = DIR/ref.pt).
     rule=False: the same cloning without the rule's pages, the control. Returns the per-step (demonstrations'
     cross-entropy, the rule's; nan without it)."""
-    ck = checkpoint.load(ref_path)
-    cfg = train.Config(**{**ck["train_config"], "device": device, "seed": seed})
-    enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
-    net, _ = checkpoint.load_run(ref_path, cfg, enc, device)
+    cfg, enc, net = experiments.reference(ref_path, device, seed=seed)
+    net.requires_grad_(True)  # loaded frozen, as a reference is
     demos, rng, t0 = train.demonstrations(cfg, enc), random.Random(seed + 1), time.time()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.sft_lr, weight_decay=0.01)
     gen, pad, log = torch.Generator().manual_seed(seed + 2), tokenizer.pad_id(enc), []
