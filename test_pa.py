@@ -2274,6 +2274,20 @@ def test_anneal_lr_lowers_the_learning_rate_linearly_over_every_iteration(tiny_r
     assert [train.lr_at(cfg, it) for it in range(3)] == [4e-4] * 3, "without --anneal_lr the rate stays"
 
 
+def test_ppo_train_moves_only_the_named_weights_and_the_value_head(tiny_run, tmp_path):
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    run = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--ppo_iters=2", "--average_from=0"]
+    train.main(run + ["--ppo_train=.h.0.attn,ln_f"])
+    ref, ppo = (torch.load(tmp_path / f, weights_only=False)["model"] for f in ("ref.pt", "ppo.pt"))
+    moved = {k for k in ref if not torch.equal(ref[k], ppo[k])}
+    assert moved and all(".h.0.attn" in k or "ln_f" in k or k.startswith("value_head") for k in moved)
+    assert any(k.startswith("value_head") for k in moved) and any(".h.0.attn" in k for k in moved)
+    with pytest.raises(SystemExit, match="--ppo_train=.h.0.attn,ln_f"):  # a resume keeps the run's choice
+        train.main(run + ["--init_from=resume", "--ppo_iters=3"])
+    with pytest.raises(SystemExit, match="'lnf' is in no weight's name.*transformer.ln_f.weight"):
+        train.resolve(train.parse_args(["--ppo_train=.h.,lnf"]))
+
+
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     args = [sys.executable, os.path.join(HERE, "train.py")] + TINY + [f"--out_dir={tmp_path}", "--stage=ppo"]

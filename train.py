@@ -100,6 +100,9 @@ class Config:
     seeds: int = 1                   # PPO runs from the reference, seeds seed, seed+1, ... (out_dir/seed<S>/);
                                      # above 1, PA is read from the mean of their policies' weights, a seed soup
                                      # (out_dir/ppo_soup.pt): N times PPO's time, for less of each run's own noise
+    ppo_train: str = "all"           # the weights PPO moves: all, or parts of their names, comma-separated (say
+                                     # .h.,ln_f: the blocks, not the token and position embeddings, which the output
+                                     # layer shares); the rest keep their starting values. The value head always moves
     ppo_lr: float = 3e-4
     adam_eps: float = 1e-8           # Adam's epsilon in PPO: a weight whose gradient's RMS is well below it moves
                                      # in proportion to its gradient (SGD-like), not by about the learning rate
@@ -222,6 +225,14 @@ def resolve(cfg):
         raise SystemExit(f"bad value for --lam_per: {cfg.lam_per!r}; valid: token, action")
     if cfg.seeds < 1:
         raise SystemExit(f"bad value for --seeds: {cfg.seeds}; the number of PPO runs averaged, 1 or more")
+    if cfg.ppo_train != "all":
+        with torch.device("meta"):  # the names only: no memory, no time
+            names = [n for n, _ in M.GPT(M.GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                                     n_embd=cfg.n_embd)).named_parameters()]
+        for part in cfg.ppo_train.split(","):
+            if not part or not any(part in n for n in names):
+                raise SystemExit(f"bad value for --ppo_train: {part!r} is in no weight's name; use all, or parts of "
+                                 f"these, comma-separated: {', '.join(names)}")
     last = cfg.critic_warmup + cfg.ppo_iters - 1
     if cfg.average_from not in (-1, 0) and not 0 < cfg.average_from <= last:
         raise SystemExit(f"bad value for --average_from: {cfg.average_from}; a PPO iteration from 1 to {last}, the "
@@ -561,6 +572,15 @@ def _start_weights(cfg, enc, ref, policy):
     return ck["model"]
 
 
+def ppo_weights(cfg, policy):
+    """The weights PPO moves (--ppo_train: all, or those whose names hold one of its parts, and the value head);
+    the others are frozen at their starting values."""
+    parts = None if cfg.ppo_train == "all" else cfg.ppo_train.split(",")
+    for name, w in policy.named_parameters():
+        w.requires_grad_(parts is None or name.startswith("value_head") or any(p in name for p in parts))
+    return [w for w in policy.parameters() if w.requires_grad]
+
+
 def lr_at(cfg, it):
     """PPO's learning rate at iteration `it` (0-based, the critic's warm-up iterations counted)."""
     return cfg.ppo_lr * (1 - it / (cfg.critic_warmup + cfg.ppo_iters)) if cfg.anneal_lr else cfg.ppo_lr
@@ -600,7 +620,7 @@ def _check_resume(ck, cfg, ppo_path):
                                 f"with --ppo_start, in another out_dir")
     start = ck["iter"] + 1
     was = ck.get("train_config", {})
-    for key, default in (("ppo_start", ""), ("actions", "any")):
+    for key, default in (("ppo_start", ""), ("actions", "any"), ("ppo_train", "all")):
         made_with = was.get(key, default)
         if made_with != getattr(cfg, key):
             raise SystemExit(f"{ppo_path} was trained with --{key}={made_with or '(none)'}: resume it with that, "
@@ -624,7 +644,7 @@ def train_ppo(cfg, enc, ref):
     policy.load_state_dict(ref.state_dict() if resuming else _start_weights(cfg, enc, ref, policy))
     policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo_lr, eps=cfg.adam_eps, weight_decay=0.0)
+    opt = torch.optim.AdamW(ppo_weights(cfg, policy), lr=cfg.ppo_lr, eps=cfg.adam_eps, weight_decay=0.0)
     critic, critic_opt = ppo_variants.separate_critic(cfg, ref)
     gen, start = torch.Generator().manual_seed(cfg.seed + 1), 0  # minibatch order (CPU)
     sample_gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)  # action sampling
