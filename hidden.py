@@ -194,6 +194,12 @@ def price_reading(agent, model="ref", n_tasks=200, seeds=(7, 8), split="valid"):
             float(np.mean([b in over for b, (_, _, over) in zip(best, rows)])), len(rows))
 
 
+def page_row(enc, env, action):
+    """A cloning row (train.cloning_loss) of one results page: its prompt's ids, the action's ids, a return of 0 (the
+    value head learns nothing here)."""
+    return enc.encode_ordinary(env.obs()), tokenizer.encode_action(enc, action), 0.0
+
+
 def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels="expert"):
     """A probe of what the reference network can learn, not a recipe: go on cloning agent.ref (in place) on one
     decision only, the click at the first results page of training tasks, and nothing else. labels="expert": the
@@ -209,8 +215,7 @@ def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels=
     def row():
         task, draw = rng.randrange(10**9), rng.randrange(10**9)
         env = first_results_page("train", task, draw) if labels == "expert" else rule_page("train", task, draw)
-        action = envs.expert_action(env) if labels == "expert" else price_rule(env)
-        return agent.encode(env.obs()), tokenizer.encode_action(enc, action), 0.0
+        return page_row(enc, env, envs.expert_action(env) if labels == "expert" else price_rule(env))
 
     rows = [row() for _ in range(pages)]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
@@ -251,8 +256,7 @@ def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cp
         loss, rule_ce = ce + cfg.sft_vf_coef * v_loss, math.nan
         if rule:
             pages = [rule_page("train", rng.randrange(10**9), rng.randrange(10**9)) for _ in range(batch)]
-            rows = [(enc.encode_ordinary(env.obs()), tokenizer.encode_action(enc, price_rule(env)), 0.0)
-                    for env in pages]
+            rows = [page_row(enc, env, price_rule(env)) for env in pages]
             rule_loss, _ = train.cloning_loss(net, rows, pad, device)
             loss, rule_ce = loss + rule_loss, rule_loss.item()
         M.gradient_step(opt, net, loss, cfg.max_grad_norm, "price reference loss")
