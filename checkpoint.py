@@ -1,14 +1,17 @@
 """
 checkpoint.py: a run's checkpoints for nanoPA: save and load them (atomically, refusing a missing, truncated or
-foreign file and one of another world or tokenizer), the GPT of a checkpoint, which checkpoint of a run folder is
-its trained policy, and the mean of several runs' weights (a seed soup).
+foreign file and one of another world or tokenizer), the training state a PPO run resumes from, the GPT of a
+checkpoint, which checkpoint of a run folder is its trained policy, and the mean of several runs' weights (a seed
+soup).
 
 Tested in test_pa.py (the checkpoints section); used by every script that reads or writes a run.
 """
 
 import dataclasses
 import os
+import random
 
+import numpy as np
 import torch
 
 import tokenizer
@@ -78,6 +81,33 @@ def policy_path(out_dir):
 
 
 TRAINING_STATE = ("optimizer", "rng", "gen", "sample_gen", "iter", "critic", "critic_optimizer", "average")
+
+
+def training_state(opt, gen, sample_gen, critic=None, critic_opt=None, average=None, averaged=0):
+    """What a PPO checkpoint holds beside the policy, so that a resumed run goes on as if it had never stopped:
+    the optimizer's state, the global random states (python, numpy, torch) and the two generators' (minibatch
+    order, action sampling), a separate critic with its optimizer, and the running mean of the weights with the
+    number of iterates in it. restore_training_state puts it back."""
+    rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    return dict(optimizer=opt.state_dict(), rng=rng, gen=gen.get_state(), sample_gen=sample_gen.get_state(),
+                **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic is not None
+                   else {}),
+                **(dict(average=average, averaged=averaged) if averaged else {}))
+
+
+def restore_training_state(ck, opt, gen, sample_gen, critic=None, critic_opt=None, device="cpu"):
+    """Put a PPO checkpoint's training state (training_state) back into these objects and the global random
+    states. Returns its running mean of the weights, on device (None: it held none)."""
+    opt.load_state_dict(ck["optimizer"])
+    if critic is not None:
+        critic.load_state_dict(ck["critic"])
+        critic_opt.load_state_dict(ck["critic_optimizer"])
+    random.setstate(ck["rng"]["python"])
+    np.random.set_state(ck["rng"]["numpy"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    gen.set_state(ck["gen"])
+    sample_gen.set_state(ck["sample_gen"])
+    return None if ck.get("average") is None else {k: v.to(device) for k, v in ck["average"].items()}
 
 
 def soup(paths):

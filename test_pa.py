@@ -1201,6 +1201,34 @@ def test_load_refuses_mismatch(gpt, enc, tmp_path):
         checkpoint.load(path, tokenizer_spec=other)
 
 
+def test_training_state_round_trip_continues_every_random_stream_and_the_optimizer(gpt, tmp_path):
+    """What a PPO checkpoint holds to resume (checkpoint.training_state) survives a save and a load: after
+    restore_training_state, every random stream draws what it drew after the save, the optimizer's moments are
+    back, and the running mean of the weights returns on the device asked for."""
+    net = model.GPT(gpt.config)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randint(0, 100, (2, 5)))[0].sum().backward()
+    opt.step()
+    gen, sample_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    avg = {k: v.clone() for k, v in net.state_dict().items()}
+    path = str(tmp_path / "state.pt")
+    checkpoint.save(path, dict(checkpoint.training_state(opt, gen, sample_gen, average=avg, averaged=3)))
+    draws = lambda: (random.random(), float(np.random.rand()), torch.rand(1).item(),
+                     torch.rand(1, generator=gen).item(), torch.rand(1, generator=sample_gen).item())
+    first = draws()
+    moments = {k: v.clone() for k, v in opt.state_dict()["state"][0].items()}
+    opt.step()  # moves the moments on, so that the restore has something to undo
+    ck = torch.load(path, weights_only=False)
+    assert ck["averaged"] == 3 and "critic" not in ck, "the mean's count, and no critic where there was none"
+    back = checkpoint.restore_training_state(ck, opt, gen, sample_gen, device="cpu")
+    assert draws() == first, "each random stream should draw again what it drew right after the save"
+    for k, v in moments.items():
+        assert torch.equal(opt.state_dict()["state"][0][k], v), f"the optimizer's {k} should be the saved one"
+    assert all(torch.equal(back[k], avg[k]) for k in avg), "the running mean comes back"
+    plain = checkpoint.training_state(opt, gen, sample_gen)
+    assert "average" not in plain and checkpoint.restore_training_state(plain, opt, gen, sample_gen) is None
+
+
 def test_compile_prefix_is_stripped(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     checkpoint.save(path, {"model": {"_orig_mod.lm_head.weight": torch.zeros(1)}, "config": {}, "tokenizer": {},

@@ -246,16 +246,6 @@ def seed_all(seed):
     torch.manual_seed(seed)
 
 
-def rng_state():
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-
-
-def set_rng_state(s):
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-
-
 def build_model(cfg, enc):
     mcfg = M.GPTConfig(block_size=cfg.block_size, vocab_size=enc.n_vocab, n_layer=cfg.n_layer,
                        n_head=cfg.n_head, n_embd=cfg.n_embd)
@@ -652,20 +642,12 @@ def train_ppo(cfg, enc, ref):
         ck = checkpoint.load(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
         _resolve_average_from(cfg, ck)
         start = _check_resume(ck, cfg, ppo_path)
-        policy.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if critic is not None:
-            critic.load_state_dict(ck["critic"])
-            critic_opt.load_state_dict(ck["critic_optimizer"])
-        set_rng_state(ck["rng"])
-        gen.set_state(ck["gen"])
-        sample_gen.set_state(ck["sample_gen"])
+        policy.load_state_dict(ck["model"])  # and the mean of the iterates, saved with the run so none is lost
+        avg = checkpoint.restore_training_state(ck, opt, gen, sample_gen, critic, critic_opt, cfg.device)
         print(f"resuming PPO at iteration {start} from {ppo_path}")
         if os.path.exists(log):  # forget log lines of iterations after the checkpoint
             keep = [l for l in open(log) if _iter_of(l) < start]
             open(log, "w").writelines(keep)
-        if ck.get("average") is not None:  # the mean is saved with the run, so a resume cannot lose it
-            avg = {k: v.to(cfg.device) for k, v in ck["average"].items()}
     else:
         _resolve_average_from(cfg)
         for path in (log, avg_path):
@@ -711,11 +693,8 @@ def train_ppo(cfg, enc, ref):
         n = averaged(cfg, it)
         if n:
             avg = running_mean(avg, policy, n)
-        checkpoint.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it, optimizer=opt.state_dict(),
-                            rng=rng_state(), gen=gen.get_state(), sample_gen=sample_gen.get_state(),
-                            **(dict(critic=critic.state_dict(), critic_optimizer=critic_opt.state_dict()) if critic
-                               else {}),
-                            **(dict(average=avg, averaged=n) if n else {}))
+        checkpoint.save_run(ppo_path, policy, cfg, enc, stage="ppo", iter=it,
+                            **checkpoint.training_state(opt, gen, sample_gen, critic, critic_opt, avg, n))
         if n:  # the same mean as a policy of its own, for report.py and search.py
             checkpoint.save_run(avg_path, policy, cfg, enc, weights=avg, stage="ppo", iter=it, averaged=n)
     return policy
