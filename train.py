@@ -642,7 +642,7 @@ def train_ppo(cfg, enc, ref):
         ck = checkpoint.load(ppo_path, env_name=cfg.env, tokenizer_spec=tokenizer.tokenizer_spec(enc))
         _resolve_average_from(cfg, ck)
         start = _check_resume(ck, cfg, ppo_path)
-        policy.load_state_dict(ck["model"])  # and the mean of the iterates, saved with the run so none is lost
+        policy.load_state_dict(ck["model"])
         avg = checkpoint.restore_training_state(ck, opt, gen, sample_gen, critic, critic_opt, cfg.device)
         print(f"resuming PPO at iteration {start} from {ppo_path}")
         if os.path.exists(log):  # forget log lines of iterations after the checkpoint
