@@ -2,7 +2,7 @@
 train.py: the whole pipeline. Stage 1 behaviour-clones a reference from noisy-expert demonstrations;
 stage 2 runs PPO with GAE and a per-token KL penalty to that frozen reference; then the evaluation report.
 
-    python train.py                                  # both stages + the report (~20 min on a 2-core CPU)
+    python train.py                                  # both stages + the report (~23 min on a 2-core CPU)
     python train.py --stage=ppo --ppo_iters=90       # PPO only, from out/ref.pt
     python train.py --init_from=resume               # continue an interrupted run from its last checkpoint
     python train.py --stage=ppo --seeds=3            # three PPO runs from out/ref.pt, PA read from their mean
@@ -131,7 +131,7 @@ class Config:
     batch_size: int = 256            # rows per model call in rollouts
 
 
-PRESETS = {  # cpu: sized so that `python train.py` on a 2-core CPU takes about 20 minutes; the default on a GPU too,
+PRESETS = {  # cpu: sized so that `python train.py` on a 2-core CPU takes about 23 minutes; the default on a GPU too,
     # since the gpu one (a 26M-parameter scale-up, opt-in) failed on an H200 (LOG.md: "The GPU preset, run").
     # PPO's 60 iterations of 43 episodes: as good a run as 128 episodes a time, in a third of the time (LOG.md)
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256,  # ~0.92M parameters
