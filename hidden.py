@@ -271,7 +271,7 @@ def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cp
 
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a PPO checkpoint of the shop (its ref.pt beside it unless --ref)")
+    checkpoint.add_policy_arg(p, beside="a shop run's; its ref.pt beside it unless --ref")
     p.add_argument("--ref", default=None, help="the reference it was trained from")
     p.add_argument("--tasks", type=int, default=16, help="validation tasks of the optimum check to read")
     p.add_argument("--samples", type=int, default=8, help="the policy's episodes per task")
@@ -296,7 +296,10 @@ def main(argv):
     a = p.parse_args(argv)
     if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0 or a.pages < 0 or a.teach_items < 0 or a.steps < 1:
         p.error("--tasks, --samples and --steps must be at least 1, --item_tasks, --pages and --teach_items at least 0")
-    run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
+    try:
+        run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
+    except checkpoint.CheckpointError as e:
+        raise SystemExit(f"hidden.py: {e}")
     show = lambda prefs: ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items())
     def reading(agent):  # what a reference makes of the items on results pages
         agree, over, n = price_reading(agent, "ref")

@@ -1919,6 +1919,8 @@ def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
     with pytest.raises(SystemExit) as e:
         hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--price_reference", "x/ref.pt", "--steps", "0"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit, match="hidden.py: no checkpoint at .*train one with"):
+        hidden.main(["--ckpt", str(tiny_run / "nothing.pt")])
 
 
 def test_all_actions_centres_each_log_ratio_over_the_states_actions(agent):
