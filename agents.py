@@ -220,7 +220,7 @@ class Agent:
 
 
 def make_agent(cfg, policy, ref, enc):
-    """The Agent of a run (train.Config): its networks with the run's beta, temperature, sizes and --actions."""
+    """The Agent of a run (config.Config): its networks with the run's beta, temperature, sizes and --actions."""
     return Agent(policy, ref, enc, cfg.beta, cfg.temperature, cfg.max_action_tokens, cfg.batch_size,
                  constrained=cfg.actions == "available")
 

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 import model
 import tokenizer
-import train
+import config
 
 BENCHES = {}  # name -> function(args, results) -> dict, in the order they run
 
@@ -63,9 +63,9 @@ def compute_dtype(device):
 
 
 def make_model(args):
-    preset = train.Config().preset  # the model train.py trains by default, on any device
+    preset = config.Config().preset  # the model train.py trains by default, on any device
     torch.manual_seed(0)
-    sizes = {k: train.PRESETS[preset][k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+    sizes = {k: config.PRESETS[preset][k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
     cfg = model.GPTConfig(**sizes, vocab_size=tokenizer.MAX_VOCAB)  # ids only, no tokenizer needed
     return preset, cfg, model.GPT(cfg).to(args.device)
 

@@ -63,7 +63,7 @@ def load(path, env_name=None, tokenizer_spec=None, map_location="cpu"):
 
 def save_run(path, net, cfg, enc, weights=None, **extra):
     """A run's checkpoint of net: its weights (or these, of net's shape), shape, the tokenizer, the world, beta and
-    the whole training config (train.Config), plus any extra fields (stage, iteration, optimizer and RNG states)."""
+    the whole training config (config.Config), plus any extra fields (stage, iteration, optimizer and RNG states)."""
     weights = net.state_dict() if weights is None else weights
     save(path, dict(model=weights, config=dataclasses.asdict(net.config),
                                tokenizer=tokenizer.tokenizer_spec(enc), env_name=cfg.env, beta=cfg.beta,

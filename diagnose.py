@@ -80,7 +80,7 @@ def estimates(ref_path, n_tasks=16, n_samples=8, ks=(1, 4), cache_dir=None, devi
     re-rollouts per visited state (--advantage=mc), each against the exact A^ref of envs.SoftSolution; the state
     values too, against the exact V^ref. Pearson, with 95% bootstrap intervals over tasks, and the slope of each
     estimate on the truth; "by_kind": each advantage estimator within each kind of step (envs.step_kind), which
-    decisions it knows. overrides: train.Config fields (actions). Returns the dict it prints."""
+    decisions it knows. overrides: config.Config fields (actions). Returns the dict it prints."""
     cfg, enc, ref = experiments.reference(ref_path, device, **overrides)
     agent = agents.make_agent(cfg, ref, ref, enc)
     cache_dir = cache_dir or optimum.default_cache_dir(ref_path)

@@ -21,6 +21,7 @@ import torch
 
 import agents
 import checkpoint
+import config
 import envs
 import model as M
 import optimum
@@ -106,7 +107,7 @@ def distil_optimum(policy, agent, sols, cfg, tasks, rounds=10, episodes=64, lr=1
 def reference(ref_path, device, **overrides):
     """(cfg, tokenizer, frozen reference network) of a saved reference; cfg is its training config with overrides."""
     ck = checkpoint.load(ref_path)
-    cfg = train.Config(**{**ck["train_config"], "device": device, **overrides})
+    cfg = config.Config(**{**ck["train_config"], "device": device, **overrides})
     enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
     ref, _ = checkpoint.load_run(ref_path, cfg, enc, device)
     return cfg, enc, ref.eval().requires_grad_(False)
@@ -141,7 +142,7 @@ def few_tasks(ref_path, out_dir, n_tasks=8, iters=20, episodes=128, advantages="
     saved as ppo_avg.pt and checked instead of the last iterate; anneal_lr=True (an override): the learning rate
     falls linearly to zero over the iterations (train.py --anneal_lr). Either tells a noise floor of constant-size
     steps from a bias.
-    max_steps (the episode budget) shrinks the worlds for tests; overrides: any train.Config field (ppo_lr, ...)."""
+    max_steps (the episode budget) shrinks the worlds for tests; overrides: any config.Config field (ppo_lr, ...)."""
     if start not in ("reference", "optimum"):
         raise ValueError(f"start: reference or optimum, not {start!r}")
     if iters < (1 if start == "reference" else 0):

@@ -9,7 +9,7 @@ tokenizer is tokenizer.py; a run's checkpoints, checkpoint.py).
 - copy_net: a trainable copy of a network; gradient_step: one clipped optimizer step that stops the run on a
   non-finite loss; get_device / autocast_ctx: where and in what precision it runs.
 
-Tested in test_pa.py (the model.py section); benchmarked by python bench.py. Sizes: train.PRESETS.
+Tested in test_pa.py (the model.py section); benchmarked by python bench.py. Sizes: config.PRESETS.
 """
 
 import contextlib

@@ -9,6 +9,7 @@ checks, results, resume and SFT tests, bad input at every command line); tabular
     python -m pytest -q
 """
 import ast
+import dataclasses
 import itertools
 import json
 import xml.etree.ElementTree as ET
@@ -38,6 +39,7 @@ import agents
 import assignments
 import bench
 import checkpoint
+import config
 import diagnose
 import envs
 import experiments
@@ -1332,7 +1334,7 @@ def test_a_policy_moved_along_its_log_ratio_token_by_token(enc, gpt):
             assert torch.allclose(glp[b], ev[b, len(p):len(p) + len(a)], atol=1e-4), "generate (cached) = evaluate"
 
 
-# ==================== train.py: GAE, PPO losses, rewards, config, pipeline, resume ==========================
+# ================ train.py and config.py: GAE, PPO losses, rewards, options, pipeline, resume ================
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=256", "--sft_episodes=20", "--sft_iters=10",
@@ -1467,7 +1469,7 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
             s.ref_logprobs.tolist(), abs=1e-4), "the reference's distributions must be those of the step's tokens"
     same = agents.Agent(agent.ref, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=64)
     assert max(float(k.abs().max()) for k in train.exact_kl(same, agent.ref, steps)[0]) < 1e-5
-    cfg = train.resolve(train.parse_args(TINY + ["--kl=exact", "--update_epochs=4"]))
+    cfg = config.resolve(config.parse_args(TINY + ["--kl=exact", "--update_epochs=4"]))
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     ag = agents.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
@@ -1482,9 +1484,9 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
     train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps, torch.Generator().manual_seed(0))
     assert seen[0] is not None and all(torch.allclose(a, b) for a, b in zip(seen[0], want)), "GAE's rewards"
     with pytest.raises(SystemExit, match="valid: sampled, exact"):
-        train.parse_args(["--kl=k3"])
+        config.parse_args(["--kl=k3"])
     with pytest.raises(SystemExit, match="add --kl=sampled"):
-        train.parse_args(["--kl=exact", "--advantage=rloo"])
+        config.parse_args(["--kl=exact", "--advantage=rloo"])
 
 
 def test_clipped_policy_loss_has_no_gradient_outside_the_clip_range():
@@ -1517,7 +1519,7 @@ def test_whiten_single_element_is_centred_not_divided():
 
 
 def _first_ratio(agent, enc, extra=()):
-    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"] + list(extra)))
+    cfg = config.resolve(config.parse_args(TINY + ["--update_epochs=1"] + list(extra)))
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     ag = agents.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)  # ragged chunks
@@ -1542,7 +1544,7 @@ def test_ppo_ratio_check_catches_a_temperature_mismatch(agent, enc):
 
 @pytest.mark.parametrize("detach", [True, False])
 def test_critic_only_update_with_a_detached_value_head_leaves_the_policy_alone(agent, enc, detach):
-    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"]))
+    cfg = config.resolve(config.parse_args(TINY + ["--update_epochs=1"]))
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     policy.detach_value = detach
@@ -1580,7 +1582,7 @@ def test_tiny_run_logs_each_iteration_and_checkpoints_beta(tiny_run):
     assert [r["iter"] for r in log] == [0, 1], f"two logged iterations expected, got {[r['iter'] for r in log]}"
     assert all(r["first_ratio_dev"] < 1e-5 for r in log), "the first PPO ratio of every iteration must be 1"
     ck = checkpoint.load(str(tiny_run / "ppo.pt"), env_name="shop")
-    assert ck["beta"] == train.Config().beta and ck["iter"] == 1, "beta and the iteration travel in the checkpoint"
+    assert ck["beta"] == config.Config().beta and ck["iter"] == 1, "beta and the iteration travel in the checkpoint"
 
 
 @pytest.fixture(scope="module")
@@ -1890,7 +1892,7 @@ def test_price_reference_goes_on_cloning_into_a_new_reference_for_ppo(tiny_run, 
     assert control[0][0] == log[0][0], "the same demonstrations and start: the same first loss"
     assert control[1][0] != log[1][0], "then the rule's pages moved the weights"
     assert all(math.isnan(r) for _, r in control), "no rule's pages in the control"
-    cfg = train.Config(sft_lr=1e-3)
+    cfg = config.Config(sft_lr=1e-3)
     assert train.sft_lr(cfg, 0, 100) == pytest.approx(1e-3 / 50), "the warm-up's first step"
     assert train.sft_lr(cfg, 49, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 49 / 100)))
     assert train.sft_lr(cfg, 99, 100) < 1e-6, "a cosine to zero"
@@ -2035,7 +2037,7 @@ def test_sft_fits_demonstrations_at_temperature_one(tiny_run, tmp_path):
     """Behaviour cloning is maximum likelihood of the demonstrations; --temperature defines the POLICY
     sampled from the network afterwards. Training at the policy's temperature would instead make the
     clone sampled at that temperature reproduce the data, undoing the sharpening a lower one is for."""
-    cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tmp_path}", "--temperature=0.5"]))
+    cfg = config.resolve(config.parse_args(TINY + [f"--out_dir={tmp_path}", "--temperature=0.5"]))
     train.seed_all(cfg.seed)
     cold = train.train_sft(cfg, tokenizer.build_tokenizer(envs.tokenizer_texts(cfg.env), cfg.env)).state_dict()
     warm = checkpoint.load(str(tiny_run / "ref.pt"))["model"]  # the same run at temperature 1.0
@@ -2046,7 +2048,7 @@ def test_sft_fits_demonstrations_at_temperature_one(tiny_run, tmp_path):
 def test_separate_critic_learns_alone_and_resumes(agent, enc, tiny_run, tmp_path):
     """--critic=separate: the value loss trains its own network and never moves the policy; the rollouts' values
     are re-read from it; a run checkpoints it, resumes it, and refuses to resume with the other kind of critic."""
-    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1"]))
+    cfg = config.resolve(config.parse_args(TINY + ["--update_epochs=1"]))
     policy, critic = model.GPT(agent.policy.config), model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     critic.load_state_dict(agent.ref.state_dict())
@@ -2111,7 +2113,7 @@ def test_constrained_agent_is_a_distribution_over_the_available_actions(agent, e
 
 
 def test_constrained_rollouts_write_only_available_actions_and_ppo_starts_at_ratio_one(agent, enc):
-    cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=1", "--actions=available"]))
+    cfg = config.resolve(config.parse_args(TINY + ["--update_epochs=1", "--actions=available"]))
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
     ag = _constrained(agent, enc).like(policy, agent.ref)
@@ -2134,7 +2136,7 @@ def test_constrained_rollouts_write_only_available_actions_and_ppo_starts_at_rat
 
 def test_constrained_runs_checkpoint_their_choice_and_refuse_to_resume_with_another(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match="valid: any, available"):
-        train.parse_args(["--actions=valid"])
+        config.parse_args(["--actions=valid"])
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false"]
     train.main(base + ["--ppo_iters=1", "--actions=available"])
@@ -2186,7 +2188,7 @@ def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run,
     assert abs(kls["ref.pt"]) < 1e-5 < abs(kls["ppo.pt"]), kls
     ck = checkpoint.load(str(tiny_run / "ppo.pt"))
     checkpoint.save(str(tmp_path / "wide.pt"), dict(ck, config=dict(ck["config"], n_embd=64)))
-    cfg = train.resolve(train.parse_args(TINY + ["--stage=ppo", f"--ppo_start={tmp_path / 'wide.pt'}"]))
+    cfg = config.resolve(config.parse_args(TINY + ["--stage=ppo", f"--ppo_start={tmp_path / 'wide.pt'}"]))
     enc = tokenizer.build_tokenizer(envs.tokenizer_texts("shop"), "shop")
     policy = train.build_model(cfg, enc)
     with pytest.raises(checkpoint.CheckpointError, match="another shape"):
@@ -2200,7 +2202,7 @@ def test_ppo_can_start_from_another_checkpoint_and_keeps_the_reference(tiny_run,
     with pytest.raises(SystemExit, match="ppo_start"):  # resumed without the start it was made from
         train.main(TINY + [f"--out_dir={tmp_path / 'ppo.pt'}", "--stage=ppo", "--ppo_iters=2", "--init_from=resume"])
     with pytest.raises(SystemExit, match="--stage=ppo"):
-        train.parse_args(TINY + ["--stage=all", f"--ppo_start={tiny_run / 'ppo.pt'}"])
+        config.parse_args(TINY + ["--stage=all", f"--ppo_start={tiny_run / 'ppo.pt'}"])
 
 
 def test_average_from_keeps_the_running_mean_of_the_late_weights_across_a_resume(tiny_run, tmp_path, monkeypatch):
@@ -2242,9 +2244,9 @@ def test_the_default_averages_the_last_two_thirds_and_a_resumed_run_keeps_where_
     """--average_from=-1, the default: a new run averages from iteration ppo_iters // 3 (20 of the preset's 60), and
     the run folder's policy (checkpoint.policy_path, what the report reads) is that mean; a resume with more iterations
     goes on with the mean it was making; a new run too short to average leaves no stale mean behind."""
-    cfg = train.resolve(train.parse_args(["--device=cpu"]))
+    cfg = config.resolve(config.parse_args(["--device=cpu"]))
     train._resolve_average_from(cfg)
-    assert cfg.average_from == train.PRESETS["cpu"]["ppo_iters"] // 3 == 20
+    assert cfg.average_from == config.PRESETS["cpu"]["ppo_iters"] // 3 == 20
     shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
     base = TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false"]
     train.main(base + ["--ppo_iters=3"])
@@ -2283,7 +2285,7 @@ def test_seeds_makes_each_run_as_its_seed_alone_would_and_reads_pa_from_their_me
     train.main(run + [f"--out_dir={soup_dir}", "--ppo_iters=1"])
     assert checkpoint.policy_path(str(soup_dir)) == str(soup_dir / "ppo.pt"), "no stale soup is read after a new run"
     with pytest.raises(SystemExit, match="--seeds"):
-        train.resolve(train.parse_args(["--seeds=0", "--device=cpu"]))
+        config.resolve(config.parse_args(["--seeds=0", "--device=cpu"]))
 
 
 def test_anneal_lr_lowers_the_learning_rate_linearly_over_every_iteration(tiny_run, tmp_path, monkeypatch):
@@ -2300,7 +2302,7 @@ def test_anneal_lr_lowers_the_learning_rate_linearly_over_every_iteration(tiny_r
     assert seen == pytest.approx([4e-4, 3e-4, 2e-4, 1e-4])
     logged = [json.loads(line)["lr"] for line in open(tmp_path / "ppo_log.jsonl")]
     assert logged == pytest.approx(seen)
-    cfg = train.parse_args(["--ppo_iters=3", "--ppo_lr=4e-4"])
+    cfg = config.parse_args(["--ppo_iters=3", "--ppo_lr=4e-4"])
     assert [train.lr_at(cfg, it) for it in range(3)] == [4e-4] * 3, "without --anneal_lr the rate stays"
 
 
@@ -2315,7 +2317,7 @@ def test_ppo_train_moves_only_the_named_weights_and_the_value_head(tiny_run, tmp
     with pytest.raises(SystemExit, match="--ppo_train=.h.0.attn,ln_f"):  # a resume keeps the run's choice
         train.main(run + ["--init_from=resume", "--ppo_iters=3"])
     with pytest.raises(SystemExit, match="'lnf' is in no weight's name.*transformer.ln_f.weight"):
-        train.resolve(train.parse_args(["--ppo_train=.h.,lnf"]))
+        config.resolve(config.parse_args(["--ppo_train=.h.,lnf"]))
 
 
 def test_sigkill_mid_ppo_resumes_from_the_last_checkpoint(tiny_run, tmp_path):
@@ -2353,28 +2355,37 @@ def test_train_refuses_bad_options_and_devices():
     for argv, said in ((["--betta=0.1"], "valid options: .*beta"), (["--beta=abc"], "not a float"),
                        (["--stage=rl"], "valid: sft, ppo, all"), (["--env=castle"], "valid: shop, house, travel")):
         with pytest.raises(SystemExit, match=said):
-            train.parse_args(argv)
+            config.parse_args(argv)
     with pytest.raises(SystemExit, match="--device: device 'tpu' is not available"):
-        train.resolve(train.parse_args(["--device=tpu"]))
+        config.resolve(config.parse_args(["--device=tpu"]))
     with pytest.raises(SystemExit, match="valid: gae, rloo, mc"):
-        train.parse_args(["--advantage=vtrace"])
+        config.parse_args(["--advantage=vtrace"])
     with pytest.raises(SystemExit, match="valid: shared, separate"):
-        train.parse_args(["--critic=twin"])
+        config.parse_args(["--critic=twin"])
     with pytest.raises(SystemExit, match="must be >= 1 and divide --episodes_per_iter \\(43\\)"):
-        train.resolve(train.parse_args(["--samples_per_task=5", "--device=cpu"]))
-    assert train.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"
+        config.resolve(config.parse_args(["--samples_per_task=5", "--device=cpu"]))
+    assert config.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"
     with pytest.raises(SystemExit, match="--preset: 'auto'; valid: cpu, gpu"):
-        train.parse_args(["--preset=auto"])
+        config.parse_args(["--preset=auto"])
 
+
+def test_train_help_prints_its_usage_and_every_option_with_its_value(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        config.parse_args(["--beta=0.1", "--help"], usage="USAGE LINE")
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("USAGE LINE\n"), out[:200]
+    assert "  --beta=0.1\n" in out, "an option given before --help is shown with its new value"
+    names = [line.split("=")[0].strip()[2:] for line in out.splitlines()[1:]]
+    assert names == [f.name for f in dataclasses.fields(config.Config)], "one line per option, in Config's order"
 
 def test_every_device_trains_the_measured_recipe_unless_told_otherwise(monkeypatch):
     # the 26M-parameter gpu preset failed on a GPU (LOG.md): a CUDA machine gets the cpu preset by default
     monkeypatch.setattr(model, "get_device", lambda name="auto": "cuda")
-    cfg = train.resolve(train.parse_args([]))
+    cfg = config.resolve(config.parse_args([]))
     assert (cfg.device, cfg.preset) == ("cuda", "cpu")
-    assert all(getattr(cfg, k) == v for k, v in train.PRESETS["cpu"].items())
-    big = train.resolve(train.parse_args(["--preset=gpu", "--n_layer=2"]))
-    assert (big.n_layer, big.n_embd) == (2, train.PRESETS["gpu"]["n_embd"]), "a flag overrides its preset's size"
+    assert all(getattr(cfg, k) == v for k, v in config.PRESETS["cpu"].items())
+    big = config.resolve(config.parse_args(["--preset=gpu", "--n_layer=2"]))
+    assert (big.n_layer, big.n_embd) == (2, config.PRESETS["gpu"]["n_embd"]), "a flag overrides its preset's size"
 
 
 def test_train_without_a_reference_says_which_file_is_missing(tmp_path):
@@ -2499,7 +2510,7 @@ def test_implicit_prm_loss_is_the_outcome_cross_entropy():
 
 
 def test_trained_reward_models_fit_their_training_data(tiny_prm):
-    cfg = train.resolve(train.parse_args(TINY + [f"--out_dir={tiny_prm}"] + PRM_OPTS))
+    cfg = config.resolve(config.parse_args(TINY + [f"--out_dir={tiny_prm}"] + PRM_OPTS))
     ck = checkpoint.load(str(tiny_prm / "ppo.pt"))
     enc = tokenizer.tokenizer_from_spec(ck["tokenizer"])
     for k in ("beta", "temperature", "max_action_tokens"):  # as train.main's prm stage does
@@ -2563,13 +2574,13 @@ def test_prm_table_of_a_tiny_run(tiny_prm):
 
 def test_prm_options_are_checked():
     with pytest.raises(SystemExit, match="--merge_alphas: '0.2,x'"):
-        train.parse_args(["--merge_alphas=0.2,x"])
+        config.parse_args(["--merge_alphas=0.2,x"])
     with pytest.raises(SystemExit, match="--merge_alphas: '1.5'"):
-        train.parse_args(["--merge_alphas=1.5"])
+        config.parse_args(["--merge_alphas=1.5"])
     with pytest.raises(SystemExit, match="--sft_early: 0.0 must be in"):
-        train.parse_args(["--sft_early=0"])
+        config.parse_args(["--sft_early=0"])
     with pytest.raises(SystemExit, match="valid: sft, ppo, all, eval, prm"):
-        train.parse_args(["--stage=rm"])
+        config.parse_args(["--stage=rm"])
 
 
 # ==================== monitor.py: the agent that halts and asks for help ===================================
@@ -2818,7 +2829,7 @@ def test_mc_advantage_run_trains_no_critic_and_refuses_one(tiny_run, tmp_path):
     assert any(not torch.equal(ref[k], ppo[k]) for k in ref), "the policy itself must move"
     for extra, said in ((["--critic=separate"], "learns no critic"), (["--mc_rollouts=0"], "at least 1")):
         with pytest.raises(SystemExit, match=said):
-            train.resolve(train.parse_args(TINY + ["--advantage=mc", "--kl=sampled"] + extra))
+            config.resolve(config.parse_args(TINY + ["--advantage=mc", "--kl=sampled"] + extra))
 
 
 def test_consistency_targets_telescope_to_the_reward_less_the_first_value():
@@ -2835,7 +2846,7 @@ def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent,
     steps, tgt = [s for ep in eps for s in ep.steps], torch.tensor([x for xs in ppo_variants.consistency_targets(eps) for x in xs])
     errors = []
     for weight in (0.0, 50.0):
-        cfg = train.resolve(train.parse_args(TINY + ["--update_epochs=4", f"--consistency={weight}"]))
+        cfg = config.resolve(config.parse_args(TINY + ["--update_epochs=4", f"--consistency={weight}"]))
         policy = model.GPT(agent.policy.config)
         policy.load_state_dict(agent.policy.state_dict())
         ag = agents.Agent(policy, agent.ref, enc, beta=cfg.beta, max_action_tokens=8, batch_size=64)
@@ -2850,7 +2861,7 @@ def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent,
     for bad in (["--consistency=-1"], ["--consistency=1", "--advantage=mc", "--kl=sampled"],
                 ["--consistency=1", "--gamma=0.99"]):
         with pytest.raises(SystemExit, match="--consistency"):
-            train.parse_args(TINY + bad)
+            config.parse_args(TINY + bad)
 
 
 def test_given_advantages_go_on_every_token_of_their_step():
