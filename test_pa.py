@@ -1334,7 +1334,7 @@ def test_a_policy_moved_along_its_log_ratio_token_by_token(enc, gpt):
             assert torch.allclose(glp[b], ev[b, len(p):len(p) + len(a)], atol=1e-4), "generate (cached) = evaluate"
 
 
-# ================ train.py and config.py: GAE, PPO losses, rewards, options, pipeline, resume ================
+# ==================== train.py and config.py: GAE, PPO losses, rewards, options, pipeline, resume ===========
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=256", "--sft_episodes=20", "--sft_iters=10",
