@@ -2377,6 +2377,10 @@ def test_train_help_prints_its_usage_and_every_option_with_its_value(capsys):
     assert "  --beta=0.1\n" in out, "an option given before --help is shown with its new value"
     names = [line.split("=")[0].strip()[2:] for line in out.splitlines()[1:]]
     assert names == [f.name for f in dataclasses.fields(config.Config)], "one line per option, in Config's order"
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert capsys.readouterr().out.startswith(train.__doc__ + "\n"), "python train.py --help shows train.py's usage"
+
 
 def test_every_device_trains_the_measured_recipe_unless_told_otherwise(monkeypatch):
     # the 26M-parameter gpu preset failed on a GPU (LOG.md): a CUDA machine gets the cpu preset by default
