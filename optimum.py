@@ -115,11 +115,11 @@ def _optimum_task(run_, task, n_samples, max_steps, cache, scales=(), n_exact=32
     ref_probs, batches = reference_probs(agent, cache), []
     sol = env.soft_solution(lambda batch: batches.append(batch) or ref_probs(batch), beta)
     s0 = env.state
-    opt_s, opt_r, opt_kl = sol.expect(s0)
+    (opt_s, opt_r, opt_kl), (ref_s, ref_r, _) = sol.expect(s0), sol.expect(s0, "reference")
     row = dict(task=task, states=len(sol.states), v_soft=sol.v(s0), v_star=env.optimal_value(), opt_success=opt_s,
                opt_reward=opt_r, opt_kl=opt_kl, identity_err=beta * opt_kl - (opt_r - sol.v(s0)),
-               ref_success=sol.expect(s0, "reference")[0])
-    row["imp_success"], _, row["imp_kl"] = sol.expect(s0, "improved")
+               ref_success=ref_s, ref_reward=ref_r)
+    row["imp_success"], row["imp_reward"], row["imp_kl"] = sol.expect(s0, "improved")
     samples = [envs.make_env(run_.env_name, "valid", task=task, seed=s, max_steps=max_steps) for s in range(n_samples)]
     eps = agents.rollout(agent, samples, False, run_.gen, oracle=True, keep_states=True)
     row["steps"] = dict(ppo=[st.log_ratio for ep in eps for st in ep.steps],
