@@ -229,9 +229,10 @@ def rollout(agent, env_list, greedy=False, generator=None, oracle=False, keep_st
             progress=None, monitor=None, noop=False, gap=False):
     """Run every environment to the end, batched. fresh=False continues from each env's current state.
     Returns one Episode per environment, in order. Each model call takes rows of similar prompt length
-    (sorted), so that little of the batch is padding. monitor(episode, proposed Step) -> bool, called before
-    each action is executed: True stops the agent and the scripted expert finishes the episode from there
-    (ep.handover = the step it took over at; the proposed action is not executed nor recorded).
+    (sorted), so that little of the batch is padding; progress (a tqdm bar) counts the steps taken.
+    monitor(episode, proposed Step) -> bool, called before each action is executed: True stops the agent and the
+    scripted expert finishes the episode from there (ep.handover = the step it took over at; the proposed action
+    is not executed nor recorded).
     noop: also read every invalid step as the no-op it is (read_noop, for "pa_noop"). gap: read every step against
     the actions available at its state (read_noop: each one's gap to the best of them, for "pa_gap", and an invalid
     one as the no-op too); it scores every available action under both networks, about half as long again."""

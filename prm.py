@@ -216,7 +216,7 @@ def training_episodes(cfg, enc, policy, ref):
     env_list = [envs.make_env(cfg.env, "train", rng.randrange(10**9), rng.randrange(10**9))
                 for _ in range(cfg.prm_episodes)]
     agent = agents.make_agent(cfg, policy.eval(), ref.eval(), enc)
-    with tqdm(total=cfg.prm_episodes * 5, desc="prm rollouts", leave=False) as bar:
+    with tqdm(desc="prm rollouts", unit=" steps", leave=False) as bar:
         return agents.rollout(agent, env_list, generator=torch.Generator(device=cfg.device).manual_seed(cfg.seed + 7),
                          oracle=True, progress=bar)
 

@@ -470,7 +470,7 @@ def train_ppo(cfg, enc, ref):
             env_list += [envs.make_env(cfg.env, "train", t, task_rng.randrange(10**9))
                          for _ in range(cfg.samples_per_task)]
         policy.eval()
-        with tqdm(total=cfg.episodes_per_iter * 5, desc=f"rollouts {it}", leave=False) as bar:
+        with tqdm(desc=f"rollouts {it}", unit=" steps", leave=False) as bar:
             episodes = agents.rollout(agent, env_list, generator=sample_gen, progress=bar, keep_states=cfg.advantage == "mc")
         advantages = None
         if cfg.advantage == "rloo":
