@@ -165,9 +165,9 @@ class Agent:
 
     @torch.no_grad()
     def score(self, prompts, actions, models=("policy", "ref"), choices=None):
-        """Teacher-forced per-token records of each (prompt, action) row, from one forward per model:
-        the same evaluate() that PPO trains with, so old and new log-probs agree exactly. More rows than
-        batch_size are scored batch_size at a time. choices: as for act()."""
+        """Teacher-forced per-token records of each (prompt, action) row, from one forward per model (the
+        evaluate() that PPO trains with). More rows than batch_size are scored batch_size at a time. choices: as
+        for act()."""
         if len(prompts) > self.batch_size:
             B = self.batch_size
             return [r for c in range(0, len(prompts), B)

@@ -14,6 +14,7 @@ import random
 import numpy as np
 import torch
 
+import pa
 import tokenizer
 from model import GPT, GPTConfig
 
@@ -123,7 +124,7 @@ def soup(paths):
                                   f"runs of one setup can be averaged")
     avg = cks[0]["model"]
     for k, ck in enumerate(cks[1:], 2):  # the running mean: the mean of k-1 runs moved 1/k of the way to the k-th
-        avg = {name: a + (1 / k) * (ck["model"][name] - a) for name, a in avg.items()}
+        avg = pa.merge_weights(avg, ck["model"], 1 / k)
     return avg, {k: v for k, v in cks[0].items() if k not in TRAINING_STATE + ("model", "averaged")}
 
 

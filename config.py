@@ -26,14 +26,14 @@ class Config:
     seed: int = 1337                 # seeds python, numpy and torch
     stage: str = "all"               # sft, ppo, all (sft then ppo), eval (report from saved checkpoints) or prm
     init_from: str = "scratch"       # scratch, or resume: continue from the last checkpoints in out_dir
-    eval: bool = True                # write the evaluation report at the end of a run
+    eval: bool = True                # write the evaluation report at the end of --stage=all (and eval, prm)
     # model (0 = take it from the preset)
     n_layer: int = 0
     n_head: int = 0
     n_embd: int = 0
     block_size: int = 0
     temperature: float = 1.0         # the ONE sampling temperature, also used for every log-prob
-    max_action_tokens: int = 16      # an action longer than this is cut (and then invalid)
+    max_action_tokens: int = 16      # --actions=any: a longer text is cut (and then invalid); available: refused
     # stage 1: behaviour cloning of the reference
     sft_episodes: int = 0            # noisy-expert demonstrations (0 = preset)
     sft_eps: float = 0.15            # the noisy expert's mistake rate: the reference must have room to improve
@@ -96,7 +96,7 @@ class Config:
     prm_lr: float = 1e-4
     merge_alphas: str = "0.2,0.5,0.7"  # weight merges ref + alpha * (policy - ref) saved as references for PA
     # evaluation (report.py)
-    report: str = "auto"             # quick (fewer tasks where it samples), full, or auto: quick on CPU
+    report: str = "auto"             # quick (fewer tasks where it samples), full, or auto: full on CUDA only
     batch_size: int = 256            # rows per model call in rollouts
 
 
@@ -109,6 +109,10 @@ PRESETS = {  # cpu: sized so that `python train.py` on a 2-core CPU takes about 
                 sft_episodes=6000, sft_iters=3000, ppo_iters=60, episodes_per_iter=512, minibatch=128),
 }
 STAGES, INITS = ("sft", "ppo", "all", "eval", "prm"), ("scratch", "resume")
+CHOICES = dict(  # the options that take one of a few words
+    env=tuple(envs.WORLDS), stage=STAGES, init_from=INITS, preset=tuple(PRESETS), report=("auto", "quick", "full"),
+    critic=("shared", "separate"), actions=("any", "available"), kl=("sampled", "exact"),
+    advantage=("gae", "rloo", "mc"), lam_per=("token", "action"))
 
 
 def parse_args(argv, cfg=None, usage=__doc__):
@@ -120,7 +124,8 @@ def parse_args(argv, cfg=None, usage=__doc__):
         if arg in ("-h", "--help"):
             print(usage)
             for f in dataclasses.fields(Config):
-                print(f"  --{f.name}={getattr(cfg, f.name)}")
+                print(f"  --{f.name}={getattr(cfg, f.name)}" + (f"  ({' | '.join(CHOICES[f.name])})"
+                                                                 if f.name in CHOICES else ""))
             sys.exit(0)
         if not arg.startswith("--") or "=" not in arg:
             raise SystemExit(f"bad argument {arg!r}: use --key=value (see --help)")
@@ -138,34 +143,21 @@ def parse_args(argv, cfg=None, usage=__doc__):
         except ValueError:
             raise SystemExit(f"bad value for --{key}: {val!r} is not a {typ.__name__}")
         setattr(cfg, key, val)
-    if cfg.env not in envs.WORLDS:
-        raise SystemExit(f"bad value for --env: {cfg.env!r}; valid: {', '.join(envs.WORLDS)}")
-    if cfg.stage not in STAGES:
-        raise SystemExit(f"bad value for --stage: {cfg.stage!r}; valid: {', '.join(STAGES)}")
-    if cfg.init_from not in INITS:
-        raise SystemExit(f"bad value for --init_from: {cfg.init_from!r}; valid: {', '.join(INITS)}")
-    if cfg.report not in ("auto", "quick", "full"):
-        raise SystemExit(f"bad value for --report: {cfg.report!r}; valid: auto, quick, full")
-    if cfg.critic not in ("shared", "separate"):
-        raise SystemExit(f"bad value for --critic: {cfg.critic!r}; valid: shared, separate")
-    if cfg.actions not in ("any", "available"):
-        raise SystemExit(f"bad value for --actions: {cfg.actions!r}; valid: any, available")
-    if cfg.kl not in ("sampled", "exact"):
-        raise SystemExit(f"bad value for --kl: {cfg.kl!r}; valid: sampled, exact")
-    if cfg.advantage not in ("gae", "rloo", "mc"):
-        raise SystemExit(f"bad value for --advantage: {cfg.advantage!r}; valid: gae, rloo, mc")
+    for key, valid in CHOICES.items():
+        if getattr(cfg, key) not in valid:
+            raise SystemExit(f"bad value for --{key}: {getattr(cfg, key)!r}; valid: {', '.join(valid)}")
     if cfg.kl == "exact" and cfg.advantage != "gae":
         raise SystemExit(f"--advantage={cfg.advantage} computes its own sampled KL penalty: add --kl=sampled (--kl=exact, "
                          f"the default, puts the whole KL into GAE's rewards)")
     if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
         raise SystemExit("--advantage=mc learns no critic: leave out --critic and --critic_warmup")
+    if cfg.advantage != "gae" and cfg.gamma != 1:
+        raise SystemExit(f"--advantage={cfg.advantage} sums the episode's rewards undiscounted: leave out --gamma")
     if cfg.consistency < 0 or (cfg.consistency and (cfg.advantage == "mc" or cfg.gamma != 1)):
         raise SystemExit(f"bad value for --consistency: {cfg.consistency}: it must be >= 0, and it needs the "
                          f"critic's values (not with --advantage=mc) and gamma = 1")
     if cfg.mc_rollouts < 1:
         raise SystemExit(f"bad value for --mc_rollouts: {cfg.mc_rollouts} must be at least 1")
-    if cfg.preset not in PRESETS:
-        raise SystemExit(f"bad value for --preset: {cfg.preset!r}; valid: {', '.join(PRESETS)}")
     try:
         alphas = [float(a) for a in cfg.merge_alphas.split(",")]
     except ValueError:
@@ -191,8 +183,6 @@ def resolve(cfg):
     if cfg.samples_per_task < 1 or cfg.episodes_per_iter % cfg.samples_per_task:
         raise SystemExit(f"bad value for --samples_per_task: {cfg.samples_per_task} must be >= 1 and divide "
                          f"--episodes_per_iter ({cfg.episodes_per_iter})")
-    if cfg.lam_per not in ("token", "action"):
-        raise SystemExit(f"bad value for --lam_per: {cfg.lam_per!r}; valid: token, action")
     if cfg.seeds < 1:
         raise SystemExit(f"bad value for --seeds: {cfg.seeds}; the number of PPO runs averaged, 1 or more")
     if cfg.ppo_train != "all":

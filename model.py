@@ -452,20 +452,18 @@ def copy_net(net, state=None):
     return new.train()
 
 
-def gradient_step(opt, net, loss, max_grad_norm, what):
+def gradient_step(opt, net, loss, max_grad_norm, what, hint="lower the learning rate"):
     """One optimizer step on loss, its gradient norm clipped; a non-finite loss stops the run (check_finite)."""
-    check_finite(loss, what)
+    check_finite(loss, what, hint)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
     opt.step()
 
 
-def check_finite(x, what):
+def check_finite(x, what, hint="lower the learning rate"):
     if not torch.isfinite(x).all():
-        raise FloatingPointError(f"{what} is {x.item() if x.numel() == 1 else 'not finite'}: stopping; "
-                                 f"the last good checkpoint is kept (resume with --init_from=resume "
-                                 f"after lowering the learning rate)")
+        raise FloatingPointError(f"{what} is {x.item() if x.numel() == 1 else 'not finite'}: stopping ({hint})")
 
 
 def get_device(name="auto"):

@@ -65,8 +65,9 @@ def confidence(topk_logprobs, action_mask):
 
 def value_td(rewards, v_before, v_after):
     """The critic's score of an action ("value after minus value before"): r + V(s') - V(s).
-    Any matching shapes, elementwise. The caller passes v_after = 0 after the episode's last step: the
-    episode is over, and since steps left are part of the state, running out of steps is terminal too."""
+    Any matching shapes, elementwise. With v_after = 0 after the episode's last step it is the TD error of a
+    terminal step (steps left are part of the state, so running out of steps is terminal too); search.py's
+    selector passes r = 0 and, there, the critic's value of the last action instead (search._value_td)."""
     return _fp32(rewards) + _fp32(v_after) - _fp32(v_before)
 
 def merge_weights(ref_state, policy_state, alpha):
@@ -124,9 +125,7 @@ def sharpest_drop(step_scores):
     """Attribution by the largest fall from one step score to the next: argmax_t (s_{t-1} - s_t).
     For step 0 we take s_{-1} = 0: an advantage of 0 means "no progress, no harm", so a negative first
     step counts as a drop from neutral and a step-0 mistake can still be found. First index on ties."""
-    s = np.asarray(step_scores, dtype=np.float64)
-    prev = np.concatenate([[0.0], s[:-1]])
-    return int(np.argmax(prev - s))
+    return int(np.argmin(monitor_scores(step_scores, "drop")))  # s_t - s_{t-1}, its most negative
 
 MONITORS = ("sum", "last", "drop")
 
@@ -137,7 +136,7 @@ def monitor_scores(step_scores, how="sum"):
     list of T floats -> list of T floats"""
     s = np.asarray(step_scores, dtype=np.float64)
     if how == "sum":
-        return np.cumsum(s).tolist()
+        return cumsum(s)
     if how == "last":
         return s.tolist()
     if how == "drop":

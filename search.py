@@ -129,10 +129,11 @@ def halting_monitor(selector, how, threshold, beta, rng=None):
     score an action before it is executed (not value_td); the oracle's needs rollout(..., oracle=True)."""
     if not SELECTORS[selector].before_acting:
         raise ValueError(f"selector {selector!r} needs the action executed: it cannot stop the agent before it")
-    seen = {}  # id(episode) -> the step scores so far, each computed once (a random scorer draws once per step)
+    seen = {}  # id(episode) -> (the episode, held so that no later one gets its id; its step scores so far, each
+    #            computed once: a random scorer draws once per step)
 
     def fire(ep, st):
-        scores = seen.setdefault(id(ep), [])
+        scores = seen.setdefault(id(ep), (ep, []))[1]
         scores.append(step_scores(Episode(0, 0, False, [st]), selector, beta, rng)[0])  # executed next, unless
         return pa.monitor_scores(scores, how)[-1] < threshold                           # this hands over
     return fire
@@ -195,9 +196,10 @@ def keep_best(cands, B, selector, beta, rng=None):
 
 
 def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
-    """Step-level beam search over many tasks at once. At each depth every live beam samples K candidate
-    actions from the policy (more while a task has fewer than B live beams, so that each depth costs
-    B * K samples, as best-of-(B * K) does); each candidate is scored WITHOUT being executed (PA needs only the two models'
+    """Step-level beam search over many tasks at once. At each depth every live beam of a task samples
+    B * K // (its live beams) candidate actions from the policy: K each once B beams are live, all B * K at the
+    root, at most the B * K samples of best-of-(B * K) (3 live beams of B = 4, K = 2 draw 2 each; the report
+    counts the forward passes). Each candidate is scored WITHOUT being executed (PA needs only the two models'
     log-probs; the oracle looks up Q*); the B best beams of each task by cumulative score are kept, and
     only then is each kept action executed, in a clone of its parent's environment. So an irreversible
     action (buy now) only ever happens in a kept beam. Finished beams keep their slot and compete on their
@@ -211,10 +213,9 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
         live = [(t, b) for t, bs in enumerate(beams) for b in bs if not b.done]
         if not live:
             break
-        # every task samples B * K candidates per depth (the budget of best-of-(B * K)), spread over its live
-        # beams: K each once B beams are live, more each while fewer are (at the root: all B * K from one)
+        # B * K // (live beams) candidates from each live beam of a task (never fewer than K: at most B are live)
         n_live = [sum(not b.done for b in bs) for bs in beams]
-        owner = [(t, b) for t, b in live for _ in range(max(K, (B * K) // n_live[t]))]
+        owner = [(t, b) for t, b in live for _ in range((B * K) // n_live[t])]
         prompts = [agent.encode(b.env.obs()) for _, b in owner]
         choices = [tuple(b.env.actions()) for _, b in owner] if agent.constrained else None
         actions, rows = agent.act(prompts, greedy=False, generator=generator, choices=choices)
@@ -252,15 +253,14 @@ def beam_search(agent, roots, B, K, selector, generator=None, rng=None):
 # the progress meter, the command line
 
 
-def show(agent, env_name, n, split="test", generator=None, monitor=None):
-    """Print n greedy episodes step by step with each step's PA beside the oracle's A*: the press
-    article's "progress meter". Green = progress (PA > 0), red = regress (PA < 0), on a terminal.
+def show(agent, env_name, n, split="test", monitor=None):
+    """Print n greedy episodes step by step with each step's PA beside the oracle's A*: a "progress meter".
+    Green = progress (PA > 0), red = regress (PA < 0), on a terminal.
     monitor = (how, threshold): also mark where PA's halting monitor would stop (monitor.py) and the oracle's
     first critical mistake."""
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     paint = lambda x, s: (f"\033[{32 if x > 0 else 31}m{s}\033[0m" if color and abs(x) > 1e-3 else s)
-    for ep in rollout(agent, make_envs(env_name, split, range(n), [0]), greedy=True, generator=generator,
-                      oracle=True):
+    for ep in rollout(agent, make_envs(env_name, split, range(n), [0]), greedy=True, oracle=True):
         env = envs.make_env(env_name, split, ep.task, ep.seed)
         print("\n" + env.reset().split("\n")[0] + ("   [unseen]" if ep.unseen else ""))
         cum, scores = 0.0, step_scores(ep, "pa", agent.beta)
@@ -316,7 +316,7 @@ def main(argv):
         mon = (h["how"], h["threshold"])
         print(f"PA's monitor: asks for help when its running {h['how']} is below {h['threshold']:+.4f}"
               if h["threshold"] > -math.inf else "PA's monitor: on validation, no threshold fit the budget: it never fires")
-    show(agent, env_name, args.show, generator=torch.Generator(device=device).manual_seed(0), monitor=mon)
+    show(agent, env_name, args.show, monitor=mon)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ need) on a tabular softmax policy in a small stochastic MDP whose pi* is solved 
 Each variant changes one thing, so the table shows which one matters. diagnose.py asks the same of the network.
 
     python tabular.py                       # the table of variants, 3 MDPs each (about 1.5 minutes)
-    python tabular.py --set lam=1.0         # train.py's recipe against one change (about 15 s)
+    python tabular.py --set lam=1.0         # the table's recipe against one change (about 15 s)
 """
 import argparse
 import math
@@ -224,8 +224,11 @@ def _wcorr(x, y, w):
     return float(cov / math.sqrt((w * (x - mx) ** 2).sum() * (w * (y - my) ** 2).sum()))
 
 
-VARIANTS = {  # one change each from train.py's recipe, as far as a table can have it
-    "train.py's recipe": dict(target_kl=0.05),
+# one change each from the table's recipe: Recipe's defaults (train.py's PPO math with the sampled KL at beta 0.1)
+# and train.py's target_kl. train.py's default, scaled to the table: --set kl=exact --set beta=0.2 --set episodes=21
+# --set average_from=33
+VARIANTS = {
+    "the table's recipe": dict(target_kl=0.05),
     "no target_kl": dict(),
     "exact critic": dict(critic="exact"),
     "Monte Carlo values, 4 re-rollouts per state": dict(critic="mc"),
@@ -239,7 +242,7 @@ VARIANTS = {  # one change each from train.py's recipe, as far as a table can ha
 
 
 def parse_changes(sets, error):
-    """--set KEY=VALUE strings -> a Recipe change on top of train.py's; error(message) on a bad key or value."""
+    """--set KEY=VALUE strings -> a change on top of the table's recipe; error(message) on a bad key or value."""
     change, names = dict(target_kl=0.05), [f.name for f in fields(Recipe) if f.name != "seed"]
     for kv in sets:
         key, _, val = kv.partition("=")
@@ -267,14 +270,14 @@ def main(argv):
     p = argparse.ArgumentParser(description="train.py's PPO math against the exact optimum, in tabular MDPs.")
     p.add_argument("--seeds", type=int, default=3, help="MDPs (and training seeds) per variant")
     p.add_argument("--iters", type=int, default=100, help="PPO iterations per run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="compare train.py's recipe with "
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="compare the table's recipe with "
                    "this change only (repeatable), e.g. --set lam=1.0 --set clip=0.05")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.iters < 1:
         p.error("--seeds and --iters must be at least 1")
     variants = VARIANTS
     if args.set:
-        variants = {"train.py's recipe": VARIANTS["train.py's recipe"],
+        variants = {"the table's recipe": VARIANTS["the table's recipe"],
                     "with " + ", ".join(args.set): parse_changes(args.set, p.error)}
     print("| variant | corr(log pi/pi_ref, log pi*/pi_ref) at 25% / 100% of iterations | V^pi(s0) / V*(s0) | KL nats/episode |")
     print("|---|---:|---:|---:|")

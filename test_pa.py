@@ -1540,11 +1540,12 @@ def test_ppo_ratio_check_catches_a_temperature_mismatch(agent, enc):
 
 
 @pytest.mark.parametrize("detach", [True, False])
-def test_critic_only_update_with_a_detached_value_head_leaves_the_policy_alone(agent, enc, detach):
-    cfg = config.resolve(config.parse_args(TINY + ["--update_epochs=1"]))
+def test_critic_only_update_leaves_the_policy_alone_with_a_shared_trunk_too(agent, enc, detach):
+    """--critic_warmup's iterations fit the value head alone, whether or not PPO's own spare the trunk
+    (--detach_value); through a shared trunk the value loss would move the policy."""
+    cfg = config.resolve(config.parse_args(TINY + ["--update_epochs=1", f"--detach_value={detach}"]))
     policy = model.GPT(agent.policy.config)
     policy.load_state_dict(agent.policy.state_dict())
-    policy.detach_value = detach
     ag = agents.Agent(policy, agent.ref, enc, beta=0.1, max_action_tokens=8, batch_size=5)
     short = [envs.make_env("shop", "train", t, 0, max_steps=4) for t in (3, 4, 5)]
     eps = agents.rollout(ag, short, generator=torch.Generator().manual_seed(0))
@@ -1556,10 +1557,10 @@ def test_critic_only_update_with_a_detached_value_head_leaves_the_policy_alone(a
     after = score()
     moved = lambda k: max(float((b[k] - a[k]).abs().max()) for b, a in zip(before, after))
     assert moved("values") > 1e-4, "a critic-only update must move the critic"
-    if detach:
-        assert moved("logprobs") == 0.0, f"the policy moved by {moved('logprobs')} with a detached value head"
-    else:
-        assert moved("logprobs") > 1e-6, "through the shared trunk the value loss moves the policy too"
+    assert moved("logprobs") == 0.0, f"the policy moved by {moved('logprobs')} in a critic-only update"
+    train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
+                     torch.Generator().manual_seed(0))
+    assert policy.detach_value is detach, "PPO's own updates train the trunk as --detach_value says"
 
 
 # ----------------------------------------------------------------------------- config and pipeline
@@ -2265,6 +2266,8 @@ def test_seeds_makes_each_run_as_its_seed_alone_would_and_reads_pa_from_their_me
         d.mkdir()
         shutil.copy(tiny_run / "ref.pt", d / "ref.pt")
     run = TINY + ["--stage=ppo", "--eval=false", "--ppo_iters=2"]
+    (soup_dir / "seed5").mkdir()
+    (soup_dir / "seed5" / "ref.pt").write_bytes(b"an older reference")  # replaced by the one the run trains from
     train.main(run + [f"--out_dir={soup_dir}", "--seed=5", "--seeds=2"])
     train.main(run + [f"--out_dir={alone}", "--seed=6"])
     weights = lambda path: checkpoint.load(str(path))["model"]
@@ -2364,6 +2367,16 @@ def test_train_refuses_bad_options_and_devices():
     assert config.parse_args(["--beta=0.2", "--eval=false"]).beta == 0.2, "valid options should parse"
     with pytest.raises(SystemExit, match="--preset: 'auto'; valid: cpu, gpu"):
         config.parse_args(["--preset=auto"])
+    with pytest.raises(SystemExit, match="--lam_per: 'step'; valid: token, action"):
+        config.parse_args(["--lam_per=step"])
+    with pytest.raises(SystemExit, match="undiscounted: leave out --gamma"):  # no discount reaches their returns
+        config.parse_args(["--advantage=rloo", "--kl=sampled", "--gamma=0.99"])
+
+
+def test_ppo_refuses_a_reference_of_another_shape_in_one_line(tiny_run, tmp_path):
+    shutil.copy(tiny_run / "ref.pt", tmp_path / "ref.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="another shape.*the options it was trained with"):
+        train.main(TINY + [f"--out_dir={tmp_path}", "--stage=ppo", "--eval=false", "--n_embd=64"])
 
 
 def test_train_help_prints_its_usage_and_every_option_with_its_value(capsys):
@@ -2372,6 +2385,7 @@ def test_train_help_prints_its_usage_and_every_option_with_its_value(capsys):
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and out.startswith("USAGE LINE\n"), out[:200]
     assert "  --beta=0.1\n" in out, "an option given before --help is shown with its new value"
+    assert "  --kl=exact  (sampled | exact)\n" in out, "an option that takes one of a few words lists them"
     names = [line.split("=")[0].strip()[2:] for line in out.splitlines()[1:]]
     assert names == [f.name for f in dataclasses.fields(config.Config)], "one line per option, in Config's order"
     with pytest.raises(SystemExit):
@@ -2781,7 +2795,7 @@ def test_tabular_average_from_scores_the_running_mean_of_the_logits():
 def test_tabular_command_line_compares_the_recipe_with_one_change(capsys):
     tabular.main(["--seeds=1", "--iters=4", "--set=lam=1.0", "--set=critic=exact"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r][1:]
-    assert [r.split(" | ")[0] for r in rows] == ["| train.py's recipe", "| with lam=1.0, critic=exact"], rows
+    assert [r.split(" | ")[0] for r in rows] == ["| the table's recipe", "| with lam=1.0, critic=exact"], rows
     assert tabular.parse_changes(["lam=1.0", "epochs=4", "anneal_lr=false"], pytest.fail) == \
         dict(target_kl=0.05, lam=1.0, epochs=4, anneal_lr=False)
     P, R, pi_ref = tabular.make_mdp(seed=1)

@@ -254,6 +254,9 @@ def ppo_losses(logprobs, old_logprobs, advantages, values, old_values, returns, 
     return pg_loss, v_loss, dict(approx_kl=approx_kl.item(), clipfrac=clipfrac.item(), ratio=ratio)
 
 
+RESUME = "the last good checkpoint is kept: resume with --init_from=resume after lowering the learning rate"
+
+
 def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_only=False, critic=None,
                critic_opt=None):
     """One PPO iteration's learning from its rollouts. Returns the logged statistics. `advantages`, if given,
@@ -263,6 +266,8 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     critic_only: fit the critic alone, to Monte Carlo returns (GAE with lambda = 1), with no policy loss.
     critic (with its own critic_opt): a separate network whose value head is the critic (--critic=separate):
     the rollouts' values are re-read from it, and the value loss trains it alone, never the policy."""
+    # a warm-up fits the critic alone: with one shared network, its value loss must not move the policy's trunk
+    policy.detach_value = cfg.detach_value or (critic_only and critic is None)
     if critic is not None:
         ppo_variants.critic_values(critic, agent, episodes)
     # 1. rewards and GAE: per-token rewards and GAE over each episode's action tokens (fp32, no grad)
@@ -314,8 +319,8 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
                 first_ratio = (d["ratio"] - 1).abs().mul(mb_mask).max().item()
             policy_loss = 0.0 if critic_only else pg_loss - cfg.ent_coef * entropy
             if cfg.consistency and not critic_only:  # the step's log-ratio, regressed onto r + V(s') - V(s)
-                step_lr = ((new_lp - place([s.ref_logprobs for s in mb])) * mb_mask).sum(1)
-                cons = ((cfg.beta * step_lr - torch.tensor([s_tgt[i] for i in mbi])) ** 2).mean()
+                step_log_ratio = ((new_lp - place([s.ref_logprobs for s in mb])) * mb_mask).sum(1)
+                cons = ((cfg.beta * step_log_ratio - torch.tensor([s_tgt[i] for i in mbi])) ** 2).mean()
                 policy_loss = policy_loss + cfg.consistency * cons
                 stats.setdefault("consistency", []).append(cons.item())
             if exact and not critic_only:  # mean over the action tokens, as pg_loss
@@ -324,11 +329,12 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
                 stats.setdefault("kl_loss", []).append(kl_loss.item())
             if critic is None:  # one network: both losses through the shared trunk (mc's advantages need no critic)
                 vf_coef = 0.0 if cfg.advantage == "mc" else cfg.vf_coef
-                M.gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss")
+                M.gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss", RESUME)
             else:
                 if not critic_only:
-                    M.gradient_step(opt, policy, policy_loss, cfg.max_grad_norm, "ppo policy loss")
-                M.gradient_step(critic_opt, critic, cfg.vf_coef * v_loss, cfg.max_grad_norm, "ppo value loss")
+                    M.gradient_step(opt, policy, policy_loss, cfg.max_grad_norm, "ppo policy loss", RESUME)
+                M.gradient_step(critic_opt, critic, cfg.vf_coef * v_loss, cfg.max_grad_norm, "ppo value loss",
+                                RESUME)
             for k, x in (("pg_loss", pg_loss.item()), ("v_loss", v_loss.item()), ("approx_kl", d["approx_kl"]),
                          ("clipfrac", d["clipfrac"]), ("entropy", entropy.item())):
                 stats[k].append(x)
@@ -437,8 +443,10 @@ def train_ppo(cfg, enc, ref):
     avg_path, avg = os.path.join(cfg.out_dir, "ppo_avg.pt"), None
     resuming = cfg.init_from == "resume" and os.path.exists(ppo_path)
     policy = build_model(cfg, enc)
+    if policy.config != ref.config:  # refuse in one line, not with load_state_dict's size mismatch
+        raise checkpoint.CheckpointError(f"the reference in {cfg.out_dir} is a network of another shape "
+                                         f"({vars(ref.config)}): run PPO with the options it was trained with")
     policy.load_state_dict(ref.state_dict() if resuming else _start_weights(cfg, enc, ref, policy))
-    policy.detach_value = cfg.detach_value
     ref.eval().requires_grad_(False)
     opt = torch.optim.AdamW(ppo_weights(cfg, policy), lr=cfg.ppo_lr, eps=cfg.adam_eps, weight_decay=0.0)
     critic, critic_opt = ppo_variants.separate_critic(cfg, ref)
@@ -460,7 +468,7 @@ def train_ppo(cfg, enc, ref):
             if os.path.exists(path):
                 os.remove(path)
     agent = agents.make_agent(cfg, policy, ref, enc)
-    task_rng = random.Random(cfg.seed + 2)
+    task_rng = random.Random()  # seeded anew at each iteration
     for it in range(start, cfg.critic_warmup + cfg.ppo_iters):  # the critic's warm-up iterations come first
         t0 = time.time()
         task_rng.seed(cfg.seed * 100_003 + it)  # this iteration's tasks, the same after a resume
@@ -516,8 +524,8 @@ def train_soup(cfg, enc, ref):
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
         run = dataclasses.replace(cfg, seed=seed, seeds=1, out_dir=os.path.join(cfg.out_dir, f"seed{seed}"))
         os.makedirs(run.out_dir, exist_ok=True)
-        if not os.path.exists(os.path.join(run.out_dir, "ref.pt")):  # each run's folder is a run of its own
-            shutil.copyfile(os.path.join(cfg.out_dir, "ref.pt"), os.path.join(run.out_dir, "ref.pt"))
+        # each run's folder is a run of its own, its reference the one it trains from (never an older one)
+        shutil.copyfile(os.path.join(cfg.out_dir, "ref.pt"), os.path.join(run.out_dir, "ref.pt"))
         print(f"PPO run {seed - cfg.seed + 1} of {cfg.seeds} (seed {seed}) in {run.out_dir}")
         seed_all(seed)
         train_ppo(run, enc, ref)
