@@ -527,7 +527,7 @@ def main(argv):
     p.add_argument("--quick", action="store_true", help="the quick report (what train.py writes on a CPU)")
     p.add_argument("--valid", action="store_true", help="a quick check on the validation split only (for tuning)")
     p.add_argument("--optimum", type=int, default=0, help="solve the KL-regularised optimum exactly on N "
-                   "validation tasks and compare PPO with it (costly the first time: minutes per shop task on a CPU; the "
+                   "validation tasks and compare PPO with it (the first time about half a minute per shop task on a CPU; the "
                    "reference's scores are then cached in optimum_cache/ beside its ref.pt)")
     p.add_argument("--ratio_scale", type=float, default=1.0, help="act (and read PA) with the PPO policy moved S "
                    "times as far from the reference along its own log-ratio, token by token: pi_ref (pi/pi_ref)^S")

@@ -1,8 +1,8 @@
 """
 scale.py: a small model with PA search against a larger model without it, at measured compute per task.
 
-The press article's claim: "models using this free data can outperform much larger models that only rely on
-final outcome rewards." Both models are trained by the same recipe (`python train.py`, the larger one with a
+The claim under test: a small model that searches with PA can outperform a much larger model trained on
+final outcome rewards alone. Both models are trained by the same recipe (`python train.py`, the larger one with a
 wider model, e.g. --n_embd=256: about 4x the parameters). On the same test tasks: the large model greedy and
 with one sample, the small one greedy, with one sample, and best-of-N by PA and by its own log-prob (each
 aggregation as the small run's report chose it on validation). Compute is counted as forward FLOPs,

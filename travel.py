@@ -1,10 +1,10 @@
 """
-travel.py: the travel booking of the article. "book a direct flight to tokyo and a hotel near shibuya with a
-pool, total at most 1200 dollars". Search flights, book one (irreversible; a flight with 2 seats left may sell
-out as you book), search hotels (the price list is drawn at every search: normal, a price surge, or the cheapest
-good hotel sold out), book one. The expensive "top pick" flight leaves too little for a good hotel: the article's
-first critical mistake. WebShop-style partial credit: the fraction of the five requirements met. Unseen test
-tasks (odd ids) ask for an (area, hotel feature) pair that never occurs in train/valid.
+travel.py: a travel booking world. "book a direct flight to tokyo and a hotel near shibuya with a pool, total at
+most 1200 dollars". Search flights, book one (irreversible; a flight with 2 seats left may sell out as you book),
+search hotels (the price list is drawn at every search: normal, a price surge, or the cheapest good hotel sold out),
+book one. The expensive "top pick" flight leaves too little for a good hotel: the early, irreversible mistake.
+WebShop-style partial credit: the fraction of the five requirements met. Unseen test tasks (odd ids) ask for an
+(area, hotel feature) pair that never occurs in train/valid.
 
     python envs.py --env=travel --demo           # an expert episode with Q* beside every available action
 """
@@ -14,7 +14,7 @@ import random
 from worlds import NOTE_INVALID, Task, WORD_RE, check_task_id, on_page, page_turns
 
 # -----------------------------------------------------------------------------
-# travel: the article's flight + hotel booking under one budget
+# travel: a flight and a hotel booked under one budget
 
 CITIES = {"tokyo": ("shibuya", "shinjuku", "ginza", "asakusa"), "osaka": ("namba", "umeda", "tennoji", "kita"),
           "seoul": ("gangnam", "myeongdong", "hongdae", "itaewon"), "paris": ("marais", "montmartre", "bastille", "louvre"),

@@ -1,6 +1,6 @@
 """
 worlds.py: what a world is, and what every world shares. The worlds themselves: the WebShop-like shop
-(shop.py), an ALFWorld-like household (house.py) and the travel booking of the article (travel.py); envs.py turns
+(shop.py), an ALFWorld-like household (house.py) and a travel booking world (travel.py); envs.py turns
 any world's Task into an environment with an exact oracle (envs.make_env). This file imports nothing of ours.
 
 A world is a Task fixed by (split, task_id) and shared by every env and clone of it. It is three functions of
