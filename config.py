@@ -50,7 +50,7 @@ class Config:
     task_pool: int = 0               # PPO draws its tasks from training tasks 0..N-1 (0 = any: a new task each time)
     samples_per_task: int = 1        # episodes of each drawn task per iteration (episodes_per_iter in all)
     advantage: str = "gae"           # gae; rloo: each episode's KL-shaped return less the mean of its task's others;
-                                     # mc: values of the visited states from mc_rollouts re-rollouts each, no critic
+                                     # mc: the visited states' values from mc_rollouts re-rollouts; no critic in either
     mc_rollouts: int = 4             # with --advantage=mc: the policy's rollouts from a copy of each visited state
     consistency: float = 0.0         # weight of (beta * log pi/pi_ref(a|s) - (r + V(s') - V(s)))^2 on every sampled
                                      # step, V the critic's: path consistency, whose fixed point is pi* (0 = off)
@@ -146,11 +146,11 @@ def parse_args(argv, cfg=None, usage=__doc__):
     for key, valid in CHOICES.items():
         if getattr(cfg, key) not in valid:
             raise SystemExit(f"bad value for --{key}: {getattr(cfg, key)!r}; valid: {', '.join(valid)}")
-    if cfg.kl == "exact" and cfg.advantage != "gae":
-        raise SystemExit(f"--advantage={cfg.advantage} computes its own sampled KL penalty: add --kl=sampled (--kl=exact, "
-                         f"the default, puts the whole KL into GAE's rewards)")
-    if cfg.advantage == "mc" and (cfg.critic != "shared" or cfg.critic_warmup):
-        raise SystemExit("--advantage=mc learns no critic: leave out --critic and --critic_warmup")
+    if cfg.kl == "exact" and cfg.advantage == "mc":
+        raise SystemExit("--advantage=mc computes its own sampled KL penalty: add --kl=sampled (--kl=exact, "
+                         "the default, puts the whole KL into the rewards)")
+    if cfg.advantage != "gae" and (cfg.critic != "shared" or cfg.critic_warmup):
+        raise SystemExit(f"--advantage={cfg.advantage} learns no critic: leave out --critic and --critic_warmup")
     if cfg.advantage != "gae" and cfg.gamma != 1:
         raise SystemExit(f"--advantage={cfg.advantage} sums the episode's rewards undiscounted: leave out --gamma")
     if cfg.consistency < 0 or (cfg.consistency and (cfg.advantage == "mc" or cfg.gamma != 1)):

@@ -17,16 +17,16 @@ import torch
 import model as M
 
 
-def rloo_advantages(episodes, beta):
-    """Leave-one-out advantages, no critic: each episode's whole return R = reward - beta * sum log(pi/pi_ref),
-    less the mean R of the OTHER episodes of the same task (consecutive episodes with equal task ids), put on
-    every step. An episode alone with its task gets R less the batch mean."""
-    R = [ep.reward - beta * sum(s.log_ratio for s in ep.steps) for ep in episodes]
+def rloo_advantages(episodes, returns):
+    """Leave-one-out advantages, no critic: each episode's whole KL-regularised return R (returns[e]: the sum of
+    its per-token rewards, train.episode_tensors', so the penalty is the sampled log-ratio or, with --kl=exact, the
+    exact KL), less the mean R of the OTHER episodes of the same task (consecutive episodes with equal task ids),
+    put on every step. An episode alone with its task gets R less the batch mean."""
     out = []
-    for _, group in itertools.groupby(zip(episodes, R), key=lambda er: er[0].task):
+    for _, group in itertools.groupby(zip(episodes, returns), key=lambda er: er[0].task):
         group = list(group)
         total, n = sum(r for _, r in group), len(group)
-        out += [[r - ((total - r) / (n - 1) if n > 1 else float(np.mean(R)))] * len(ep.steps) for ep, r in group]
+        out += [[r - ((total - r) / (n - 1) if n > 1 else float(np.mean(returns)))] * len(ep.steps) for ep, r in group]
     return out
 
 def mc_advantages(episodes, values, beta):

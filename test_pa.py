@@ -1483,7 +1483,43 @@ def test_exact_kl_of_rollouts_lines_up_with_their_tokens_and_pulls_the_policy_ba
     with pytest.raises(SystemExit, match="valid: sampled, exact"):
         config.parse_args(["--kl=k3"])
     with pytest.raises(SystemExit, match="add --kl=sampled"):
-        config.parse_args(["--kl=exact", "--advantage=rloo"])
+        config.parse_args(["--kl=exact", "--advantage=mc"])
+
+
+def test_rloo_takes_its_returns_from_the_exact_kl_rewards_and_no_value_loss(agent, enc, monkeypatch):
+    """--advantage=rloo reads each episode's return off the same per-token rewards GAE gets, so with --kl=exact
+    (the default) its penalty is the exact KL at each token, not the sampled log-ratio; and it learns no critic:
+    the value loss's weight changes nothing of the update (it does with GAE, through the shared trunk)."""
+    short = [envs.make_env("shop", "train", t, seed, max_steps=6) for t in (3, 4) for seed in (0, 1)]
+    eps = agents.rollout(agent, short, generator=torch.Generator().manual_seed(0))
+    kls = iter(train.exact_kl(agent, agent.policy, [s for ep in eps for s in ep.steps])[0])
+    beta = 0.1
+    exact = [sum(s.reward - beta * float(next(kls).sum()) for s in ep.steps) for ep in eps]
+    sampled = [sum(s.reward - beta * s.log_ratio for s in ep.steps) for ep in eps]
+    assert max(abs(a - b) for a, b in zip(exact, sampled)) > 1e-3, "the test needs the two penalties to differ"
+    real, seen = ppo_variants.rloo_advantages, []
+    monkeypatch.setattr(ppo_variants, "rloo_advantages", lambda e, ret: seen.append(ret) or real(e, ret))
+
+    def update(*argv):
+        cfg = config.resolve(config.parse_args(TINY + ["--samples_per_task=2", f"--beta={beta}", *argv]))
+        policy = model.GPT(agent.policy.config)
+        policy.load_state_dict(agent.policy.state_dict())
+        ag = agents.Agent(policy, agent.ref, enc, beta=beta, max_action_tokens=8, batch_size=64)
+        train.ppo_update(cfg, policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), ag, eps,
+                         torch.Generator().manual_seed(0))
+        return policy.state_dict()
+
+    light = update("--advantage=rloo", "--vf_coef=0.1")
+    assert seen[0] == pytest.approx(exact, abs=1e-5), "returns with the exact KL penalty"
+    heavy = update("--advantage=rloo", "--vf_coef=10")
+    assert all(torch.equal(light[k], heavy[k]) for k in light), "rloo's update must not depend on the value loss"
+    gae_light, gae_heavy = update("--vf_coef=0.1"), update("--vf_coef=10")
+    assert not all(torch.equal(gae_light[k], gae_heavy[k]) for k in light), "with GAE the value loss moves the trunk"
+    update("--advantage=rloo", "--kl=sampled")
+    assert seen[-1] == pytest.approx(sampled, abs=1e-5), "with --kl=sampled, the sampled log-ratio"
+    for argv in (["--critic=separate"], ["--critic_warmup=2"]):
+        with pytest.raises(SystemExit, match="--advantage=rloo learns no critic"):
+            config.parse_args(["--advantage=rloo", *argv])
 
 
 def test_clipped_policy_loss_has_no_gradient_outside_the_clip_range():
@@ -2804,11 +2840,10 @@ def test_tabular_command_line_compares_the_recipe_with_one_change(capsys):
 
 
 def test_rloo_advantage_is_the_return_less_the_mean_of_the_same_tasks_others():
-    ep = lambda task, reward, *lrs: types.SimpleNamespace(task=task, reward=reward,
-                                                           steps=[types.SimpleNamespace(log_ratio=x) for x in lrs])
-    eps = [ep(7, 1.0, 2.0, 0.0), ep(7, 0.0, 0.0), ep(7, 0.5, -1.0), ep(9, 1.0, 0.0)]
-    R = [1.0 - 0.1 * 2.0, 0.0, 0.5 + 0.1, 1.0]  # reward - beta * summed log-ratio, beta = 0.1
-    out = ppo_variants.rloo_advantages(eps, beta=0.1)
+    ep = lambda task, n_steps: types.SimpleNamespace(task=task, steps=[None] * n_steps)
+    eps = [ep(7, 2), ep(7, 1), ep(7, 1), ep(9, 1)]
+    R = [0.8, 0.0, 0.6, 1.0]  # each episode's KL-regularised return
+    out = ppo_variants.rloo_advantages(eps, R)
     want = [R[0] - (R[1] + R[2]) / 2, R[1] - (R[0] + R[2]) / 2, R[2] - (R[0] + R[1]) / 2, R[3] - sum(R) / 4]
     assert [len(x) for x in out] == [2, 1, 1, 1], "one number per step"
     assert [x[0] for x in out] == pytest.approx(want) and out[0][0] == out[0][1], f"{out} vs {want}"

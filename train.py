@@ -262,7 +262,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     """One PPO iteration's learning from its rollouts. Returns the logged statistics. `advantages`, if given,
     replaces GAE's for the policy loss: a function of the episodes giving one number per step of each episode,
     put on every token of that step's action, or a vector over its tokens (diagnose.py's runs with exact
-    advantages from the oracle; --advantage=rloo and mc).
+    advantages from the oracle; --advantage=mc). --advantage=rloo needs none: it reads the episodes' returns here.
     critic_only: fit the critic alone, to Monte Carlo returns (GAE with lambda = 1), with no policy loss.
     critic (with its own critic_opt): a separate network whose value head is the critic (--critic=separate):
     the rollouts' values are re-read from it, and the value loss trains it alone, never the policy."""
@@ -276,7 +276,9 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta, kls)
     lam = cfg.lam if cfg.lam_per == "token" else action_lambdas(episodes, cfg.lam, mask.shape)
     adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else lam)
-    if advantages is not None:
+    if cfg.advantage == "rloo":  # no critic: each episode's whole return, with the same KL penalty as GAE's rewards
+        adv = per_step_to_tokens(ppo_variants.rloo_advantages(episodes, r.sum(1).tolist()), episodes, mask.shape)
+    elif advantages is not None:
         adv = per_step_to_tokens(advantages(episodes), episodes, mask.shape)
     # --kl=exact: the KL at each token is also differentiated there (the part of the objective's gradient that the
     # sampled penalty only estimates); divided by the advantages' spread, as the advantages are by whitening
@@ -327,8 +329,8 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
                 kl_loss = M.kl_div(dist[0].float().cpu(), torch.cat([ref_dists[i] for i in mbi])).mean()
                 policy_loss = policy_loss + kl_coef * kl_loss
                 stats.setdefault("kl_loss", []).append(kl_loss.item())
-            if critic is None:  # one network: both losses through the shared trunk (mc's advantages need no critic)
-                vf_coef = 0.0 if cfg.advantage == "mc" else cfg.vf_coef
+            if critic is None:  # one network: both losses through the shared trunk (no value loss with rloo, mc)
+                vf_coef = cfg.vf_coef if cfg.advantage == "gae" else 0.0
                 M.gradient_step(opt, policy, policy_loss + vf_coef * v_loss, cfg.max_grad_norm, "ppo loss", RESUME)
             else:
                 if not critic_only:
@@ -481,9 +483,7 @@ def train_ppo(cfg, enc, ref):
         with tqdm(desc=f"rollouts {it}", unit=" steps", leave=False) as bar:
             episodes = agents.rollout(agent, env_list, generator=sample_gen, progress=bar, keep_states=cfg.advantage == "mc")
         advantages = None
-        if cfg.advantage == "rloo":
-            advantages = lambda eps: ppo_variants.rloo_advantages(eps, cfg.beta)
-        elif cfg.advantage == "mc":  # the values of the visited states from the policy's own re-rollouts
+        if cfg.advantage == "mc":  # the values of the visited states from the policy's own re-rollouts
             mc = agents.mc_state_values(agent, episodes, cfg.mc_rollouts, sample_gen, cfg.beta,
                                     seed=cfg.seed * 10**7 + it * 10**5)
             advantages = lambda eps: ppo_variants.mc_advantages(eps, mc, cfg.beta)
