@@ -153,9 +153,9 @@ def parse_args(argv, cfg=None, usage=__doc__):
         raise SystemExit(f"--advantage={cfg.advantage} learns no critic: leave out --critic and --critic_warmup")
     if cfg.advantage != "gae" and cfg.gamma != 1:
         raise SystemExit(f"--advantage={cfg.advantage} sums the episode's rewards undiscounted: leave out --gamma")
-    if cfg.consistency < 0 or (cfg.consistency and (cfg.advantage == "mc" or cfg.gamma != 1)):
-        raise SystemExit(f"bad value for --consistency: {cfg.consistency}: it must be >= 0, and it needs the "
-                         f"critic's values (not with --advantage=mc) and gamma = 1")
+    if cfg.consistency < 0 or (cfg.consistency and (cfg.advantage != "gae" or cfg.gamma != 1)):
+        raise SystemExit(f"bad value for --consistency: {cfg.consistency}: it must be >= 0, and it needs a trained "
+                         f"critic's values (not with --advantage=rloo or mc) and gamma = 1")
     if cfg.mc_rollouts < 1:
         raise SystemExit(f"bad value for --mc_rollouts: {cfg.mc_rollouts} must be at least 1")
     try:

@@ -19,9 +19,9 @@ import model as M
 
 def rloo_advantages(episodes, returns):
     """Leave-one-out advantages, no critic: each episode's whole KL-regularised return R (returns[e]: the sum of
-    its per-token rewards, train.episode_tensors', so the penalty is the sampled log-ratio or, with --kl=exact, the
-    exact KL), less the mean R of the OTHER episodes of the same task (consecutive episodes with equal task ids),
-    put on every step. An episode alone with its task gets R less the batch mean."""
+    its per-token rewards as train.episode_tensors lays them out, so the penalty is the sampled log-ratio or, with
+    --kl=exact, the exact KL), less the mean R of the OTHER episodes of the same task (consecutive episodes with
+    equal task ids), put on every step. An episode alone with its task gets R less the batch mean."""
     out = []
     for _, group in itertools.groupby(zip(episodes, returns), key=lambda er: er[0].task):
         group = list(group)

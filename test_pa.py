@@ -1513,8 +1513,9 @@ def test_rloo_takes_its_returns_from_the_exact_kl_rewards_and_no_value_loss(agen
     assert seen[0] == pytest.approx(exact, abs=1e-5), "returns with the exact KL penalty"
     heavy = update("--advantage=rloo", "--vf_coef=10")
     assert all(torch.equal(light[k], heavy[k]) for k in light), "rloo's update must not depend on the value loss"
-    gae_light, gae_heavy = update("--vf_coef=0.1"), update("--vf_coef=10")
+    gae_light, gae_heavy, gae_none = update("--vf_coef=0.1"), update("--vf_coef=10"), update("--vf_coef=0")
     assert not all(torch.equal(gae_light[k], gae_heavy[k]) for k in light), "with GAE the value loss moves the trunk"
+    assert not all(torch.equal(light[k], gae_none[k]) for k in light), "rloo's advantages, not GAE's, move the policy"
     update("--advantage=rloo", "--kl=sampled")
     assert seen[-1] == pytest.approx(sampled, abs=1e-5), "with --kl=sampled, the sampled log-ratio"
     for argv in (["--critic=separate"], ["--critic_warmup=2"]):
@@ -2920,7 +2921,7 @@ def test_consistency_loss_pulls_the_sampled_log_ratios_onto_their_targets(agent,
     before = float(((cfg.beta * torch.tensor([s.log_ratio for s in steps]) - tgt) ** 2).mean())
     assert errors[1] < errors[0] and errors[1] < before, f"squared error: before {before}, after {errors}"
     for bad in (["--consistency=-1"], ["--consistency=1", "--advantage=mc", "--kl=sampled"],
-                ["--consistency=1", "--gamma=0.99"]):
+                ["--consistency=1", "--advantage=rloo"], ["--consistency=1", "--gamma=0.99"]):
         with pytest.raises(SystemExit, match="--consistency"):
             config.parse_args(TINY + bad)
 

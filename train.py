@@ -262,7 +262,7 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     """One PPO iteration's learning from its rollouts. Returns the logged statistics. `advantages`, if given,
     replaces GAE's for the policy loss: a function of the episodes giving one number per step of each episode,
     put on every token of that step's action, or a vector over its tokens (diagnose.py's runs with exact
-    advantages from the oracle; --advantage=mc). --advantage=rloo needs none: it reads the episodes' returns here.
+    advantages from the oracle; --advantage=mc). Without it, --advantage=rloo reads the episodes' returns here.
     critic_only: fit the critic alone, to Monte Carlo returns (GAE with lambda = 1), with no policy loss.
     critic (with its own critic_opt): a separate network whose value head is the critic (--critic=separate):
     the rollouts' values are re-read from it, and the value loss trains it alone, never the policy."""
@@ -276,10 +276,10 @@ def ppo_update(cfg, policy, opt, agent, episodes, gen, advantages=None, critic_o
     lp, ref, v, r, mask = episode_tensors(episodes, cfg.beta, kls)
     lam = cfg.lam if cfg.lam_per == "token" else action_lambdas(episodes, cfg.lam, mask.shape)
     adv, ret = gae(r, v, mask, cfg.gamma, 1.0 if critic_only else lam)
-    if cfg.advantage == "rloo":  # no critic: each episode's whole return, with the same KL penalty as GAE's rewards
-        adv = per_step_to_tokens(ppo_variants.rloo_advantages(episodes, r.sum(1).tolist()), episodes, mask.shape)
-    elif advantages is not None:
+    if advantages is not None:
         adv = per_step_to_tokens(advantages(episodes), episodes, mask.shape)
+    elif cfg.advantage == "rloo":  # no critic: each episode's whole return, with the same KL penalty as GAE's rewards
+        adv = per_step_to_tokens(ppo_variants.rloo_advantages(episodes, r.sum(1).tolist()), episodes, mask.shape)
     # --kl=exact: the KL at each token is also differentiated there (the part of the objective's gradient that the
     # sampled penalty only estimates); divided by the advantages' spread, as the advantages are by whitening
     kl_coef = cfg.beta * float(torch.rsqrt(adv[mask > 0].var() + 1e-8)) if exact and mask.sum() > 1 else cfg.beta
