@@ -9,6 +9,7 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
     python hidden.py --ckpt out/ppo_avg.pt --tasks 16    # both, on the check's first 16 validation tasks (~2 min)
     python hidden.py --ckpt out/ppo_avg.pt --teach_items 600  # can the reference learn to read prices? (~7 min)
     python hidden.py --ckpt out/ppo_avg.pt --teach_items 2000 --labels rule --pages 0  # ... from fresh pages (~16 min)
+    python hidden.py --ckpt out/ppo_avg.pt --teach_items 2000 --labels reward --pages 0  # ... told only each click's reward
     python hidden.py --ckpt out/ref.pt --ref out/ref.pt --price_reference price/ref.pt  # a reference that reads them
 
 - The visible part of the optimum (visible_log_ratio). shop.twins gives the six tasks that permute the
@@ -20,7 +21,10 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
   probability it gives one item of each visible class (shop.visible_class), as a multiple of a uniform choice
   among the page's items. The over-the-cap item of the target's title is the one that the page does tell apart.
   teach_items clones the clicks on results pages alone into the reference (the expert's, or the price rule's on a
-  new page for every row): a probe of whether the network can learn that comparison at all, and from how much.
+  new page for every row): a probe of whether the network can learn that comparison at all, and from how much;
+  with labels="reward" it is told only the reward of each click it samples, at once and exactly (a bandit): a
+  clearer signal of that decision than PPO's, which reaches the click several steps later, as a part of the
+  purchase's reward, through an estimated advantage.
   price_reference writes a reference that has learnt it, for PPO to start from: does PPO then follow the optimum
   more closely?
 """
@@ -170,9 +174,14 @@ def price_rule(env):
     under the cap, in display order, else the next page. (The expert also skips a look-alike that lacks an option,
     which only its item page shows.)"""
     acts = env.actions()
-    under = [a for a in acts if envs.step_kind(a, acts) == "item"
-             and shop.visible_class(env.task, a[6:-1]) == "under the cap"]
+    under = [a for a in acts if under_the_cap(env, a, acts)]
     return under[0] if under else "click[next >]"
+
+
+def under_the_cap(env, action, acts):
+    """Whether action (one of acts, the page's available actions) opens an item of the target's title under the cap:
+    what the price rule looks for."""
+    return envs.step_kind(action, acts) == "item" and shop.visible_class(env.task, action[6:-1]) == "under the cap"
 
 
 def price_reading(agent, model="ref", n_tasks=200, seeds=(7, 8), split="valid"):
@@ -200,35 +209,68 @@ def page_row(enc, env, action):
     return enc.encode_ordinary(env.obs()), tokenizer.encode_action(enc, action), 0.0
 
 
-def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels="expert"):
-    """A probe of what the reference network can learn, not a recipe: go on cloning agent.ref (in place) on one
-    decision only, the click at the first results page of training tasks, and nothing else. labels="expert": the
-    expert's click after its own search; "rule": price_rule's after a search for the target's title (what the
-    prompt tells of it). pages: the training tasks drawn, each page seen many times; 0: a new page for every row,
-    none seen twice, so that the network cannot learn pages by heart. If the network can read the price against
-    the cap, this is the easiest way it could learn to (about a quarter of the expert's pages have the first plain
-    item over the cap). Returns the loss per step."""
-    if labels not in ("expert", "rule"):
-        raise ValueError(f"labels: expert or rule, not {labels!r}")
+def bandit_loss(agent, pages, gen):
+    """The item choice as a one-step bandit, on results pages: the reference samples one available action on each
+    page at the agent's temperature and is told at once how good that click was, 1 for an item of the target's
+    title under the cap (under_the_cap), else 0; never which click was right. REINFORCE with the batch's mean reward
+    as the baseline, on the constrained log-prob the click was drawn from. Returns (loss, mean reward)."""
+    states = [(agent.encode(env.obs()), tuple(env.actions())) for env in pages]
+    lps = agent.action_logprobs(states, "ref")
+    picks = [acts[int(torch.multinomial(lp.float().exp(), 1, generator=gen))] for (_, acts), lp in zip(states, lps)]
+    reward = torch.tensor([float(under_the_cap(env, a, acts)) for env, a, (_, acts) in zip(pages, picks, states)])
+    ids = [tokenizer.encode_action(agent.enc, a) for a in picks]
+    idx, mask = M.pack([prompt for prompt, _ in states], ids, agent.pad)
+    idx, mask = idx.to(agent.device), mask.to(agent.device)
+    with M.autocast_ctx(agent.device):
+        logprobs = agent.evaluate(agent.ref, idx, mask, [acts for _, acts in states], ids)[0]
+    per_page = (logprobs * mask).sum(1)  # log pi(click | page)
+    return -((reward - reward.mean()).to(agent.device) * per_page).mean(), reward.mean().item()
+
+
+def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels="expert", every=0, read=None):
+    """A probe of what the reference network can learn, not a recipe: go on training agent.ref (in place) on one
+    decision only, the click at the first results page of training tasks, and nothing else. labels="expert": clone
+    the expert's click after its own search; "rule": clone price_rule's after a search for the target's title
+    (what the prompt tells of it); "reward": on the rule's pages, learn from the reward of the reference's own
+    clicks instead (bandit_loss; a reference that writes only available actions). pages: the training tasks drawn,
+    each page seen many times; 0: a new page for every row, none seen twice, so that the network cannot learn pages
+    by heart. If the network can read the price against the cap, this is the easiest way it could learn to (about a
+    quarter of the expert's pages have the first plain item over the cap). read(step, losses), if given, is called
+    every `every` steps. Returns the loss per step ("reward": the mean reward of each step's clicks)."""
+    if labels not in ("expert", "rule", "reward"):
+        raise ValueError(f"labels: expert, rule or reward, not {labels!r}")
+    if labels == "reward" and not agent.constrained:
+        raise ValueError("labels='reward' samples among the available actions: it needs a reference that writes "
+                         "only those (--actions=available)")
     rng, enc, net = random.Random(seed), agent.enc, agent.ref
 
-    def row():
+    def row():  # a new page: its cloning row, or the page itself for the bandit
         task, draw = rng.randrange(10**9), rng.randrange(10**9)
         env = first_results_page("train", task, draw) if labels == "expert" else rule_page("train", task, draw)
+        if labels == "reward":
+            return env
         return page_row(enc, env, envs.expert_action(env) if labels == "expert" else price_rule(env))
 
     rows = [row() for _ in range(pages)]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     gen, losses = torch.Generator().manual_seed(seed), []
     net.train()
-    for _ in range(steps):
+    for step in range(steps):
         if pages:
             mb = [rows[i] for i in torch.randint(len(rows), (batch,), generator=gen).tolist()]
         else:
             mb = [row() for _ in range(batch)]
-        loss, _ = train.cloning_loss(net, mb, tokenizer.pad_id(enc), agent.device)  # actions only
+        if labels == "reward":
+            loss, shown = bandit_loss(agent, mb, gen)
+        else:
+            loss, _ = train.cloning_loss(net, mb, tokenizer.pad_id(enc), agent.device)  # actions only
+            shown = loss.item()
         M.gradient_step(opt, net, loss, 1.0, "item probe loss")
-        losses.append(loss.item())
+        losses.append(shown)
+        if read and every and (step + 1) % every == 0 and step + 1 < steps:
+            net.eval()
+            read(step + 1, losses)
+            net.train()
     net.eval()
     return losses
 
@@ -280,8 +322,12 @@ def main(argv):
     p.add_argument("--teach_items", type=int, default=0, metavar="STEPS", help="only this: the item preferences of "
                    "the reference before and after STEPS steps of cloning the expert's results-page clicks alone "
                    "(teach_items, a probe)")
-    p.add_argument("--labels", default="expert", choices=("expert", "rule"), help="with --teach_items: the expert's "
-                   "clicks, or the price rule's (the first item of the target's title under the cap)")
+    p.add_argument("--labels", default="expert", choices=("expert", "rule", "reward"), help="with --teach_items: "
+                   "clone the expert's clicks, or the price rule's (the first item of the target's title under the "
+                   "cap), or learn from the reward of its own clicks (1 under the cap, else 0: a bandit)")
+    p.add_argument("--read_every", type=int, default=0, metavar="STEPS", help="with --teach_items: read the "
+                   "reference's items every STEPS steps too")
+    p.add_argument("--lr", type=float, default=1e-3, help="with --teach_items: its learning rate")
     p.add_argument("--pages", type=int, default=4000, help="with --teach_items: the training pages drawn (0: a new "
                    "page for every row)")
     p.add_argument("--price_reference", default=None, metavar="PATH", help="only this: write to PATH a reference "
@@ -294,8 +340,11 @@ def main(argv):
                    "of its demonstrations and pages)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    if a.tasks < 1 or a.samples < 1 or a.item_tasks < 0 or a.pages < 0 or a.teach_items < 0 or a.steps < 1:
-        p.error("--tasks, --samples and --steps must be at least 1, --item_tasks, --pages and --teach_items at least 0")
+    if a.tasks < 1 or a.samples < 1 or a.steps < 1 or min(a.item_tasks, a.pages, a.teach_items, a.read_every) < 0:
+        p.error("--tasks, --samples and --steps must be at least 1, --item_tasks, --pages, --teach_items and "
+                "--read_every at least 0")
+    if not a.lr > 0:
+        p.error(f"--lr must be positive, not {a.lr}")
     try:
         run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
     except checkpoint.CheckpointError as e:
@@ -315,10 +364,18 @@ def main(argv):
         return
     if a.teach_items:
         print(f"[hidden] the reference's {reading(run_.ppo)}")
-        losses = teach_items(run_.ppo, pages=a.pages, steps=a.teach_items, labels=a.labels)
+        what = "reward" if a.labels == "reward" else "loss"
+        pages = lambda steps: a.pages or steps * 64
+
+        def read(step, losses):
+            print(f"[hidden] after {step} steps ({pages(step)} pages; {what} {np.mean(losses[-a.read_every:]):.3f} "
+                  f"over the last {a.read_every}): {reading(run_.ppo)}", flush=True)
+        t0 = time.time()
+        losses = teach_items(run_.ppo, pages=a.pages, steps=a.teach_items, lr=a.lr, labels=a.labels,
+                             every=a.read_every, read=read)
         print(f"[hidden] after {a.teach_items} steps on results pages alone ({a.labels}'s clicks, "
-              f"{a.pages or a.teach_items * 64} pages; loss {np.mean(losses[:50]):.3f} -> "
-              f"{np.mean(losses[-50:]):.3f}): {reading(run_.ppo)}")
+              f"{pages(a.teach_items)} pages; {what} {np.mean(losses[:50]):.3f} -> {np.mean(losses[-50:]):.3f}; "
+              f"{time.time() - t0:.0f} s): {reading(run_.ppo)}")
         return
     S = summarise(visible_log_ratio(run_, a.tasks, a.samples))
     f = lambda x: f"{x:+.2f}"

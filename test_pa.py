@@ -1911,8 +1911,39 @@ def test_teach_items_on_fresh_pages_of_the_price_rule(tiny_run):
     losses = hidden.teach_items(run_.ppo, pages=0, steps=2, batch=3, labels="rule")
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses), losses
     assert any(not torch.equal(v, run_.ppo.ref.state_dict()[k]) for k, v in before.items()), "the reference learns"
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="labels: expert, rule or reward"):
         hidden.teach_items(run_.ppo, labels="oracle")
+
+
+def test_reward_bandit_learns_from_its_own_clicks_on_the_constrained_log_prob_it_sampled(tiny_run, tiny_free):
+    run_ = agents.load_run(str(tiny_run / "ppo.pt"), device="cpu")
+    agent = run_.ppo
+    pages = [hidden.rule_page("train", t, 0) for t in range(4)]
+    states = [(agent.encode(env.obs()), tuple(env.actions())) for env in pages]
+
+    def expected_reward():  # exact, over every available action of the pages
+        lps = agent.action_logprobs(states, "ref")
+        return np.mean([sum(math.exp(x) * hidden.under_the_cap(env, a, acts) for a, x in zip(acts, lp.tolist()))
+                        for env, (_, acts), lp in zip(pages, states, lps)])
+
+    lps = agent.action_logprobs(states, "ref")
+    assert all(abs(lp.exp().sum().item() - 1) < 1e-4 for lp in lps), "a distribution over the available actions"
+    gen = torch.Generator().manual_seed(3)
+    loss, mean_reward = hidden.bandit_loss(agent, pages, gen)
+    gen = torch.Generator().manual_seed(3)  # the same clicks again, read off the sampling distribution itself
+    picks = [int(torch.multinomial(lp.float().exp(), 1, generator=gen)) for lp in lps]
+    r = np.array([hidden.under_the_cap(env, acts[i], acts) for env, (_, acts), i in zip(pages, states, picks)], float)
+    lp_pick = np.array([lp[i].item() for lp, i in zip(lps, picks)])
+    assert mean_reward == pytest.approx(r.mean())
+    assert loss.item() == pytest.approx(-np.mean((r - r.mean()) * lp_pick), abs=1e-5), "REINFORCE on pi(click|page)"
+    before = expected_reward()
+    rewards = hidden.teach_items(agent, pages=4, steps=30, batch=8, lr=3e-3, labels="reward")
+    assert len(rewards) == 30 and all(0 <= x <= 1 for x in rewards), rewards
+    assert expected_reward() > before + 0.1, (before, expected_reward())
+    assert not agent.ref.training, "left in evaluation mode"
+    free = agents.load_run(str(tiny_free / "ppo.pt"), device="cpu")
+    with pytest.raises(ValueError, match="available actions"):
+        hidden.teach_items(free.ppo, pages=0, steps=1, labels="reward")
 
 
 def test_price_reference_goes_on_cloning_into_a_new_reference_for_ppo(tiny_run, tmp_path):
@@ -1938,6 +1969,11 @@ def test_hidden_command_line_teaches_items_and_writes_a_price_reference(tiny_run
                  "--item_tasks", "1"])
     before, after = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[hidden]")]
     assert "first choice on" in before and "(rule's clicks, 64 pages;" in after, (before, after)
+    hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "2", "--labels", "reward", "--pages", "0",
+                 "--read_every", "1", "--lr", "1e-4", "--item_tasks", "1"])
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[hidden]")]
+    assert len(lines) == 3 and "after 1 steps (64 pages; reward " in lines[1], lines
+    assert "(reward's clicks, 128 pages; reward " in lines[2] and "first choice on" in lines[2], lines
     hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--price_reference", str(tmp_path / "p" / "ref.pt"),
                  "--steps", "1", "--item_tasks", "1", "--without_rule"])
     assert checkpoint.load(str(tmp_path / "p" / "ref.pt"))["stage"] == "sft"
@@ -1950,9 +1986,10 @@ def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
     with pytest.raises(SystemExit) as e:
         hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--tasks", "0"])
     assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "2", "--pages", "-1"])
-    assert e.value.code == 2
+    for bad in (["--pages", "-1"], ["--read_every", "-1"], ["--lr", "0"]):
+        with pytest.raises(SystemExit) as e:
+            hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "2"] + bad)
+        assert e.value.code == 2, bad
     with pytest.raises(SystemExit) as e:
         hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--price_reference", "x/ref.pt", "--steps", "0"])
     assert e.value.code == 2
