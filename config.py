@@ -101,7 +101,8 @@ class Config:
 
 
 PRESETS = {  # cpu: sized so that `python train.py` on a 2-core CPU takes about 23 minutes; the default on a GPU too,
-    # since the gpu one (a 26M-parameter scale-up, opt-in) failed on an H200 (LOG.md: "The GPU preset, run").
+    # since the gpu one (a 26M-parameter scale-up, opt-in) failed on an H200 under the earlier default recipe (free
+    # text, the sampled KL, beta 0.05; LOG.md: "The GPU preset, run") and is untried under the current one.
     # PPO's 60 iterations of 43 episodes: as good a run as 128 episodes a time, in a third of the time (LOG.md)
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256,  # ~0.92M parameters
                 sft_episodes=2000, sft_iters=1000, ppo_iters=60, episodes_per_iter=43, minibatch=43),
