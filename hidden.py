@@ -9,7 +9,7 @@ only the prompt, so the part of pi*'s log-ratio that rests on that fact is beyon
     python hidden.py --ckpt out/ppo_avg.pt --tasks 16    # both, on the check's first 16 validation tasks (~2 min)
     python hidden.py --ckpt out/ppo_avg.pt --teach_items 600  # can the reference learn to read prices? (~7 min)
     python hidden.py --ckpt out/ppo_avg.pt --teach_items 2000 --labels rule --pages 0  # ... from fresh pages (~16 min)
-    python hidden.py --ckpt out/ppo_avg.pt --teach_items 2000 --labels reward --pages 0  # ... told only each click's reward
+    python hidden.py --ckpt out/ppo_avg.pt --teach_items 2000 --labels reward --pages 0  # ... its clicks' reward (~25 min)
     python hidden.py --ckpt out/ref.pt --ref out/ref.pt --price_reference price/ref.pt  # a reference that reads them
 
 - The visible part of the optimum (visible_log_ratio). shop.twins gives the six tasks that permute the
@@ -50,6 +50,9 @@ import pa
 import shop
 import tokenizer
 import train
+
+
+BATCH = 64  # results pages per step of teach_items and price_reference
 
 
 def first_results_page(split, task, seed):
@@ -209,34 +212,46 @@ def page_row(enc, env, action):
     return enc.encode_ordinary(env.obs()), tokenizer.encode_action(enc, action), 0.0
 
 
-def bandit_loss(agent, pages, gen):
+def bandit_loss(agent, pages, gen, baseline="batch"):
     """The item choice as a one-step bandit, on results pages: the reference samples one available action on each
     page at the agent's temperature and is told at once how good that click was, 1 for an item of the target's
-    title under the cap (under_the_cap), else 0; never which click was right. REINFORCE with the batch's mean reward
-    as the baseline, on the constrained log-prob the click was drawn from. Returns (loss, mean reward)."""
+    title under the cap (under_the_cap), else 0; never which click was right. REINFORCE on the constrained log-prob
+    the click was drawn from, less a baseline: "batch", the mean reward of the batch's clicks (like a critic that
+    cannot tell pages apart), or "page", each page's exact expected reward under the reference (a perfect critic).
+    Returns (loss, mean reward)."""
     states = [(agent.encode(env.obs()), tuple(env.actions())) for env in pages]
     lps = agent.action_logprobs(states, "ref")
-    picks = [acts[int(torch.multinomial(lp.float().exp(), 1, generator=gen))] for (_, acts), lp in zip(states, lps)]
-    reward = torch.tensor([float(under_the_cap(env, a, acts)) for env, a, (_, acts) in zip(pages, picks, states)])
+    rewards = [[float(under_the_cap(env, a, acts)) for a in acts] for env, (_, acts) in zip(pages, states)]
+    picks = [int(torch.multinomial(lp.float().exp(), 1, generator=gen)) for lp in lps]
+    reward = torch.tensor([r[i] for r, i in zip(rewards, picks)])
+    if baseline == "batch":
+        base = reward.mean()
+    elif baseline == "page":
+        base = torch.stack([(lp.float().exp() * torch.tensor(r)).sum() for lp, r in zip(lps, rewards)])
+    else:
+        raise ValueError(f"baseline: batch or page, not {baseline!r}")
+    picks = [acts[i] for (_, acts), i in zip(states, picks)]
     ids = [tokenizer.encode_action(agent.enc, a) for a in picks]
     idx, mask = M.pack([prompt for prompt, _ in states], ids, agent.pad)
     idx, mask = idx.to(agent.device), mask.to(agent.device)
     with M.autocast_ctx(agent.device):
         logprobs = agent.evaluate(agent.ref, idx, mask, [acts for _, acts in states], ids)[0]
     per_page = (logprobs * mask).sum(1)  # log pi(click | page)
-    return -((reward - reward.mean()).to(agent.device) * per_page).mean(), reward.mean().item()
+    return -((reward - base).to(agent.device) * per_page).mean(), reward.mean().item()
 
 
-def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels="expert", every=0, read=None):
+def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=BATCH, seed=0, labels="expert", baseline="batch",
+                read_every=0, on_read=None):
     """A probe of what the reference network can learn, not a recipe: go on training agent.ref (in place) on one
     decision only, the click at the first results page of training tasks, and nothing else. labels="expert": clone
     the expert's click after its own search; "rule": clone price_rule's after a search for the target's title
     (what the prompt tells of it); "reward": on the rule's pages, learn from the reward of the reference's own
-    clicks instead (bandit_loss; a reference that writes only available actions). pages: the training tasks drawn,
-    each page seen many times; 0: a new page for every row, none seen twice, so that the network cannot learn pages
-    by heart. If the network can read the price against the cap, this is the easiest way it could learn to (about a
-    quarter of the expert's pages have the first plain item over the cap). read(step, losses), if given, is called
-    every `every` steps. Returns the loss per step ("reward": the mean reward of each step's clicks)."""
+    clicks instead (bandit_loss with `baseline`; a reference that writes only available actions). pages: the
+    training tasks drawn, each page seen many times; 0: a new page for every row, none seen twice, so that the
+    network cannot learn pages by heart. If the network can read the price against the cap, this is the easiest way
+    it could learn to (about a quarter of the expert's pages have the first plain item over the cap).
+    on_read(step, losses), if given, is called every `read_every` steps. Returns the loss per step ("reward": the
+    mean reward of each step's clicks)."""
     if labels not in ("expert", "rule", "reward"):
         raise ValueError(f"labels: expert, rule or reward, not {labels!r}")
     if labels == "reward" and not agent.constrained:
@@ -261,21 +276,21 @@ def teach_items(agent, pages=4000, steps=600, lr=1e-3, batch=64, seed=0, labels=
         else:
             mb = [row() for _ in range(batch)]
         if labels == "reward":
-            loss, shown = bandit_loss(agent, mb, gen)
+            loss, logged = bandit_loss(agent, mb, gen, baseline)
         else:
             loss, _ = train.cloning_loss(net, mb, tokenizer.pad_id(enc), agent.device)  # actions only
-            shown = loss.item()
+            logged = loss.item()
         M.gradient_step(opt, net, loss, 1.0, "item probe loss")
-        losses.append(shown)
-        if read and every and (step + 1) % every == 0 and step + 1 < steps:
+        losses.append(logged)
+        if on_read and read_every and (step + 1) % read_every == 0 and step + 1 < steps:
             net.eval()
-            read(step + 1, losses)
+            on_read(step + 1, losses)
             net.train()
     net.eval()
     return losses
 
 
-def price_reference(ref_path, out_path, steps=1500, batch=64, seed=0, device="cpu", rule=True):
+def price_reference(ref_path, out_path, steps=1500, batch=BATCH, seed=0, device="cpu", rule=True):
     """A diagnostic reference that reads the price against the cap, for PPO to start from: the reference's behaviour
     cloning continued for `steps` steps, each on `batch` rows of its own demonstrations (train.demonstrations, a new
     draw of its recipe) and `batch` new rule pages (price_rule's click), with train_sft's schedule of the learning
@@ -320,11 +335,14 @@ def main(argv):
     p.add_argument("--item_tasks", type=int, default=100,
                    help="validation tasks for the item preferences (4 list draws each; 0: none)")
     p.add_argument("--teach_items", type=int, default=0, metavar="STEPS", help="only this: the item preferences of "
-                   "the reference before and after STEPS steps of cloning the expert's results-page clicks alone "
-                   "(teach_items, a probe)")
+                   "the reference before and after STEPS steps of training it on results-page clicks alone "
+                   "(teach_items, a probe; --labels says whose)")
     p.add_argument("--labels", default="expert", choices=("expert", "rule", "reward"), help="with --teach_items: "
                    "clone the expert's clicks, or the price rule's (the first item of the target's title under the "
-                   "cap), or learn from the reward of its own clicks (1 under the cap, else 0: a bandit)")
+                   "cap), or learn from the reward of its own clicks (1 for an item of the target's title under "
+                   "the cap, else 0: a bandit)")
+    p.add_argument("--baseline", default="batch", choices=("batch", "page"), help="with --labels reward: the "
+                   "batch's mean reward, or each page's exact expected reward")
     p.add_argument("--read_every", type=int, default=0, metavar="STEPS", help="with --teach_items: read the "
                    "reference's items every STEPS steps too")
     p.add_argument("--lr", type=float, default=1e-3, help="with --teach_items: its learning rate")
@@ -345,10 +363,15 @@ def main(argv):
                 "--read_every at least 0")
     if not a.lr > 0:
         p.error(f"--lr must be positive, not {a.lr}")
+    if a.baseline != "batch" and a.labels != "reward":
+        p.error("--baseline goes with --labels reward")
     try:
         run_ = agents.load_run(a.ckpt, a.ref, a.device, seed=a.seed)
     except checkpoint.CheckpointError as e:
         raise SystemExit(f"hidden.py: {e}")
+    if a.teach_items and a.labels == "reward" and not run_.ppo.constrained:
+        p.error("--labels reward samples among the available actions: it needs a run trained with "
+                "`train.py --actions=available` (the default)")
     show = lambda prefs: ", ".join(f"{c} {m:.2f} ({n})" for c, (m, n) in prefs.items())
     def reading(agent):  # what a reference makes of the items on results pages
         agree, over, n = price_reading(agent, "ref")
@@ -365,15 +388,16 @@ def main(argv):
     if a.teach_items:
         print(f"[hidden] the reference's {reading(run_.ppo)}")
         what = "reward" if a.labels == "reward" else "loss"
-        pages = lambda steps: a.pages or steps * 64
+        pages = lambda steps: a.pages or steps * BATCH
 
         def read(step, losses):
             print(f"[hidden] after {step} steps ({pages(step)} pages; {what} {np.mean(losses[-a.read_every:]):.3f} "
                   f"over the last {a.read_every}): {reading(run_.ppo)}", flush=True)
         t0 = time.time()
         losses = teach_items(run_.ppo, pages=a.pages, steps=a.teach_items, lr=a.lr, labels=a.labels,
-                             every=a.read_every, read=read)
-        print(f"[hidden] after {a.teach_items} steps on results pages alone ({a.labels}'s clicks, "
+                             baseline=a.baseline, read_every=a.read_every, on_read=read)
+        whose = f"its own clicks' reward, {a.baseline} baseline" if a.labels == "reward" else f"{a.labels}'s clicks"
+        print(f"[hidden] after {a.teach_items} steps on results pages alone ({whose}, "
               f"{pages(a.teach_items)} pages; {what} {np.mean(losses[:50]):.3f} -> {np.mean(losses[-50:]):.3f}; "
               f"{time.time() - t0:.0f} s): {reading(run_.ppo)}")
         return

@@ -1918,28 +1918,33 @@ def test_teach_items_on_fresh_pages_of_the_price_rule(tiny_run):
 def test_reward_bandit_learns_from_its_own_clicks_on_the_constrained_log_prob_it_sampled(tiny_run, tiny_free):
     run_ = agents.load_run(str(tiny_run / "ppo.pt"), device="cpu")
     agent = run_.ppo
-    pages = [hidden.rule_page("train", t, 0) for t in range(4)]
+    rng = random.Random(0)  # the pages teach_items(seed=0) draws below
+    pages = [hidden.rule_page("train", rng.randrange(10**9), rng.randrange(10**9)) for _ in range(4)]
     states = [(agent.encode(env.obs()), tuple(env.actions())) for env in pages]
+    rewards = [np.array([hidden.under_the_cap(env, a, acts) for a in acts], float) for env, (_, acts) in
+               zip(pages, states)]
 
-    def expected_reward():  # exact, over every available action of the pages
-        lps = agent.action_logprobs(states, "ref")
-        return np.mean([sum(math.exp(x) * hidden.under_the_cap(env, a, acts) for a, x in zip(acts, lp.tolist()))
-                        for env, (_, acts), lp in zip(pages, states, lps)])
+    def expected_rewards():  # exact, over every available action of each page
+        return np.array([np.exp(lp.numpy()) @ r for lp, r in zip(agent.action_logprobs(states, "ref"), rewards)])
 
     lps = agent.action_logprobs(states, "ref")
     assert all(abs(lp.exp().sum().item() - 1) < 1e-4 for lp in lps), "a distribution over the available actions"
-    gen = torch.Generator().manual_seed(3)
-    loss, mean_reward = hidden.bandit_loss(agent, pages, gen)
-    gen = torch.Generator().manual_seed(3)  # the same clicks again, read off the sampling distribution itself
-    picks = [int(torch.multinomial(lp.float().exp(), 1, generator=gen)) for lp in lps]
-    r = np.array([hidden.under_the_cap(env, acts[i], acts) for env, (_, acts), i in zip(pages, states, picks)], float)
-    lp_pick = np.array([lp[i].item() for lp, i in zip(lps, picks)])
-    assert mean_reward == pytest.approx(r.mean())
-    assert loss.item() == pytest.approx(-np.mean((r - r.mean()) * lp_pick), abs=1e-5), "REINFORCE on pi(click|page)"
-    before = expected_reward()
-    rewards = hidden.teach_items(agent, pages=4, steps=30, batch=8, lr=3e-3, labels="reward")
-    assert len(rewards) == 30 and all(0 <= x <= 1 for x in rewards), rewards
-    assert expected_reward() > before + 0.1, (before, expected_reward())
+    for baseline, seed in (("batch", 3), ("page", 3)):
+        loss, mean_reward = hidden.bandit_loss(agent, pages, torch.Generator().manual_seed(seed), baseline)
+        gen = torch.Generator().manual_seed(seed)  # the same clicks again, read off the sampling distribution itself
+        picks = [int(torch.multinomial(lp.float().exp(), 1, generator=gen)) for lp in lps]
+        r = np.array([rs[i] for rs, i in zip(rewards, picks)])
+        assert 0 < r.mean() < 1, r  # else the batch baseline leaves nothing to check
+        base = r.mean() if baseline == "batch" else expected_rewards()
+        lp_pick = np.array([lp[i].item() for lp, i in zip(lps, picks)])
+        assert mean_reward == pytest.approx(r.mean())
+        assert loss.item() == pytest.approx(-np.mean((r - base) * lp_pick), abs=1e-5), baseline
+    with pytest.raises(ValueError, match="baseline: batch or page"):
+        hidden.bandit_loss(agent, pages, torch.Generator(), "critic")
+    before = expected_rewards().mean()
+    rewards_seen = hidden.teach_items(agent, pages=4, steps=30, batch=8, lr=3e-3, labels="reward")
+    assert len(rewards_seen) == 30 and all(0 <= x <= 1 for x in rewards_seen), rewards_seen
+    assert expected_rewards().mean() > before + 0.1, (before, expected_rewards())
     assert not agent.ref.training, "left in evaluation mode"
     free = agents.load_run(str(tiny_free / "ppo.pt"), device="cpu")
     with pytest.raises(ValueError, match="available actions"):
@@ -1964,32 +1969,39 @@ def test_price_reference_goes_on_cloning_into_a_new_reference_for_ppo(tiny_run, 
     assert train.sft_lr(cfg, 99, 100) < 1e-6, "a cosine to zero"
 
 
-def test_hidden_command_line_teaches_items_and_writes_a_price_reference(tiny_run, tmp_path, capsys):
+def test_hidden_command_line_teaches_items_and_writes_a_price_reference(tiny_run, tmp_path, capsys, monkeypatch):
     hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "1", "--labels", "rule", "--pages", "0",
                  "--item_tasks", "1"])
     before, after = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[hidden]")]
     assert "first choice on" in before and "(rule's clicks, 64 pages;" in after, (before, after)
+    calls, teach = [], hidden.teach_items
+    monkeypatch.setattr(hidden, "teach_items", lambda *args, **kw: calls.append(kw) or teach(*args, **kw))
     hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "2", "--labels", "reward", "--pages", "0",
-                 "--read_every", "1", "--lr", "1e-4", "--item_tasks", "1"])
+                 "--read_every", "1", "--lr", "1e-4", "--baseline", "page", "--item_tasks", "1"])
+    assert calls[0]["lr"] == 1e-4 and calls[0]["baseline"] == "page" and calls[0]["read_every"] == 1, calls
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[hidden]")]
     assert len(lines) == 3 and "after 1 steps (64 pages; reward " in lines[1], lines
-    assert "(reward's clicks, 128 pages; reward " in lines[2] and "first choice on" in lines[2], lines
+    assert "(its own clicks' reward, page baseline, 128 pages; reward " in lines[2], lines
+    assert "first choice on" in lines[2], lines
     hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--price_reference", str(tmp_path / "p" / "ref.pt"),
                  "--steps", "1", "--item_tasks", "1", "--without_rule"])
     assert checkpoint.load(str(tmp_path / "p" / "ref.pt"))["stage"] == "sft"
     assert "the price rule's" in capsys.readouterr().out
 
 
-def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run):
+def test_hidden_refuses_other_worlds_and_bad_counts(tiny_run, tiny_free):
     with pytest.raises(ValueError, match="look-alike"):
         hidden.visible_log_ratio(types.SimpleNamespace(env_name="house"), 1)
     with pytest.raises(SystemExit) as e:
         hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--tasks", "0"])
     assert e.value.code == 2
-    for bad in (["--pages", "-1"], ["--read_every", "-1"], ["--lr", "0"]):
+    for bad in (["--pages", "-1"], ["--read_every", "-1"], ["--lr", "0"], ["--baseline", "page"]):
         with pytest.raises(SystemExit) as e:
             hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--teach_items", "2"] + bad)
         assert e.value.code == 2, bad
+    with pytest.raises(SystemExit) as e:  # refused before any reading is spent
+        hidden.main(["--ckpt", str(tiny_free / "ppo.pt"), "--teach_items", "2", "--labels", "reward"])
+    assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
         hidden.main(["--ckpt", str(tiny_run / "ppo.pt"), "--price_reference", "x/ref.pt", "--steps", "0"])
     assert e.value.code == 2
