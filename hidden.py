@@ -219,19 +219,16 @@ def bandit_loss(agent, pages, gen, baseline="batch"):
     the click was drawn from, less a baseline: "batch", the mean reward of the batch's clicks (like a critic that
     cannot tell pages apart), or "page", each page's exact expected reward under the reference (a perfect critic).
     Returns (loss, mean reward)."""
-    states = [(agent.encode(env.obs()), tuple(env.actions())) for env in pages]
-    lps = agent.action_logprobs(states, "ref")
-    rewards = [[float(under_the_cap(env, a, acts)) for a in acts] for env, (_, acts) in zip(pages, states)]
-    picks = [int(torch.multinomial(lp.float().exp(), 1, generator=gen)) for lp in lps]
-    reward = torch.tensor([r[i] for r, i in zip(rewards, picks)])
-    if baseline == "batch":
-        base = reward.mean()
-    elif baseline == "page":
-        base = torch.stack([(lp.float().exp() * torch.tensor(r)).sum() for lp, r in zip(lps, rewards)])
-    else:
+    if baseline not in ("batch", "page"):
         raise ValueError(f"baseline: batch or page, not {baseline!r}")
-    picks = [acts[i] for (_, acts), i in zip(states, picks)]
-    ids = [tokenizer.encode_action(agent.enc, a) for a in picks]
+    states = [(agent.encode(env.obs()), tuple(env.actions())) for env in pages]
+    probs = [lp.float().exp() for lp in agent.action_logprobs(states, "ref")]
+    rewards = [torch.tensor([float(under_the_cap(env, a, acts)) for a in acts])
+               for env, (_, acts) in zip(pages, states)]
+    chosen = [int(torch.multinomial(p, 1, generator=gen)) for p in probs]
+    reward = torch.stack([r[i] for r, i in zip(rewards, chosen)])
+    base = reward.mean() if baseline == "batch" else torch.stack([p @ r for p, r in zip(probs, rewards)])
+    ids = [tokenizer.encode_action(agent.enc, acts[i]) for (_, acts), i in zip(states, chosen)]
     idx, mask = M.pack([prompt for prompt, _ in states], ids, agent.pad)
     idx, mask = idx.to(agent.device), mask.to(agent.device)
     with M.autocast_ctx(agent.device):
